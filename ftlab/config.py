@@ -1,0 +1,163 @@
+"""A run's configuration: one frozen dataclass, every default in one place.
+
+Making a ``TrainConfig`` does no work and checks nothing; ``validate`` returns every
+problem at once, in words a user understands. The CLI and the app build their options
+from the fields and their metadata, so a default or a range is written only here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "cosine", "onecycle", "step")
+CLASS_WEIGHTING = ("none", "balanced")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+         choices: tuple[str, ...] | None = None, section: str = "training") -> Any:
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "section": section}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    dataset: str = _opt("digits", "registered data set name, or a folder / .zip in class-subfolder layout",
+                        section="data")
+    val_fraction: float = _opt(0.2, "share of the data carved out for validation when the source has no val split",
+                               lo=0.05, hi=0.5, section="data")
+    test_fraction: float = _opt(0.0, "share carved out for a test split when the source has none (0: no test)",
+                                lo=0.0, hi=0.5, section="data")
+    imbalance_ratio: float = _opt(1.0, "subsample the training split to a long tail with this max/min ratio "
+                                  "(1: leave it as it is)", lo=1.0, hi=1000.0, section="data")
+    shapes_classes: int = _opt(4, "shapes data set: number of shape classes", lo=2, hi=8, section="data")
+    shapes_per_class: int = _opt(120, "shapes data set: images per class", lo=2, hi=5000, section="data")
+    shapes_noise: float = _opt(0.15, "shapes data set: background noise level", lo=0.0, hi=1.0, section="data")
+    # model
+    backbone: str = _opt("efficientnet_lite0", "backbone name (see `python -m ftlab backbones`)", section="model")
+    weights: str = _opt("imagenet", "imagenet, random, or the path of a weights file", section="model")
+    hidden: int = _opt(0, "hidden units in the new head (0: a single linear layer)", lo=0, hi=8192,
+                       section="model")
+    dropout: float = _opt(0.0, "dropout before the new head's linear layers", lo=0.0, hi=0.9, section="model")
+    # freezing
+    strategy: str = _opt("linear-probe", "linear-probe, top-N (e.g. top-2), full, or gradual", section="freezing")
+    gradual_every: int = _opt(2, "gradual: unfreeze one more block from the top every k epochs", lo=1, hi=100,
+                              section="freezing")
+    frozen_blocks: tuple[str, ...] | None = _opt(None, "freeze exactly these blocks (overrides --strategy)",
+                                                 section="freezing")
+    lr_decay: float = _opt(1.0, "discriminative rates: each block's learning rate is this factor times the "
+                           "rate of the block above it (1: one rate for all)", lo=0.01, hi=1.0,
+                           section="freezing")
+    bn_frozen: bool = _opt(True, "frozen blocks keep their BatchNorm statistics (eval mode)", section="freezing")
+    # training
+    optimizer: str = _opt("adamw", "optimiser", choices=OPTIMIZERS)
+    lr: float | None = _opt(None, "learning rate of the head (default: 0.01 for a linear probe, 0.001 for top-N "
+                            "and gradual, 0.0003 for full fine-tuning)", lo=1e-7, hi=10.0)
+    momentum: float = _opt(0.9, "SGD momentum", lo=0.0, hi=0.999)
+    weight_decay: float = _opt(1e-4, "weight decay", lo=0.0, hi=1.0)
+    epochs: int = _opt(5, "epochs", lo=1, hi=1000)
+    batch_size: int = _opt(32, "images per batch", lo=1, hi=4096)
+    image_size: int | None = _opt(None, "image side in pixels (default: the backbone's own)", lo=16, hi=1024)
+    grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: off)", lo=0.0, hi=1000.0)
+    label_smoothing: float = _opt(0.0, "label smoothing", lo=0.0, hi=0.5)
+    random_crop: bool = _opt(False, "augment: random resized crop")
+    flip: bool = _opt(False, "augment: random horizontal flip")
+    color_jitter: float = _opt(0.0, "augment: colour jitter strength (0: off)", lo=0.0, hi=1.0)
+    schedule: str = _opt("none", "learning-rate schedule", choices=SCHEDULES)
+    step_size: int = _opt(7, "step schedule: epochs between decays", lo=1, hi=1000)
+    gamma: float = _opt(0.1, "step schedule: decay factor", lo=0.001, hi=1.0)
+    early_stopping: int = _opt(0, "stop after this many epochs without a better val accuracy (0: off)", lo=0,
+                               hi=1000)
+    class_weighting: str = _opt("none", "weight the loss by inverse class frequency", choices=CLASS_WEIGHTING)
+    balanced_sampling: bool = _opt(False, "draw training batches with every class equally likely")
+    seed: int = _opt(0, "random seed (split, initialisation, batches)", lo=0, hi=2**31 - 1)
+    device: str = _opt("auto", "auto picks CUDA, then MPS, then CPU", choices=DEVICES)
+    amp: bool = _opt(True, "mixed precision (CUDA only)")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["frozen_blocks"] = list(self.frozen_blocks) if self.frozen_blocks is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        if d.get("frozen_blocks") is not None:
+            d["frozen_blocks"] = tuple(d["frozen_blocks"])
+        return cls(**d)
+
+
+def options() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(TrainConfig))
+
+
+def validate(config: TrainConfig) -> list[str]:
+    """Every problem with ``config``, each a sentence that says what is allowed."""
+    problems = []
+    for f in options():
+        value = getattr(config, f.name)
+        lo, hi, choices = f.metadata["lo"], f.metadata["hi"], f.metadata["choices"]
+        if value is None:
+            continue
+        if choices and value not in choices:
+            problems.append(f"{f.name} must be one of {', '.join(choices)} (got {value!r}).")
+        if lo is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or not lo <= value <= hi:
+                problems.append(f"{f.name} must be between {lo:g} and {hi:g} (got {value:g}).")
+    problems += _check_names(config)
+    return problems
+
+
+def _check_names(config: TrainConfig) -> list[str]:
+    from ftlab import backbones, freeze
+
+    from ftlab import data
+
+    problems = []
+    names = [d.name for d in data.list_datasets()]
+    if config.dataset.lower() not in names and not Path(config.dataset).expanduser().exists():
+        problems.append(f"unknown data set {config.dataset!r}: choose one of {', '.join(names)}, or give the path "
+                        "of a folder or .zip in class-subfolder layout.")
+    try:
+        freeze.parse_strategy(config.strategy)
+    except ValueError as err:
+        problems.append(str(err) + ".")
+    try:
+        spec = backbones.get_spec(config.backbone)
+    except ValueError as err:
+        return problems + [str(err) + "."]
+    if config.weights == "imagenet" and not spec.has_imagenet:
+        problems.append(f"{spec.name} has no ImageNet weights: choose weights random (or a file).")
+    size = config.image_size
+    if size is not None and spec.fixed_size and size != spec.fixed_size:
+        problems.append(f"{spec.name} takes only {spec.fixed_size} px images (got {size}).")
+    elif size is not None and size < spec.min_size:
+        problems.append(f"{spec.name} needs images of at least {spec.min_size} px (got {size}).")
+    return problems
+
+
+# A linear probe trains one layer on fixed features and takes large steps well; the more
+# pretrained layers train, the smaller the step that keeps their features intact.
+DEFAULT_LR = {"linear-probe": 1e-2, "top-N": 1e-3, "gradual": 1e-3, "custom": 1e-3, "full": 3e-4}
+
+
+def resolved_lr(config: TrainConfig) -> float:
+    from ftlab import freeze
+
+    if config.lr is not None:
+        return config.lr
+    kind = "custom" if config.frozen_blocks is not None else freeze.parse_strategy(config.strategy)[0]
+    return DEFAULT_LR[kind]
+
+
+def resolved_image_size(config: TrainConfig) -> int:
+    from ftlab import backbones
+
+    spec = backbones.get_spec(config.backbone)
+    return config.image_size or spec.fixed_size or spec.default_size

@@ -1,0 +1,157 @@
+"""Decode a data set once into memory as uint8 tensors, at the size the model will see.
+
+Every item gets the same treatment: EXIF orientation applied, any PIL mode made RGB (16-bit
+scaled, transparency composited on white), shorter side resized to ``image_size``
+(antialiased), centre-cropped to a square. Decoding is the slow part of a small fine-tuning
+run on a CPU, so it happens once per run, not once per epoch.
+"""
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ftlab.data.dataset import DataError, Dataset
+
+if TYPE_CHECKING:
+    import torch
+
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+EXIF_ORIENTATION = 0x0112
+CHUNK = 512  # in-memory arrays are resized this many at a time, to bound the float copies
+
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    images: torch.Tensor  # uint8, (N, 3, S, S), RGB
+    labels: torch.Tensor  # int64, (N,)
+    indices: np.ndarray  # dataset indices decoded, in order (skipped ones removed)
+    skipped: tuple[str, ...]  # "<file>: <reason>" for each item that could not be decoded
+
+
+def decode(ds: Dataset, indices: np.ndarray, image_size: int, *, workers: int | None = None) -> Decoded:
+    """Decode ``ds[indices]`` to (N, 3, image_size, image_size) uint8; unreadable files are skipped and listed."""
+    import torch
+
+    if image_size < 1:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if ds._pixels is not None:
+        images, kept, skipped = _resize_array(ds._pixels[indices], image_size), indices, []
+    else:
+        images, kept, skipped = _decode_files(ds, indices, image_size, workers)
+    labels = torch.from_numpy(ds.labels[kept].copy())
+    return Decoded(images, labels, kept, tuple(skipped))
+
+
+def decode_image(image: Image.Image | str | Path | bytes, image_size: int) -> torch.Tensor:
+    """One image (a PIL image, a file path or the file's bytes) as uint8 (3, S, S), as `decode` does it."""
+    import torch
+
+    try:
+        if isinstance(image, Image.Image):
+            pixels = _prepare(image, image_size)
+        else:
+            pixels = _decode_file(io.BytesIO(image) if isinstance(image, bytes) else image, image_size)
+    except Exception as e:  # noqa: BLE001 - whatever PIL raises, for the user it means "not an image"
+        raise DataError(f"Not a readable image ({_reason(e)}). Use a JPEG, PNG, BMP, GIF, TIFF or WebP file.") from e
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def _decode_files(ds: Dataset, indices: np.ndarray, size: int,
+                  workers: int | None) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    import torch
+
+    files = [ds._files[i] for i in indices]
+    images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
+    ok = np.zeros(len(files), dtype=bool)
+    skipped = []
+    # PIL releases the GIL while decoding and resizing, so threads use every core without pickling;
+    # two per core also overlap file reads (measured: 4 threads beat 2 on a 2-core machine).
+    with ThreadPoolExecutor(max_workers=workers or 2 * (os.cpu_count() or 1)) as pool:
+        for j, (pixels, error) in enumerate(pool.map(lambda f: _try_decode(f, size), files)):
+            if pixels is None:
+                skipped.append(f"{files[j]}: {error}")
+            else:
+                images[j] = torch.from_numpy(pixels).permute(2, 0, 1)
+                ok[j] = True
+    if not ok.all():
+        images = images[torch.from_numpy(ok)]
+    return images, indices[ok], skipped
+
+
+def _try_decode(path: str, size: int) -> tuple[np.ndarray | None, str]:
+    try:
+        return _decode_file(path, size), ""
+    except Exception as e:  # noqa: BLE001 - one bad file in a user's folder must not end the run
+        return None, _reason(e)
+
+
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _decode_file(file: str | Path | io.BytesIO, size: int) -> np.ndarray:
+    with Image.open(file) as image:
+        # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale while keeping both sides >= size:
+        # most of the time on large photos is saved here.
+        image.draft("RGB", (size, size))
+        return _prepare(image, size)
+
+
+def _prepare(image: Image.Image, size: int) -> np.ndarray:
+    """Orientation, RGB, resize and centre crop of one image: (size, size, 3) uint8."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    image = _to_rgb(image)
+    w, h = image.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    # Resizing just the central square's box is the same as resize-then-crop, in one antialiased pass.
+    return np.array(image.resize((size, size), Image.Resampling.BILINEAR, box=box))  # a writable copy for torch
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in HIGH_DEPTH_MODES:
+        return Image.fromarray(_to_uint8(np.asarray(image), image.mode)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit, 32-bit integer and float pixels to 0..255 (PIL's own convert clips them instead)."""
+    values = values.astype(np.float32)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
+        values = values / 257
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        values = values * 255
+    elif lo < 0 or hi > 255:
+        values = (values - lo) * (255 / max(hi - lo, 1e-12))
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _resize_array(pixels: np.ndarray, size: int) -> torch.Tensor:
+    """(N, H, W) grey or (N, H, W, 3) uint8 -> (N, 3, size, size) uint8: shorter side, then centre crop."""
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    out = torch.empty((len(pixels), 3, size, size), dtype=torch.uint8)
+    for start in range(0, len(pixels), CHUNK):
+        chunk = torch.from_numpy(np.ascontiguousarray(pixels[start:start + CHUNK]))
+        chunk = chunk.unsqueeze(1).expand(-1, 3, -1, -1) if chunk.ndim == 3 else chunk.permute(0, 3, 1, 2)
+        if tuple(chunk.shape[-2:]) != (size, size):
+            chunk = F.center_crop(F.resize(chunk, size, antialias=True), [size, size])
+        out[start:start + len(chunk)] = chunk
+    return out

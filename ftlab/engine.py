@@ -1,0 +1,526 @@
+"""The training loop: ``train_one_epoch``, ``evaluate``, and ``run``, which ties them to data,
+a freeze plan, checkpoints and events. ``Job`` runs the same ``run`` in a background thread.
+
+Images live in memory as decoded uint8 tensors; each batch is indexed, moved to the
+device, augmented and normalised there, so no epoch decodes a file again.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftlab import backbones, data, events, freeze, metrics
+from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
+from ftlab.runs import RunStore, new_run_id
+
+Emit = Callable[[events.Event], None]
+
+
+class StopRequested(Exception):
+    """The user asked the run to stop; raised between batches."""
+
+
+class NonFiniteLoss(Exception):
+    """The loss became NaN or infinite."""
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """CUDA, then Apple's MPS, then the CPU; or the one asked for."""
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+# --- data on the device -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run's data, decoded once."""
+
+    dataset: data.Dataset
+    split: data.Split
+    train: data.Decoded
+    val: data.Decoded
+    test: data.Decoded | None
+    image_size: int
+
+
+def prepare_data(config: TrainConfig, say: Callable[[str], None] = lambda msg: None,
+                 should_stop: Callable[[], bool] = lambda: False) -> Prepared:
+    shapes = data.ShapesOptions(num_classes=config.shapes_classes, per_class=config.shapes_per_class,
+                                noise=config.shapes_noise, seed=config.seed)
+    ds = data.load_dataset(config.dataset, shapes=shapes)
+    split = data.make_split(ds, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                            seed=config.seed)
+    if config.imbalance_ratio > 1:
+        split = replace(split, train=data.long_tail_indices(ds.labels, split.train, config.imbalance_ratio,
+                                                            config.seed))
+    size = resolved_image_size(config)
+    decoded = {}
+    for name in ("train", "val", "test"):
+        indices = getattr(split, name)
+        if len(indices) == 0:
+            decoded[name] = None
+            continue
+        if should_stop():
+            raise StopRequested
+        say(f"decoding {len(indices):,} {name} images at {size} px")
+        decoded[name] = data.decode(ds, indices, size)
+    return Prepared(ds, split, decoded["train"], decoded["val"], decoded["test"], size)
+
+
+def batches(n: int, batch_size: int, *, generator: torch.Generator | None = None,
+            sample_weights: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over n items: in order, shuffled, or drawn by weight with replacement."""
+    if sample_weights is not None:
+        order = torch.multinomial(sample_weights, n, replacement=True, generator=generator)
+    elif generator is not None:
+        order = torch.randperm(n, generator=generator)
+    else:
+        order = torch.arange(n)
+    yield from order.split(batch_size)
+
+
+class Preprocess:
+    """uint8 images -> normalised float on the device, with optional per-image augmentation."""
+
+    def __init__(self, config: TrainConfig, image_size: int, device: torch.device):
+        from torchvision.transforms import v2
+
+        spec = backbones.get_spec(config.backbone)
+        self.device = device
+        self.mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+        ops = []
+        if config.random_crop:
+            ops.append(v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True))
+        if config.flip:
+            ops.append(v2.RandomHorizontalFlip())
+        if config.color_jitter:
+            j = config.color_jitter
+            ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+        self.augment = v2.Compose(ops) if ops else None
+
+    def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        if train and self.augment is not None:
+            # one draw of crop / flip / jitter per image, not one for the whole batch
+            x = torch.stack([self.augment(img) for img in x])
+        return (x.float().div_(255) - self.mean) / self.std
+
+
+# --- one epoch, one evaluation ----------------------------------------------------------
+
+@dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+
+
+def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, order: Iterator[torch.Tensor], *,
+                    optimizer: torch.optim.Optimizer, loss_fn: nn.Module, prep: Preprocess,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, amp: bool = False,
+                    scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0,
+                    should_stop: Callable[[], bool] = lambda: False,
+                    on_step: Callable[[int, float, int], None] = lambda step, loss, n: None) -> EpochResult:
+    """One pass over the training batches; ``scheduler`` (if given) steps after every batch."""
+    freeze.set_train_mode(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    device_type = prep.device.type
+    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    for step, idx in enumerate(order, 1):
+        if should_stop():
+            raise StopRequested
+        x, y = prep(images[idx], train=True), labels[idx].to(prep.device, non_blocking=True)
+        with torch.autocast(device_type, enabled=amp):
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # so that clipping sees the true gradient norm
+        else:
+            loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(trainable, grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = len(y)
+        total_loss += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += n
+        on_step(step, loss.item(), seen)
+    return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    predictions: np.ndarray
+    losses: np.ndarray  # per image: which validation images the model gets most wrong
+    probabilities: np.ndarray
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, prep: Preprocess,
+             batch_size: int = 128, amp: bool = False,
+             should_stop: Callable[[], bool] = lambda: False) -> Evaluation:
+    model.eval()
+    preds, losses, probs = [], [], []
+    for idx in batches(len(labels), batch_size):
+        if should_stop():
+            raise StopRequested
+        x, y = prep(images[idx], train=False), labels[idx].to(prep.device)
+        with torch.autocast(prep.device.type, enabled=amp):
+            logits = model(x).float()
+        losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
+        probs.append(logits.softmax(1).cpu())
+        preds.append(logits.argmax(1).cpu())
+    pred, loss = torch.cat(preds).numpy(), torch.cat(losses).numpy()
+    return Evaluation(float(loss.mean()), float((pred == labels.numpy()).mean()), pred, loss,
+                      torch.cat(probs).numpy())
+
+
+# --- optimiser and schedule -------------------------------------------------------------
+
+def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups)
+    return torch.optim.AdamW(groups)
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """(scheduler, stepped per batch?). Per-batch schedules see the whole run up front."""
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), True
+    if config.schedule == "onecycle":
+        max_lr = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total), True
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma), False
+    return None, False
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """N / (K * n_k): each class contributes equally to the loss."""
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
+    return len(labels) / (num_classes * counts)
+
+
+# --- a whole run ------------------------------------------------------------------------
+
+def checkpoint_dict(model: backbones.BlockModel, config: TrainConfig, classes: tuple[str, ...], image_size: int,
+                    epoch: int, val_accuracy: float) -> dict:
+    """Everything needed to rebuild and use the model, in types ``weights_only`` loading accepts."""
+    return {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "backbone": model.backbone, "num_classes": model.num_classes, "classes": list(classes),
+            "image_size": image_size, "hidden": config.hidden, "dropout": config.dropout,
+            "config": config.to_dict(), "epoch": epoch, "val_accuracy": val_accuracy}
+
+
+def run(config: TrainConfig, *, store: RunStore, emit: Emit = lambda e: None,
+        stop: threading.Event | None = None, run_id: str | None = None) -> dict:
+    """Train ``config`` to the end, a stop, or a failure; return the summary. Never raises for
+    problems with the user's data or settings: those end in ``RunFailed`` with a message."""
+    run_id = run_id or new_run_id()
+    stop = stop or threading.Event()
+    trainer = _Trainer(config, store, emit, stop, run_id)
+    return trainer.run()
+
+
+@dataclass
+class _Trainer:
+    config: TrainConfig
+    store: RunStore
+    emit: Emit
+    stop: threading.Event
+    run_id: str
+    summary: dict = field(default_factory=dict)
+
+    def run(self) -> dict:
+        c = self.config
+        self.device = pick_device(c.device)
+        self.summary = {"run_id": self.run_id, "dataset": c.dataset, "backbone": c.backbone, "strategy": c.strategy,
+                        "epochs_run": 0, "best_val_accuracy": None, "best_epoch": None, "test_accuracy": None,
+                        "train_seconds": 0.0, "images_per_second": 0.0, "trainable_params": 0, "total_params": 0,
+                        "device": self.device.type, "stopped_reason": None, "skipped_files": 0}
+        self.store.create(self.run_id, c.to_dict())
+        try:
+            problems = validate(c)
+            if problems:
+                raise ValueError(" ".join(problems))
+            self._setup()
+            reason, message = self._train()
+        except StopRequested:
+            reason, message = "user", "stopped before training began"
+        except Exception as err:  # the run fails, the app and the CLI live on
+            return self._fail(err)
+        return self._finish(reason, message)
+
+    def _say(self, message: str) -> None:
+        self.emit(events.Preparing(self.run_id, message))
+
+    def _setup(self) -> None:
+        c = self.config
+        torch.manual_seed(c.seed)
+        self._say("loading data")
+        self.data = prepare_data(c, self._say, self.stop.is_set)
+        self.classes = self.data.dataset.classes
+        self.store.set_data(self.run_id, list(self.classes), self.data.split.to_dict())
+        self._say(f"building {c.backbone} ({c.weights} weights)")
+        self.model = backbones.create_model(c.backbone, len(self.classes), c.weights, hidden=c.hidden,
+                                            dropout=c.dropout).to(self.device)
+        self.plan = freeze.make_plan(self.model.param_blocks(), c.strategy, gradual_every=c.gradual_every,
+                                     frozen_blocks=c.frozen_blocks)
+        freeze.apply_freeze(self.model, self.plan.frozen_at(0), c.bn_frozen)
+        self.prep = Preprocess(c, self.data.image_size, self.device)
+        self.amp = c.amp and self.device.type == "cuda"
+        train_labels = self.data.train.labels
+        weight = class_weights(train_labels, len(self.classes)).to(self.device) if c.class_weighting == "balanced" \
+            else None
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=c.label_smoothing)
+        self.sample_weights = (1.0 / torch.bincount(train_labels).float())[train_labels] if c.balanced_sampling \
+            else None
+        self.optimizer = make_optimizer(c, freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay))
+        self.steps = math.ceil(len(train_labels) / c.batch_size)
+        self.scheduler, self.per_step = make_scheduler(c, self.optimizer, self.steps)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        trainable, total = freeze.count_params(self.model)
+        self.summary.update(trainable_params=trainable, total_params=total, image_size=self.data.image_size,
+                            skipped_files=len(self.data.train.skipped) + len(self.data.val.skipped))
+        skipped = self.data.train.skipped + self.data.val.skipped + (self.data.test.skipped if self.data.test else ())
+        self.emit(events.RunStarted(self.run_id, c.to_dict(), self.device.type, tuple(self.classes),
+                                    {k: len(v.labels) if v else 0 for k, v in
+                                     (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))},
+                                    trainable, total, tuple(skipped)))
+
+    def _train(self) -> tuple[str, str]:
+        c, d = self.config, self.data
+        generator = torch.Generator().manual_seed(c.seed)
+        best, since_best, images_seen, started = -1.0, 0, 0, time.perf_counter()
+        for epoch in range(c.epochs):
+            frozen = self.plan.frozen_at(epoch)
+            if frozen != self.model.frozen_blocks:
+                freeze.apply_freeze(self.model, frozen, c.bn_frozen)
+                self._say(f"epoch {epoch + 1}: training {', '.join(b for b in self.plan.blocks if b not in frozen)}")
+            lr = self.optimizer.param_groups[-1]["lr"]
+            on_step = self._step_reporter(epoch, started, images_seen)
+            try:
+                result = train_one_epoch(
+                    self.model, d.train.images, d.train.labels,
+                    batches(len(d.train.labels), c.batch_size, generator=generator, sample_weights=self.sample_weights),
+                    optimizer=self.optimizer, loss_fn=self.loss_fn, prep=self.prep,
+                    scheduler=self.scheduler if self.per_step else None, amp=self.amp, scaler=self.scaler,
+                    grad_clip=c.grad_clip, should_stop=self.stop.is_set, on_step=on_step)
+            except NonFiniteLoss as err:
+                return "non_finite_loss", (f"Stopped in epoch {epoch + 1}: {err}. Lower the learning rate "
+                                           f"(now {resolved_lr(c):g}) or turn on gradient clipping.")
+            except StopRequested:
+                return "user", f"stopped by the user during epoch {epoch + 1}"
+            if self.scheduler is not None and not self.per_step:
+                self.scheduler.step()
+            try:
+                ev = evaluate(self.model, d.val.images, d.val.labels, prep=self.prep, batch_size=2 * c.batch_size,
+                              amp=self.amp, should_stop=self.stop.is_set)
+            except StopRequested:
+                return "user", f"stopped by the user while evaluating epoch {epoch + 1}"
+            images_seen += result.images
+            self.summary["train_seconds"] += result.seconds
+            self.summary["epochs_run"] = epoch + 1
+            self.summary["images_per_second"] = images_seen / max(self.summary["train_seconds"], 1e-9)
+            is_best = ev.accuracy > best
+            self._end_epoch(epoch, result, ev, lr, is_best)
+            if is_best:
+                best, since_best = ev.accuracy, 0
+            else:
+                since_best += 1
+            if c.early_stopping and since_best >= c.early_stopping:
+                return "early_stopping", f"no better val accuracy for {since_best} epochs"
+        return "completed", ""
+
+    def _step_reporter(self, epoch: int, started: float, images_before: int):
+        c, total_steps = self.config, self.config.epochs * self.steps
+        done_before = epoch * self.steps
+        epoch_start = time.perf_counter()
+
+        def on_step(step: int, loss: float, seen: int) -> None:
+            elapsed = time.perf_counter() - started
+            rate = seen / max(time.perf_counter() - epoch_start, 1e-9)
+            left = elapsed / (done_before + step) * (total_steps - done_before - step)
+            self.emit(events.Step(self.run_id, epoch + 1, step, self.steps, loss, rate, left))
+        return on_step
+
+    def _end_epoch(self, epoch: int, result: EpochResult, ev: Evaluation, lr: float, is_best: bool) -> None:
+        figures = metrics.classification_figures(self.data.val.labels.numpy(), ev.predictions, len(self.classes))
+        trainable, _ = freeze.count_params(self.model)
+        self.summary["trainable_params"] = trainable
+        record = {"epoch": epoch + 1, "train_loss": result.loss, "train_accuracy": result.accuracy,
+                  "val_loss": ev.loss, "val_accuracy": ev.accuracy, "lr": lr,
+                  "images_per_second": result.images / max(result.seconds, 1e-9), "seconds": result.seconds,
+                  "trainable_params": trainable}
+        self.store.add_epoch(self.run_id, epoch + 1, record)
+        if is_best:
+            self.summary.update(best_val_accuracy=ev.accuracy, best_epoch=epoch + 1)
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.store.save_checkpoint(self.run_id, checkpoint_dict(self.model, self.config, self.classes,
+                                                                    self.data.image_size, epoch + 1, ev.accuracy))
+            self.emit(events.CheckpointSaved(self.run_id, epoch + 1, ev.accuracy))
+        report = {k: figures[k] for k in ("precision", "recall", "f1", "support")}
+        self.emit(events.EpochEnded(self.run_id, epoch + 1, self.config.epochs, result.loss, result.accuracy, ev.loss,
+                                    ev.accuracy, lr, record["images_per_second"], result.seconds, trainable,
+                                    figures["confusion"], report, is_best))
+
+    def _final_evaluation(self) -> dict:
+        """The best model on val and test: the figures the Runs and Inspect pages show."""
+        if not hasattr(self, "best_state"):
+            return {}
+        self.model.load_state_dict(self.best_state)
+        final = {}
+        for name in ("val", "test"):
+            split = getattr(self.data, name)
+            if split is None:
+                continue
+            ev = evaluate(self.model, split.images, split.labels, prep=self.prep, batch_size=2 * self.config.batch_size,
+                          amp=self.amp)
+            final[name] = {"accuracy": ev.accuracy, "loss": ev.loss, "indices": split.indices.tolist(),
+                           "losses": ev.losses.tolist(), "predictions": ev.predictions.tolist(),
+                           **metrics.classification_figures(split.labels.numpy(), ev.predictions, len(self.classes))}
+        if "test" in final:
+            self.summary["test_accuracy"] = final["test"]["accuracy"]
+        return final
+
+    def _finish(self, reason: str, message: str) -> dict:
+        self.summary["stopped_reason"] = reason
+        try:
+            self._say("evaluating the best checkpoint")
+            final = self._final_evaluation()
+        except Exception as err:
+            return self._fail(err)
+        status = "finished" if reason in ("completed", "early_stopping") else "stopped"
+        self.store.finish(self.run_id, status, self.summary, final, message)
+        if status == "finished":
+            self.emit(events.RunFinished(self.run_id, dict(self.summary)))
+        else:
+            self.emit(events.RunStopped(self.run_id, reason, message, dict(self.summary)))
+        return self.summary
+
+    def _fail(self, err: Exception) -> dict:
+        message = user_message(err)
+        self.summary["stopped_reason"] = "error"
+        try:
+            self.store.finish(self.run_id, "failed", self.summary, {}, message)
+        finally:
+            self.emit(events.RunFailed(self.run_id, message, dict(self.summary)))
+        return self.summary
+
+
+def user_message(err: Exception) -> str:
+    """An exception in words: ours carry their own message; others name what happened."""
+    if isinstance(err, (data.DataError, backbones.WeightsUnavailable, ValueError)):
+        return str(err)
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return "The GPU ran out of memory. Try a smaller batch size or image size."
+    where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    place = f" (in {where.name}, {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
+    return f"Training failed: {err.__class__.__name__}: {err}{place}"
+
+
+# --- the same run in a background thread ------------------------------------------------
+
+@dataclass
+class JobSnapshot:
+    """What a page shows of a job, copied under the job's lock."""
+
+    run_id: str
+    status: str  # preparing, running, finished, stopped, failed
+    message: str
+    started: events.RunStarted | None
+    last_step: events.Step | None
+    epochs: list[events.EpochEnded]
+    end: events.Event | None
+
+
+class Job:
+    """``run`` in a daemon thread. Events go onto ``events`` (a queue) and fold into a
+    snapshot that a page can read at any time; ``stop()`` ends the run within one batch."""
+
+    def __init__(self, config: TrainConfig, store: RunStore, run_id: str | None = None):
+        self.config, self.store = config, store
+        self.run_id = run_id or new_run_id()
+        self.events: queue.Queue[events.Event] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._snap = JobSnapshot(self.run_id, "preparing", "starting", None, None, [], None)
+        self._thread = threading.Thread(target=self._main, name=f"ftlab-{self.run_id}", daemon=True)
+
+    def start(self) -> "Job":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            s = self._snap
+            return replace(s, epochs=list(s.epochs))
+
+    def _main(self) -> None:
+        try:
+            run(self.config, store=self.store, emit=self._on_event, stop=self._stop, run_id=self.run_id)
+        except BaseException as err:  # run() reports its own failures; this is the last guard
+            self._on_event(events.RunFailed(self.run_id, user_message(err)))
+
+    def _on_event(self, event: events.Event) -> None:
+        with self._lock:
+            s = self._snap
+            if isinstance(event, events.Preparing):
+                s.message = event.message
+            elif isinstance(event, events.RunStarted):
+                s.started, s.status, s.message = event, "running", "training"
+            elif isinstance(event, events.Step):
+                s.last_step = event
+            elif isinstance(event, events.EpochEnded):
+                s.epochs.append(event)
+            elif isinstance(event, events.RunFinished):
+                s.status, s.end, s.message = "finished", event, "finished"
+            elif isinstance(event, events.RunStopped):
+                s.status, s.end, s.message = "stopped", event, event.message
+            elif isinstance(event, events.RunFailed):
+                s.status, s.end, s.message = "failed", event, event.message
+        self.events.put(event)

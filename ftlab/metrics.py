@@ -1,0 +1,44 @@
+"""Classification figures over labels and predictions (scikit-learn), and what they show."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+
+def classification_figures(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict:
+    """Confusion matrix and per-class precision, recall, F1 and support, as plain lists.
+
+    >>> f = classification_figures([0, 0, 1, 1], [0, 1, 1, 1], 2)
+    >>> f["confusion"], f["recall"], [round(p, 3) for p in f["precision"]]
+    ([[1, 1], [0, 2]], [0.5, 1.0], [1.0, 0.667])
+    """
+    labels = list(range(num_classes))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    p, r, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {"confusion": cm.tolist(), "precision": p.tolist(), "recall": r.tolist(), "f1": f1.tolist(),
+            "support": support.tolist()}
+
+
+def normalise_rows(confusion: Sequence[Sequence[int]]) -> list[list[float]]:
+    """Each row divided by its total: the share of each true class predicted as each class.
+
+    >>> normalise_rows([[3, 1], [0, 0]])
+    [[0.75, 0.25], [0.0, 0.0]]
+    """
+    cm = np.asarray(confusion, dtype=float)
+    totals = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0).tolist()
+
+
+def most_confused(confusion: Sequence[Sequence[int]], k: int = 5) -> list[tuple[int, int, int]]:
+    """The k largest off-diagonal cells as (true class, predicted class, count).
+
+    >>> most_confused([[5, 2, 0], [4, 6, 1], [0, 0, 9]], k=2)
+    [(1, 0, 4), (0, 1, 2)]
+    """
+    cm = np.asarray(confusion)
+    cells = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [(i, j, n) for n, i, j in cells[:k]]
