@@ -172,3 +172,20 @@ def _write_members(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], root: Pa
         target.parent.mkdir(parents=True, exist_ok=True)
         with zf.open(m) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def save_upload(filename: str, content: bytes, data_dir: Path) -> Path:
+    """Keep an uploaded .zip as ``data_dir/uploads/<name>-<sha256 prefix>.zip`` and return its path.
+
+    The same bytes always land in the same file, so uploading a file again reuses it.
+    """
+    if not filename.lower().endswith(".zip"):
+        raise DataError(f"{filename} is not a .zip file. {LAYOUT_HELP}")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(filename).stem)[:60] or "upload"
+    target = Path(data_dir) / "uploads" / f"{stem}-{hashlib.sha256(content).hexdigest()[:12]}.zip"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        tmp.write_bytes(content)
+        os.replace(tmp, target)
+    return target

@@ -1,0 +1,185 @@
+"""The training run on a CPU: order of events, checkpoints, stop, faults, the run store."""
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from ftlab import backbones, data, engine, events
+from ftlab.config import TrainConfig
+from ftlab.runs import RunStore
+
+FAST = dict(dataset="digits", backbone="small_cnn", weights="random", strategy="full", image_size=16,
+            batch_size=64, epochs=2, lr=3e-3)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(tmp_path / "home")
+
+
+def collect(config, store, **kw):
+    seen = []
+    summary = engine.run(config, store=store, emit=seen.append, **kw)
+    return summary, seen
+
+
+def kinds(seen):
+    return [type(e).__name__ for e in seen]
+
+
+def test_a_run_reports_events_in_order_and_keeps_its_record(store):
+    summary, seen = collect(TrainConfig(**FAST, test_fraction=0.2), store)
+    names = kinds(seen)
+    assert names[0] == "Preparing" and "RunStarted" in names and names[-1] == "RunFinished"
+    started = names.index("RunStarted")
+    assert set(names[:started]) == {"Preparing"}
+    epoch_ends = [i for i, n in enumerate(names) if n == "EpochEnded"]
+    assert len(epoch_ends) == 2
+    # steps come before the epoch they belong to ends, and each epoch has all its steps
+    steps = [e for e in seen if isinstance(e, events.Step)]
+    assert [s.step for s in steps if s.epoch == 1] == list(range(1, steps[0].steps + 1))
+    assert names.index("Step") > started and max(i for i, n in enumerate(names) if n == "Step") < epoch_ends[-1]
+
+    for key in ("run_id", "dataset", "backbone", "strategy", "epochs_run", "best_val_accuracy", "test_accuracy",
+                "train_seconds", "images_per_second", "trainable_params", "total_params", "device",
+                "stopped_reason"):
+        assert key in summary
+    assert summary["epochs_run"] == 2 and summary["stopped_reason"] == "completed"
+    assert summary["test_accuracy"] is not None and summary["device"] == "cpu"
+    ends = [e for e in seen if isinstance(e, events.EpochEnded)]
+    assert summary["best_val_accuracy"] == max(e.val_accuracy for e in ends)
+    assert len(ends[-1].confusion) == 10
+
+    record = store.get(summary["run_id"])
+    assert record.status == "finished" and len(record.classes) == 10
+    assert [m["epoch"] for m in store.epochs(summary["run_id"])] == [1, 2]
+    assert len(record.final["test"]["confusion"]) == 10
+    checkpoint = store.load_checkpoint(summary["run_id"])
+    assert checkpoint["epoch"] == summary["best_epoch"] and checkpoint["backbone"] == "small_cnn"
+
+
+def test_confusion_matrix_counts_every_validation_image(store):
+    summary, seen = collect(TrainConfig(**FAST), store)
+    split = store.get(summary["run_id"]).split
+    end = [e for e in seen if isinstance(e, events.EpochEnded)][-1]
+    assert sum(map(sum, end.confusion)) == len(split["val"])
+    assert sum(end.report["support"]) == len(split["val"])
+
+
+def test_images_are_decoded_once_per_split(store, monkeypatch):
+    calls = []
+    real = data.decode
+    monkeypatch.setattr(data, "decode", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    collect(TrainConfig(**{**FAST, "epochs": 3}), store)
+    assert len(calls) == 2  # train and val, not once per epoch
+
+
+def test_the_background_job_stops_within_a_batch(store):
+    job = engine.Job(TrainConfig(**{**FAST, "epochs": 50}), store).start()
+    first = None
+    while first is None:
+        e = job.events.get(timeout=120)
+        if isinstance(e, events.Step):
+            first = e
+    job.stop()
+    assert job.join(timeout=30), "the job did not stop"
+    snap = job.snapshot()
+    assert snap.status == "stopped" and isinstance(snap.end, events.RunStopped) and snap.end.reason == "user"
+    assert store.get(job.run_id).status == "stopped"
+    assert snap.end.summary["epochs_run"] < 50
+
+
+def _nan_after(calls: int) -> "OrderedDict[str, nn.Module]":
+    class NanAfter(nn.Module):
+        """Passes its input through until it has run ``calls`` times in training, then gives NaN."""
+
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+            self.seen = 0
+
+        def forward(self, x):
+            if self.training:
+                self.seen += 1
+            return x * self.scale * (float("nan") if self.seen > calls else 1.0)
+
+    return OrderedDict(stem=NanAfter(), pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)))
+
+
+@pytest.fixture
+def nan_backbone():
+    spec = backbones.BackboneSpec("nan_at_step_60", "fault injection", lambda pretrained: _nan_after(60), 3,
+                                  default_size=16, min_size=8, mean=(0.5,) * 3, std=(0.25,) * 3, has_imagenet=False)
+    backbones._REGISTRY[spec.name] = spec
+    yield spec.name
+    del backbones._REGISTRY[spec.name]
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(store, nan_backbone):
+    # 1,437 training digits in batches of 64: 23 steps an epoch, so NaN arrives in epoch 3
+    config = TrainConfig(**{**FAST, "backbone": nan_backbone, "epochs": 5})
+    summary, seen = collect(config, store)
+    stopped = seen[-1]
+    assert isinstance(stopped, events.RunStopped) and stopped.reason == "non_finite_loss"
+    assert "learning rate" in stopped.message and "epoch 3" in stopped.message
+    assert summary["epochs_run"] == 2
+    assert store.get(summary["run_id"]).status == "stopped"
+    assert store.load_checkpoint(summary["run_id"])["epoch"] in (1, 2)
+
+
+def test_bad_data_fails_with_a_message_and_a_failed_record(store, tmp_path):
+    folder = tmp_path / "one_class" / "cats"
+    folder.mkdir(parents=True)
+    from PIL import Image
+    for i in range(3):
+        Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    summary, seen = collect(TrainConfig(**{**FAST, "dataset": str(folder.parent)}), store)
+    assert isinstance(seen[-1], events.RunFailed)
+    assert "class" in seen[-1].message.lower()
+    record = store.get(summary["run_id"])
+    assert record.status == "failed" and record.message == seen[-1].message
+
+
+def test_an_exception_in_a_data_step_reaches_the_job_as_a_failure(store, monkeypatch):
+    def broken(self, images, train):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(engine.Preprocess, "__call__", broken)
+    job = engine.Job(TrainConfig(**FAST), store).start()
+    assert job.join(timeout=120)
+    snap = job.snapshot()
+    assert snap.status == "failed" and "disk on fire" in snap.message
+    assert store.get(job.run_id).status == "failed"
+
+
+def test_gradual_unfreezing_reaches_every_block_and_trains(store):
+    config = TrainConfig(**{**FAST, "strategy": "gradual", "gradual_every": 1, "epochs": 5})
+    summary, seen = collect(config, store)
+    trainable = [e.trainable_params for e in seen if isinstance(e, events.EpochEnded)]
+    assert trainable == sorted(trainable) and trainable[0] < trainable[-1]
+    assert trainable[-1] == summary["total_params"]  # small_cnn has 4 blocks below the head
+
+
+def test_same_seed_same_run(store):
+    a, _ = collect(TrainConfig(**FAST), store)
+    b, _ = collect(TrainConfig(**FAST), store)
+    ea, eb = store.epochs(a["run_id"]), store.epochs(b["run_id"])
+    assert [e["val_accuracy"] for e in ea] == [e["val_accuracy"] for e in eb]
+    assert ea[-1]["train_loss"] == pytest.approx(eb[-1]["train_loss"], rel=1e-5)
+
+
+def test_class_weights_even_out_the_loss():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    w = engine.class_weights(labels, 2)
+    # N / (K n_k): 100 / (2 * 90) and 100 / (2 * 10)
+    assert w.tolist() == pytest.approx([100 / 180, 100 / 20])
+
+
+def test_pick_device_prefers_what_is_there(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert engine.pick_device().type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert engine.pick_device().type == "cpu"
+    assert engine.pick_device("cpu").type == "cpu"

@@ -1,0 +1,116 @@
+"""The run store: records survive, checkpoints are whole or absent, nothing is unpickled."""
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ftlab.runs import CheckpointError, RunStore, load_checkpoint_file, new_run_id
+
+CONFIG = {"dataset": "digits", "backbone": "small_cnn", "strategy": "full"}
+
+
+def test_records_round_trip_and_survive_a_new_store(tmp_path):
+    store = RunStore(tmp_path)
+    rid = new_run_id()
+    store.create(rid, CONFIG)
+    store.set_data(rid, ["a", "b"], {"train": [0, 2], "val": [1], "test": [], "seed": 0})
+    store.add_epoch(rid, 1, {"epoch": 1, "val_accuracy": 0.5})
+    store.add_epoch(rid, 2, {"epoch": 2, "val_accuracy": 0.75})
+    store.finish(rid, "finished", {"best_val_accuracy": 0.75}, {"val": {"confusion": [[1, 0], [0, 1]]}})
+
+    again = RunStore(tmp_path)  # as after a restart of the app
+    record = again.get(rid)
+    assert record.status == "finished" and record.classes == ["a", "b"]
+    assert record.split["train"] == [0, 2] and record.summary["best_val_accuracy"] == 0.75
+    assert [e["val_accuracy"] for e in again.epochs(rid)] == [0.5, 0.75]
+    assert [r.id for r in again.list()] == [rid]
+
+
+def test_delete_removes_record_epochs_and_checkpoint(tmp_path):
+    store = RunStore(tmp_path)
+    rid = new_run_id()
+    store.create(rid, CONFIG)
+    store.add_epoch(rid, 1, {"epoch": 1})
+    store.save_checkpoint(rid, {"model": {"w": torch.ones(2)}, "backbone": "small_cnn"})
+    store.delete(rid)
+    assert store.list() == [] and store.epochs(rid) == []
+    assert not store.run_dir(rid).exists()
+    with pytest.raises(KeyError, match="ftlab runs"):
+        store.get(rid)
+
+
+def test_mark_interrupted_only_touches_running_runs(tmp_path):
+    store = RunStore(tmp_path)
+    done, running = new_run_id(), new_run_id() + "x"
+    for rid in (done, running):
+        store.create(rid, CONFIG)
+    store.finish(done, "finished", {})
+    assert store.mark_interrupted() == 1
+    assert store.get(running).status == "interrupted" and store.get(done).status == "finished"
+
+
+def test_checkpoint_replaced_whole(tmp_path):
+    store = RunStore(tmp_path)
+    rid = new_run_id()
+    store.save_checkpoint(rid, {"model": {"w": torch.zeros(3)}, "backbone": "small_cnn", "epoch": 1})
+    store.save_checkpoint(rid, {"model": {"w": torch.ones(3)}, "backbone": "small_cnn", "epoch": 2})
+    loaded = store.load_checkpoint(rid)
+    assert loaded["epoch"] == 2 and torch.equal(loaded["model"]["w"], torch.ones(3))
+    assert [p.name for p in store.run_dir(rid).iterdir()] == ["best.pt"]  # no temporary files left
+
+
+def test_a_killed_writer_leaves_the_previous_checkpoint(tmp_path):
+    """Guard: save_checkpoint writes a temporary file and renames it. Writing in place would leave
+    a truncated best.pt here after the SIGKILL."""
+    store = RunStore(tmp_path)
+    rid = "kill-test"
+    store.save_checkpoint(rid, {"model": {"w": torch.zeros(4)}, "backbone": "small_cnn", "epoch": 1})
+    writer = textwrap.dedent(f"""
+        import sys, torch
+        from ftlab.runs import RunStore
+        store = RunStore({str(tmp_path)!r})
+        big = {{"model": {{"w": torch.randn(64_000_000)}}, "backbone": "small_cnn", "epoch": 2}}
+        print("writing", flush=True)
+        store.save_checkpoint({rid!r}, big)
+        print("done", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.stdout.readline().strip() == "writing"
+    tmp_files = lambda: [p for p in store.run_dir(rid).iterdir() if p.name != "best.pt"]  # noqa: E731
+    import time
+    deadline = time.time() + 60
+    while not tmp_files() and time.time() < deadline:  # wait until the write is under way
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    loaded = store.load_checkpoint(rid)
+    assert loaded["epoch"] in (1, 2)
+    if loaded["epoch"] == 1:
+        assert torch.equal(loaded["model"]["w"], torch.zeros(4))
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch EXPLOITED",))
+
+
+def test_a_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
+    """Guard: torch.load(weights_only=True). With weights_only=False the payload would run."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"model": Exploit(), "backbone": "small_cnn"}, fh)
+    with pytest.raises(CheckpointError, match="could not be loaded safely"):
+        load_checkpoint_file(path)
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_a_missing_checkpoint_says_why(tmp_path):
+    store = RunStore(tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        store.load_checkpoint("nothing-here")
