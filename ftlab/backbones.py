@@ -78,6 +78,12 @@ class BlockModel(nn.Sequential):
             return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
         return super().__getitem__(idx)
 
+    def forward_from(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Run blocks ``start``.. on ``x``, the output of block ``start - 1`` (a cached one)."""
+        for block in list(self._modules.values())[start:]:
+            x = block(x)
+        return x
+
     @property
     def block_names(self) -> list[str]:
         return [name for name, _ in self.named_children()]
@@ -120,18 +126,26 @@ def load_weights_file(model: BlockModel, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a pickle with code in it, a truncated file, not a torch file
-        raise WeightsUnavailable(f"{path} is not a loadable weights file ({err.__class__.__name__}: "
-                                 f"{str(err).splitlines()[0][:200]})") from None
+        raise WeightsUnavailable(f"{path} is not a loadable weights file ({_why(err)})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailable(f"{path} holds a {type(state).__name__}, not a state dict")
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    usable = {k: v for k, v in state.items()
+              if k in own and isinstance(v, torch.Tensor) and own[k].shape == v.shape}
     body = [k for k in own if not k.startswith("head.")]
     if sum(k in usable for k in body) < len(body):
         missing = len(body) - sum(k in usable for k in body)
         raise WeightsUnavailable(f"{path} does not fit {model.backbone}: {missing} of {len(body)} "
                                  "tensors are missing or have another shape")
     model.load_state_dict(usable, strict=False)
+
+
+def _why(err: Exception) -> str:
+    """The error's class and the first line of its message (which may be empty)."""
+    lines = str(err).splitlines()
+    return f"{err.__class__.__name__}: {lines[0][:200]}" if lines else err.__class__.__name__
 
 
 # --- ImageNet weights -------------------------------------------------------------------
@@ -146,9 +160,14 @@ def _torchvision_state_dict(arch: str) -> "OrderedDict[str, torch.Tensor]":
     if paths.offline() and not file.exists():
         raise WeightsUnavailable(_offline_message(arch, weights.url, file))
     try:
-        return weights.get_state_dict(progress=False, check_hash=False)
+        # torch.hub unpickles with weights_only=False unless told otherwise, and the cache is
+        # a folder users drop files into by hand: load it like any other untrusted file
+        return weights.get_state_dict(progress=False, check_hash=False, weights_only=True)
     except (urllib.error.URLError, OSError) as err:
         raise WeightsUnavailable(_offline_message(arch, weights.url, file, err)) from None
+    except Exception as err:  # a file in the cache that is not a plain state dict (or is corrupt)
+        raise WeightsUnavailable(f"{file} is not a loadable weights file ({_why(err)}); "
+                                 "delete it and try again") from None
 
 
 def _offline_message(arch: str, url: str, file: Path, err: Exception | None = None) -> str:
@@ -184,7 +203,12 @@ def _torchvision(arch: str, pretrained: bool) -> nn.Module:
 
     model = torchvision.models.get_model(arch, weights=None)
     if pretrained:
-        model.load_state_dict(_torchvision_state_dict(arch))
+        state = _torchvision_state_dict(arch)  # WeightsUnavailable is a RuntimeError: keep it out of the try
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:  # a file of the right name holding another model's tensors
+            raise WeightsUnavailable(f"{_weights_file(arch)} in {Path(torch.hub.get_dir()) / 'checkpoints'} "
+                                     f"does not fit {arch} ({_why(err)}); delete it and try again") from None
     return model
 
 

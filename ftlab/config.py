@@ -76,6 +76,13 @@ class TrainConfig:
     class_weighting: str = _opt("none", "weight the loss by inverse class frequency", choices=CLASS_WEIGHTING)
     balanced_sampling: bool = _opt(False, "draw training batches with every class equally likely")
     seed: int = _opt(0, "random seed (split, initialisation, batches)", lo=0, hi=2**31 - 1)
+    feature_cache: bool = _opt(True, "compute the frozen blocks once per image and train the rest on the stored "
+                               "features (needs frozen BatchNorm, and no augmentation or --augment-views)",
+                               section="speed")
+    augment_views: int = _opt(0, "with augmentation and the feature cache: store this many augmented views per "
+                              "image (0: run the frozen blocks every epoch instead)", lo=0, hi=64, section="speed")
+    cache_memory_mb: int = _opt(0, "memory budget of the feature cache in MB (0: a quarter of the free memory)",
+                                lo=0, hi=1_000_000, section="speed")
     device: str = _opt("auto", "auto picks CUDA, then MPS, then CPU", choices=DEVICES)
     amp: bool = _opt(True, "mixed precision (CUDA only)")
 
@@ -132,6 +139,9 @@ def _check_names(config: TrainConfig) -> list[str]:
         spec = backbones.get_spec(config.backbone)
     except ValueError as err:
         return problems + [str(err) + "."]
+    if config.weights not in ("imagenet", "random") and not Path(config.weights).expanduser().is_file():
+        problems.append(f"weights file {config.weights!r} does not exist: give the path of a weights file, or "
+                        "choose imagenet or random.")
     if config.weights == "imagenet" and not spec.has_imagenet:
         problems.append(f"{spec.name} has no ImageNet weights: choose weights random (or a file).")
     size = config.image_size

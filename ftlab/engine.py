@@ -7,6 +7,7 @@ device, augmented and normalised there, so no epoch decodes a file again.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 import time
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab import backbones, data, events, freeze, metrics
+from ftlab import backbones, cache, data, events, freeze, metrics
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
 from ftlab.runs import RunStore, new_run_id
 
@@ -123,7 +124,26 @@ class Preprocess:
         return (x.float().div_(255) - self.mean) / self.std
 
 
+class FeaturePrep:
+    """Cached features -> float on the device (they were normalised and augmented before)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, features: torch.Tensor, train: bool) -> torch.Tensor:
+        return features.to(self.device, non_blocking=True).float()
+
+
 # --- one epoch, one evaluation ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class EpochInputs:
+    train: torch.Tensor
+    val: torch.Tensor
+    start: int  # the first block to run on them
+    prep: Callable
+    val_prep: Callable
+
 
 @dataclass
 class EpochResult:
@@ -136,20 +156,24 @@ class EpochResult:
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, order: Iterator[torch.Tensor], *,
                     optimizer: torch.optim.Optimizer, loss_fn: nn.Module, prep: Preprocess,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, amp: bool = False,
-                    scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0,
+                    scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0, start: int = 0,
                     should_stop: Callable[[], bool] = lambda: False,
                     on_step: Callable[[int, float, int], None] = lambda step, loss, n: None) -> EpochResult:
-    """One pass over the training batches; ``scheduler`` (if given) steps after every batch."""
+    """One pass over the training batches; ``scheduler`` (if given) steps after every batch.
+
+    ``images`` are the inputs of block ``start``: decoded images when ``start`` is 0, the
+    cached output of the frozen blocks before it otherwise.
+    """
     freeze.set_train_mode(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     device_type = prep.device.type
-    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
     for step, idx in enumerate(order, 1):
         if should_stop():
             raise StopRequested
         x, y = prep(images[idx], train=True), labels[idx].to(prep.device, non_blocking=True)
         with torch.autocast(device_type, enabled=amp):
-            logits = model(x)
+            logits = model.forward_from(x, start)
             loss = loss_fn(logits.float(), y)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
@@ -173,7 +197,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         correct += (logits.argmax(1) == y).sum().item()
         seen += n
         on_step(step, loss.item(), seen)
-    return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start)
+    return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - began)
 
 
 @dataclass
@@ -187,7 +211,7 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, prep: Preprocess,
-             batch_size: int = 128, amp: bool = False,
+             batch_size: int = 128, amp: bool = False, start: int = 0,
              should_stop: Callable[[], bool] = lambda: False) -> Evaluation:
     model.eval()
     preds, losses, probs = [], [], []
@@ -196,7 +220,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, pr
             raise StopRequested
         x, y = prep(images[idx], train=False), labels[idx].to(prep.device)
         with torch.autocast(prep.device.type, enabled=amp):
-            logits = model(x).float()
+            logits = model.forward_from(x, start).float()
         losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
         probs.append(logits.softmax(1).cpu())
         preds.append(logits.argmax(1).cpu())
@@ -263,6 +287,8 @@ class _Trainer:
     stop: threading.Event
     run_id: str
     summary: dict = field(default_factory=dict)
+    shared_cache: cache.FeatureCache = cache.SHARED
+    computed: set = field(default_factory=set)  # cache keys this run computed itself
 
     def run(self) -> dict:
         c = self.config
@@ -301,6 +327,8 @@ class _Trainer:
                                      frozen_blocks=c.frozen_blocks)
         freeze.apply_freeze(self.model, self.plan.frozen_at(0), c.bn_frozen)
         self.prep = Preprocess(c, self.data.image_size, self.device)
+        if c.cache_memory_mb:
+            self.shared_cache.budget = c.cache_memory_mb << 20
         self.amp = c.amp and self.device.type == "cuda"
         train_labels = self.data.train.labels
         weight = class_weights(train_labels, len(self.classes)).to(self.device) if c.class_weighting == "balanced" \
@@ -333,10 +361,11 @@ class _Trainer:
             lr = self.optimizer.param_groups[-1]["lr"]
             on_step = self._step_reporter(epoch, started, images_seen)
             try:
+                inputs = self._inputs(epoch)
                 result = train_one_epoch(
-                    self.model, d.train.images, d.train.labels,
+                    self.model, inputs.train, d.train.labels,
                     batches(len(d.train.labels), c.batch_size, generator=generator, sample_weights=self.sample_weights),
-                    optimizer=self.optimizer, loss_fn=self.loss_fn, prep=self.prep,
+                    optimizer=self.optimizer, loss_fn=self.loss_fn, prep=inputs.prep, start=inputs.start,
                     scheduler=self.scheduler if self.per_step else None, amp=self.amp, scaler=self.scaler,
                     grad_clip=c.grad_clip, should_stop=self.stop.is_set, on_step=on_step)
             except NonFiniteLoss as err:
@@ -347,8 +376,8 @@ class _Trainer:
             if self.scheduler is not None and not self.per_step:
                 self.scheduler.step()
             try:
-                ev = evaluate(self.model, d.val.images, d.val.labels, prep=self.prep, batch_size=2 * c.batch_size,
-                              amp=self.amp, should_stop=self.stop.is_set)
+                ev = evaluate(self.model, inputs.val, d.val.labels, prep=inputs.val_prep, start=inputs.start,
+                              batch_size=2 * c.batch_size, amp=self.amp, should_stop=self.stop.is_set)
             except StopRequested:
                 return "user", f"stopped by the user while evaluating epoch {epoch + 1}"
             images_seen += result.images
@@ -364,6 +393,73 @@ class _Trainer:
             if c.early_stopping and since_best >= c.early_stopping:
                 return "early_stopping", f"no better val accuracy for {since_best} epochs"
         return "completed", ""
+
+    def _inputs(self, epoch: int) -> "EpochInputs":
+        """What blocks ``start``.. read this epoch: cached features of the frozen prefix where
+        the prefix is a fixed function of the image, the decoded images otherwise."""
+        c, d = self.config, self.data
+        start = self.model.block_names.index(self.plan.blocks[self.plan.first_trainable(epoch)])
+        plain = EpochInputs(d.train.images, d.val.images, 0, self.prep, self.prep)
+        augmenting = self.prep.augment is not None
+        why_not = ("the feature cache is off" if not c.feature_cache else
+                   "every block trains" if start == 0 else
+                   "frozen BatchNorm layers run in train mode (bn_frozen is off), so their output changes"
+                   if not c.bn_frozen else
+                   "augmentation changes every image every epoch and augment_views is 0"
+                   if augmenting and not c.augment_views else "")
+        if why_not:
+            self._note_cache(f"not caching: {why_not}; the frozen blocks run every epoch")
+            return plain
+        view = epoch % c.augment_views + 1 if augmenting else 0
+        train = self._cached("train", start, view)
+        val = self._cached("val", start, 0)
+        if train is None or val is None:
+            return plain
+        return EpochInputs(train, val, start, FeaturePrep(self.device), FeaturePrep(self.device))
+
+    def _note_cache(self, note: str) -> None:
+        if self.summary.get("feature_cache") != note:
+            self.summary["feature_cache"] = note
+            self._say(note)
+
+    def _cached(self, split: str, start: int, view: int) -> torch.Tensor | None:
+        c, decoded = self.config, getattr(self.data, split)
+        weights = (f"random:{c.seed}" if c.weights == "random" else c.weights if c.weights == "imagenet"
+                   else f"{c.weights}:{os.path.getmtime(c.weights)}")
+        shapes = f":{c.shapes_classes}:{c.shapes_per_class}:{c.shapes_noise}:{c.seed}" if c.dataset == "shapes" else ""
+        key = cache.CacheKey(c.backbone, weights, self.model.block_names[start], self.data.image_size,
+                             c.dataset + shapes, split, cache.digest(decoded.indices), view)
+        blocks = ", ".join(self.model.block_names[:start])
+        found = self.shared_cache.get(key)
+        if found is not None:
+            if key not in self.computed:
+                self._note_cache(f"training blocks {', '.join(self.model.block_names[start:])} on features of the "
+                                 f"frozen blocks ({blocks}) cached by an earlier run")
+            return found
+        prefix = self.model[:start]
+        with torch.no_grad():
+            prefix.eval()
+            one = prefix(self.prep(decoded.images[:1], train=False))
+        need = one[0].numel() * 4 * len(decoded.labels)
+        dtype = cache.storage_dtype(need, self.shared_cache.budget, cache.default_budget_bytes() * 4)
+        if dtype is None:
+            self._note_cache(f"not caching: the features of {split} would take {need / 2**20:,.0f} MB, more than "
+                             f"the cache's {self.shared_cache.budget / 2**20:,.0f} MB budget; the frozen blocks run "
+                             "every epoch")
+            return None
+        what = f"{split} view {view}" if view else split
+        self._say(f"caching the output of {blocks} for {len(decoded.labels):,} {what} images "
+                  f"({need / (2 if dtype == torch.float16 else 1) / 2**20:,.1f} MB, {str(dtype)[6:]})")
+        if view:
+            torch.manual_seed(c.seed * 1000 + view)  # the same views in every run with this seed
+        features = cache.compute(prefix, decoded.images, lambda x: self.prep(x, train=view > 0),
+                                 batch_size=max(64, 2 * c.batch_size), dtype=dtype, should_stop=self.stop.is_set,
+                                 amp=self.amp)
+        self.shared_cache.put(key, features)
+        self.computed.add(key)
+        self._note_cache(f"training blocks {', '.join(self.model.block_names[start:])} on cached features of "
+                         f"the frozen blocks ({blocks})")
+        return features
 
     def _step_reporter(self, epoch: int, started: float, images_before: int):
         c, total_steps = self.config, self.config.epochs * self.steps

@@ -1,0 +1,119 @@
+"""The frozen-prefix feature cache: run frozen blocks once per image, not once per epoch.
+
+When the first k blocks of a model are frozen and run in eval mode, and the images are not
+randomly augmented, block k-1's output is a fixed function of each image: computing it
+once and training blocks k.. on the stored tensors gives the same logits, loss and
+gradients as running the whole model every epoch, at a fraction of the cost. Entries are
+kept per process and keyed by everything that determines them, so a second run on the
+same data and backbone (another freeze strategy, another learning rate) reuses them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def default_budget_bytes() -> int:
+    """A quarter of the memory free now, at most 8 GiB (2 GiB where free memory is unknown)."""
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+    return int(min(free // 4, 8 << 30))
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    backbone: str
+    weights: str  # "imagenet", "random:<seed>" or "<file>:<mtime>"
+    boundary: str  # the first block that is NOT cached (it reads the cached tensors)
+    image_size: int
+    dataset: str  # the data set and whatever changes its images (shapes options)
+    split: str
+    indices: str  # digest of the dataset indices, in order
+    view: int  # 0: the image as decoded; v > 0: the v-th augmented view
+
+
+def digest(indices: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+class FeatureCache:
+    """Tensors by key within a memory budget; the least recently used go first."""
+
+    def __init__(self, budget_bytes: int | None = None):
+        self.budget = default_budget_bytes() if budget_bytes is None else budget_bytes
+        self._entries: OrderedDict[CacheKey, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.peak_bytes = 0
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(t.numel() * t.element_size() for t in self._entries.values())
+
+    def get(self, key: CacheKey) -> torch.Tensor | None:
+        with self._lock:
+            tensor = self._entries.get(key)
+            if tensor is not None:
+                self._entries.move_to_end(key)
+            return tensor
+
+    def fits(self, nbytes: int, budget: int | None = None) -> bool:
+        return nbytes <= (self.budget if budget is None else budget)
+
+    def put(self, key: CacheKey, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        with self._lock:
+            self._entries.pop(key, None)
+            while self._entries and sum(t.numel() * t.element_size() for t in self._entries.values()) + size \
+                    > self.budget:
+                self._entries.popitem(last=False)
+            self._entries[key] = tensor
+            used = sum(t.numel() * t.element_size() for t in self._entries.values())
+            self.peak_bytes = max(self.peak_bytes, used)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.peak_bytes = 0
+
+
+# One per process: runs in the app's threads and in the benchmark share it.
+SHARED = FeatureCache()
+
+
+@torch.no_grad()
+def compute(prefix: nn.Module, images: torch.Tensor, prep: Callable[[torch.Tensor], torch.Tensor], *,
+            batch_size: int, dtype: torch.dtype, should_stop: Callable[[], bool] = lambda: False,
+            amp: bool = False) -> torch.Tensor:
+    """``prefix`` over every image, stored on the CPU in ``dtype``."""
+    prefix.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        if should_stop():
+            from ftlab.engine import StopRequested
+            raise StopRequested
+        x = prep(images[start:start + batch_size])
+        with torch.autocast(x.device.type, enabled=amp):
+            out.append(prefix(x).to("cpu", dtype))
+    return torch.cat(out)
+
+
+def storage_dtype(bytes_fp32: int, budget: int, free_bytes: int) -> torch.dtype | None:
+    """fp32 when it fits, else fp16 (features of pretrained blocks lose ~3 decimal digits,
+    far below what changes a prediction), else ``None``: recompute instead."""
+    room = min(budget, free_bytes)
+    if bytes_fp32 <= room:
+        return torch.float32
+    if bytes_fp32 // 2 <= room:
+        return torch.float16
+    return None
