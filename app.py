@@ -1,6 +1,32 @@
-"""ftlab, the Fine-Tuning Lab: `streamlit run app.py`."""
+"""ftlab, the Fine-Tuning Lab: `streamlit run app.py`.
+
+The entry point: session defaults, navigation over the pages, and a sidebar that says what
+the session has chosen and what is running. Each page only renders; the work is in `ftlab`.
+"""
 import streamlit as st
 
+from ui import keys, parts, resources
+
 st.set_page_config(page_title="ftlab", page_icon="🔬", layout="wide")
-st.title("ftlab — the Fine-Tuning Lab")
-st.write("The engine is ready; the pages come next. Meanwhile: `python -m ftlab --help`.")
+keys.init_state(st.session_state)
+
+# The folder is app_pages/, not pages/: a pages/ folder beside the entry script puts Streamlit
+# in its legacy multipage mode until the first st.navigation call of the process, so the
+# first visit to /train after a restart would run that page alone, without this script.
+PAGES = [
+    st.Page("app_pages/home.py", title="Home", icon="🔬", default=True),
+    st.Page("app_pages/data.py", title="Data", icon="🗂️", url_path="data"),
+    st.Page("app_pages/model.py", title="Model & freezing", icon="🧊", url_path="model"),
+    st.Page("app_pages/train.py", title="Train", icon="🏋️", url_path="train"),
+    st.Page("app_pages/runs.py", title="Runs", icon="📋", url_path="runs"),
+    st.Page("app_pages/inspect_run.py", title="Inspect & predict", icon="🔍", url_path="inspect"),
+]
+page = st.navigation(PAGES)
+
+with st.sidebar:
+    st.caption(parts.config_summary(keys.current_config(st.session_state)))
+    running = resources.registry().running()
+    if running:
+        st.caption("Running: " + ", ".join(f"`{j.run_id}`" for j in running))
+
+page.run()

@@ -56,7 +56,7 @@ class TrainConfig:
     bn_frozen: bool = _opt(True, "frozen blocks keep their BatchNorm statistics (eval mode)", section="freezing")
     # training
     optimizer: str = _opt("adamw", "optimiser", choices=OPTIMIZERS)
-    lr: float | None = _opt(None, "learning rate of the head (default: 0.01 for a linear probe, 0.001 for top-N "
+    lr: float | None = _opt(None, "learning rate of the head (default: 0.003 for a linear probe, 0.001 for top-N "
                             "and gradual, 0.0003 for full fine-tuning)", lo=1e-7, hi=10.0)
     momentum: float = _opt(0.9, "SGD momentum", lo=0.0, hi=0.999)
     weight_decay: float = _opt(1e-4, "weight decay", lo=0.0, hi=1.0)
@@ -154,7 +154,7 @@ def _check_names(config: TrainConfig) -> list[str]:
 
 # A linear probe trains one layer on fixed features and takes large steps well; the more
 # pretrained layers train, the smaller the step that keeps their features intact.
-DEFAULT_LR = {"linear-probe": 1e-2, "top-N": 1e-3, "gradual": 1e-3, "custom": 1e-3, "full": 3e-4}
+DEFAULT_LR = {"linear-probe": 3e-3, "top-N": 1e-3, "gradual": 1e-3, "custom": 1e-3, "full": 3e-4}
 
 
 def resolved_lr(config: TrainConfig) -> float:

@@ -62,7 +62,8 @@ def make_plan(blocks: list[str] | tuple[str, ...], strategy: str, *, gradual_eve
         unknown = set(frozen_blocks) - set(blocks)
         if unknown:
             raise ValueError(f"no block named {', '.join(sorted(unknown))}; blocks are: {', '.join(blocks)}")
-        frozen = frozenset(frozen_blocks)
+        # explicit blocks override the preset: a gradual schedule would otherwise ignore them
+        kind, frozen = "custom", frozenset(frozen_blocks)
     elif kind in ("linear-probe", "gradual"):
         frozen = frozenset(body)
     elif kind == "top-N":
