@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 EXIF_ORIENTATION = 0x0112
 CHUNK = 512  # in-memory arrays are resized this many at a time, to bound the float copies
+# Pixels one image may have (setting FTLAB_MAX_PIXELS). A 40 kB PNG can declare 50,000 x 50,000
+# pixels and take 7.5 GB to decode: such a decompression bomb is refused before decoding.
+MAX_PIXELS = int(float(os.environ.get("FTLAB_MAX_PIXELS", "") or 100_000_000))
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,8 +100,16 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
+class TooManyPixels(ValueError):
+    """An image larger than MAX_PIXELS."""
+
+
 def _decode_file(file: str | Path | io.BytesIO, size: int) -> np.ndarray:
     with Image.open(file) as image:
+        w, h = image.size
+        if w * h > MAX_PIXELS:
+            raise TooManyPixels(f"{w} x {h} pixels is more than the limit of {MAX_PIXELS:,} "
+                                "(setting FTLAB_MAX_PIXELS)")
         # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale while keeping both sides >= size:
         # most of the time on large photos is saved here.
         image.draft("RGB", (size, size))

@@ -25,6 +25,26 @@ SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "
 LAYOUT_HELP = "Expected root/<class>/<images> or root/train|val|test/<class>/<images>."
 
 
+def _limit(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
+    try:
+        return float(value) if value.strip() else default
+    except ValueError:
+        return default
+
+
+def zip_limits() -> dict[str, float]:
+    """What an uploaded .zip may unpack to; each a setting (environment variable) with a default.
+
+    A zip bomb claims little and unpacks to a lot, so the total, the member count and each
+    member's compression ratio are bounded before anything is written, and the bytes
+    actually written are counted again while unpacking (the sizes in a zip can lie).
+    """
+    return {"max_total_mb": _limit("FTLAB_ZIP_MAX_MB", 4096),  # unpacked size of the whole archive
+            "max_members": _limit("FTLAB_ZIP_MAX_FILES", 200_000),
+            "max_ratio": _limit("FTLAB_ZIP_MAX_RATIO", 200)}  # images barely compress; 200:1 is a bomb
+
+
 def is_junk(name: str) -> bool:
     """Hidden files and folders (.DS_Store, ._x) and macOS zip resource forks are never data."""
     return name.startswith(".") or name == "__MACOSX"
@@ -138,6 +158,7 @@ def extract_zip(archive: Path, dest: Path) -> None:
                 if reason:
                     raise DataError(f"{archive}: refused, member {m.filename!r} is {reason}. "
                                     "Re-create the zip from the data folder itself.")
+            _check_bomb(archive, members)
             dest.parent.mkdir(parents=True, exist_ok=True)
             _check_space(archive, members, dest.parent)
             tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
@@ -153,6 +174,23 @@ def extract_zip(archive: Path, dest: Path) -> None:
         raise DataError(f"{archive} is not a readable .zip file ({e}). Re-create it and try again.") from e
 
 
+def _check_bomb(archive: Path, members: list[zipfile.ZipInfo]) -> None:
+    limits = zip_limits()
+    if len(members) > limits["max_members"]:
+        raise DataError(f"{archive} has {len(members):,} files; the limit is {limits['max_members']:,.0f} "
+                        "(setting FTLAB_ZIP_MAX_FILES). Upload a smaller selection.")
+    total = sum(m.file_size for m in members)
+    if total > limits["max_total_mb"] * 2**20:
+        raise DataError(f"{archive} unpacks to {total / 2**20:,.0f} MB; the limit is {limits['max_total_mb']:,.0f} MB "
+                        "(setting FTLAB_ZIP_MAX_MB). Upload fewer or smaller images.")
+    for m in members:
+        # a member that is small either way is harmless whatever its ratio (a README of spaces)
+        if m.file_size > 1 << 20 and m.file_size > limits["max_ratio"] * max(m.compress_size, 1):
+            raise DataError(f"{archive}: refused, member {m.filename!r} unpacks {m.file_size / max(m.compress_size, 1):,.0f} "
+                            f"times larger than it is packed (limit {limits['max_ratio']:,.0f}, setting "
+                            "FTLAB_ZIP_MAX_RATIO): that is how zip bombs look, not images.")
+
+
 def _check_space(archive: Path, members: list[zipfile.ZipInfo], folder: Path) -> None:
     needed = sum(m.file_size for m in members)
     free = shutil.disk_usage(folder).free
@@ -161,6 +199,7 @@ def _check_space(archive: Path, members: list[zipfile.ZipInfo], folder: Path) ->
 
 
 def _write_members(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], root: Path) -> None:
+    budget = zip_limits()["max_total_mb"] * 2**20
     for m in members:
         parts = PurePosixPath(m.filename.replace("\\", "/")).parts
         if any(is_junk(p) for p in parts):
@@ -171,7 +210,14 @@ def _write_members(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], root: Pa
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         with zf.open(m) as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            # zipfile checks each member's size against its header, but count too: the
+            # headers are what a crafted archive lies in
+            while block := src.read(1 << 20):
+                budget -= len(block)
+                if budget < 0:
+                    raise DataError(f"{zf.filename} unpacks to more than its limit "
+                                    f"({zip_limits()['max_total_mb']:,.0f} MB, setting FTLAB_ZIP_MAX_MB).")
+                dst.write(block)
 
 
 def save_upload(filename: str, content: bytes, data_dir: Path) -> Path:
