@@ -183,6 +183,7 @@ def _runs(args: argparse.Namespace) -> int:
     from ftlab.runs import RunStore
 
     store = RunStore()
+    store.mark_interrupted()  # runs whose process died show as interrupted, not running forever
     if args.delete:
         try:
             store.delete(args.delete)

@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sqlite3
 import time
 from contextlib import closing, contextmanager
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     split TEXT NOT NULL,             -- JSON of Split.to_dict()
     summary TEXT NOT NULL DEFAULT '{}',   -- JSON: the CLI's --json summary
     final TEXT NOT NULL DEFAULT '{}',     -- JSON: confusion matrices and reports of the best model
-    message TEXT NOT NULL DEFAULT ''
+    message TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT ''   -- host:pid of the process training it
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -65,6 +67,25 @@ class RunRecord:
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the reason."""
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return host != "" and host != socket.gethostname()  # another machine's run: not ours to judge
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def new_run_id() -> str:
@@ -97,9 +118,9 @@ class RunStore:
         now = time.time()
         with self._tx() as con:
             con.execute("INSERT INTO runs (id, created, updated, status, dataset, backbone, strategy, config, "
-                        "classes, split) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, '[]', '{}')",
+                        "classes, split, owner) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, '[]', '{}', ?)",
                         (run_id, now, now, config["dataset"], config["backbone"], config["strategy"],
-                         json.dumps(config)))
+                         json.dumps(config), _owner()))
 
     def set_data(self, run_id: str, classes: list, split: dict) -> None:
         with self._tx() as con:
@@ -117,16 +138,19 @@ class RunStore:
             con.execute("UPDATE runs SET status = ?, summary = ?, final = ?, message = ?, updated = ? WHERE id = ?",
                         (status, json.dumps(summary), json.dumps(final or {}), message, time.time(), run_id))
 
-    def mark_interrupted(self, run_ids: list[str] | None = None) -> int:
-        """Mark runs still 'running' as interrupted (all of them, or those named)."""
+    def mark_interrupted(self) -> int:
+        """Mark runs left 'running' by a process that no longer exists as interrupted.
+
+        Runs of a live process (the CLI in another terminal, this app) are left alone, so
+        the app can call this at every start.
+        """
         with self._tx() as con:
-            if run_ids is None:
-                cur = con.execute("UPDATE runs SET status = 'interrupted', message = 'the process ended while it "
-                                  "was running' WHERE status = 'running'")
-            else:
-                cur = con.executemany("UPDATE runs SET status = 'interrupted' WHERE status = 'running' AND id = ?",
-                                      [(r,) for r in run_ids])
-            return cur.rowcount
+            rows = con.execute("SELECT id, owner FROM runs WHERE status = 'running'").fetchall()
+            dead = [(rid,) for rid, owner in rows if not _alive(owner)]
+            con.executemany("UPDATE runs SET status = 'interrupted', message = 'the process training it ended "
+                            "before the run did (a restart or a crash); its best checkpoint is kept' "
+                            "WHERE id = ? AND status = 'running'", dead)
+            return len(dead)
 
     def list(self) -> list[RunRecord]:
         with self._tx() as con:
@@ -155,7 +179,7 @@ class RunStore:
     @staticmethod
     def _record(row: tuple) -> RunRecord:
         (rid, created, updated, status, dataset, backbone, strategy, config, classes, split, summary, final,
-         message) = row
+         message, _owner_) = row
         return RunRecord(rid, created, updated, status, dataset, backbone, strategy, json.loads(config),
                          json.loads(classes), json.loads(split), json.loads(summary), json.loads(final), message)
 

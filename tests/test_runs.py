@@ -43,14 +43,23 @@ def test_delete_removes_record_epochs_and_checkpoint(tmp_path):
         store.get(rid)
 
 
-def test_mark_interrupted_only_touches_running_runs(tmp_path):
+def test_a_restart_marks_runs_of_dead_processes_interrupted(tmp_path):
+    """Guard: mark_interrupted checks the owner process. Without the status change a run whose
+    process died would show 'running' forever; without the liveness check a run still training
+    in another live process would be marked too."""
     store = RunStore(tmp_path)
-    done, running = new_run_id(), new_run_id() + "x"
-    for rid in (done, running):
+    done, mine = new_run_id(), new_run_id() + "m"
+    for rid in (done, mine):
         store.create(rid, CONFIG)
     store.finish(done, "finished", {})
+    # a run created by a process that has since exited
+    code = ("import sys; from ftlab.runs import RunStore; "
+            f"RunStore({str(tmp_path)!r}).create('dead-run', {CONFIG!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert store.get("dead-run").status == "running"
     assert store.mark_interrupted() == 1
-    assert store.get(running).status == "interrupted" and store.get(done).status == "finished"
+    assert store.get("dead-run").status == "interrupted" and "checkpoint is kept" in store.get("dead-run").message
+    assert store.get(mine).status == "running" and store.get(done).status == "finished"
 
 
 def test_checkpoint_replaced_whole(tmp_path):
