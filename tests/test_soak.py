@@ -1,0 +1,54 @@
+"""Soak: many short runs back to back through the background runner, stopped at random points."""
+import gc
+import random
+import time
+
+import pytest
+
+from ftlab import engine, events
+from ftlab.config import TrainConfig
+from ftlab.runs import RunStore
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        import os
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+def test_twenty_runs_started_stopped_and_finished_leave_a_consistent_store(tmp_path):
+    """Guard: every end of a run (finish, stop in any phase) writes exactly one final status.
+    Fails if a stopped job leaves its record 'running', a run is lost or written twice, or
+    memory grows run after run (a leaked thread, model or cache entry)."""
+    store = RunStore(tmp_path)
+    rng = random.Random(0)
+    strategies = ["linear-probe", "top-1", "full", "gradual"]
+    finished_ids, baseline = [], None
+    for i in range(20):
+        config = TrainConfig(dataset="digits", backbone="small_cnn", weights="random", image_size=16,
+                             batch_size=128, epochs=2, strategy=strategies[i % 4], gradual_every=1, seed=i % 3)
+        job = engine.Job(config, store).start()
+        stop_after = rng.choice([None, 0.0, 0.3, 1.0, 2.0])  # None: let it finish
+        if stop_after is not None:
+            time.sleep(stop_after)
+            job.stop()
+        assert job.join(timeout=120), f"run {i} did not end"
+        snap = job.snapshot()
+        assert snap.status in ("finished", "stopped"), snap.message
+        assert isinstance(snap.end, events.END_EVENTS)
+
+        records = store.list()
+        assert len(records) == i + 1 and len({r.id for r in records}) == i + 1
+        assert not [r for r in records if r.status == "running"]
+        record = store.get(job.run_id)
+        assert record.status == snap.status
+        assert len(store.epochs(job.run_id)) == record.summary["epochs_run"]
+        if record.summary["epochs_run"]:
+            assert store.load_checkpoint(job.run_id)["epoch"] == record.summary["best_epoch"]
+        finished_ids.append(job.run_id)
+        gc.collect()
+        if i == 0:
+            baseline = rss_bytes()
+    assert rss_bytes() <= 1.2 * baseline, (rss_bytes(), baseline)
+    assert {r.id for r in store.list()} == set(finished_ids)
