@@ -528,7 +528,7 @@ class _Trainer:
         return self.summary
 
     def _fail(self, err: Exception) -> dict:
-        message = user_message(err)
+        message = user_message(err, self.config.batch_size)
         self.summary["stopped_reason"] = "error"
         try:
             self.store.finish(self.run_id, "failed", self.summary, {}, message)
@@ -537,12 +537,15 @@ class _Trainer:
         return self.summary
 
 
-def user_message(err: Exception) -> str:
+def user_message(err: Exception, batch_size: int | None = None) -> str:
     """An exception in words: ours carry their own message; others name what happened."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):  # before ValueError: it is a RuntimeError, but be sure
+        if batch_size and batch_size > 1:
+            return (f"The GPU ran out of memory at batch size {batch_size}. Try batch size {batch_size // 2} "
+                    "(or a smaller image size); the best checkpoint so far is kept.")
+        return "The GPU ran out of memory even at batch size 1. Try a smaller image size or backbone."
     if isinstance(err, (data.DataError, backbones.WeightsUnavailable, ValueError)):
         return str(err)
-    if isinstance(err, torch.cuda.OutOfMemoryError):
-        return "The GPU ran out of memory. Try a smaller batch size or image size."
     where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
     place = f" (in {where.name}, {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
     return f"Training failed: {err.__class__.__name__}: {err}{place}"

@@ -183,3 +183,67 @@ def test_pick_device_prefers_what_is_there(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert engine.pick_device().type == "cpu"
     assert engine.pick_device("cpu").type == "cpu"
+
+
+def test_out_of_memory_names_the_batch_size_to_try(store, monkeypatch):
+    """Guard: user_message's OutOfMemoryError branch. Without it the message is a bare exception."""
+    def oom(self, images, train):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine.Preprocess, "__call__", oom)
+    summary, seen = collect(TrainConfig(**{**FAST, "batch_size": 64}), store)
+    assert isinstance(seen[-1], events.RunFailed)
+    assert "batch size 64" in seen[-1].message and "Try batch size 32" in seen[-1].message
+    assert store.get(summary["run_id"]).status == "failed"
+
+
+def _stop_when(store, config, trigger):
+    """Run ``config`` in the background and set its stop flag from inside the phase ``trigger`` picks."""
+    job = engine.Job(config, store)
+    real = job._on_event
+
+    def on_event(event):
+        real(event)
+        if trigger(event):
+            job.stop()
+
+    job._on_event = on_event
+    began = __import__("time").perf_counter()
+    job.start()
+    assert job.join(timeout=60), "the job did not stop"
+    return job, __import__("time").perf_counter() - began
+
+
+@pytest.mark.parametrize("phase, trigger", [
+    ("caching", lambda e: isinstance(e, events.Preparing) and e.message.startswith("caching")),
+    ("first epoch", lambda e: isinstance(e, events.Step) and e.epoch == 1 and e.step == 2),
+])
+def test_stop_in_each_phase_ends_with_a_consistent_record(store, phase, trigger):
+    """Guard: the stop flag is checked in cache.compute and between batches. Without the checks
+    the run would go on to its 50 epochs."""
+    config = TrainConfig(**{**FAST, "strategy": "top-1", "epochs": 50})
+    job, _ = _stop_when(store, config, trigger)
+    snap = job.snapshot()
+    assert snap.status == "stopped", (phase, snap.message)
+    record = store.get(job.run_id)
+    assert record.status == "stopped" and record.summary["epochs_run"] <= 1
+    assert len(store.epochs(job.run_id)) == record.summary["epochs_run"]
+
+
+def test_stop_during_evaluation(store, monkeypatch):
+    """Guard: evaluate checks the stop flag between batches."""
+    real = engine.evaluate
+    jobs = []
+
+    def evaluate_then_stop(*args, **kwargs):
+        jobs[0].stop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate_then_stop)
+    job = engine.Job(TrainConfig(**{**FAST, "epochs": 50}), store)
+    jobs.append(job)
+    job.start()
+    assert job.join(timeout=60)
+    snap = job.snapshot()
+    assert snap.status == "stopped" and "evaluating" in snap.message
+    assert store.get(job.run_id).status == "stopped"
