@@ -337,6 +337,9 @@ class _Trainer:
         self.sample_weights = (1.0 / torch.bincount(train_labels).float())[train_labels] if c.balanced_sampling \
             else None
         self.optimizer = make_optimizer(c, freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay))
+        if c.batch_size > len(train_labels):
+            self._say(f"batch size {c.batch_size} is larger than the {len(train_labels)} training images: each "
+                      f"epoch is one batch of {len(train_labels)}")
         self.steps = math.ceil(len(train_labels) / c.batch_size)
         self.scheduler, self.per_step = make_scheduler(c, self.optimizer, self.steps)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None

@@ -247,3 +247,16 @@ def test_stop_during_evaluation(store, monkeypatch):
     snap = job.snapshot()
     assert snap.status == "stopped" and "evaluating" in snap.message
     assert store.get(job.run_id).status == "stopped"
+
+
+def test_a_batch_larger_than_the_training_set_is_explained_not_fatal(store, tmp_path):
+    from PIL import Image
+    for k, name in enumerate(["ants", "bees"]):
+        (tmp_path / "tiny" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (20, 20), (200 * k, 30 * i, 90)).save(tmp_path / "tiny" / name / f"{i}.png")
+    config = TrainConfig(**{**FAST, "dataset": str(tmp_path / "tiny"), "batch_size": 256, "epochs": 1})
+    summary, seen = collect(config, store)
+    assert summary["stopped_reason"] == "completed"
+    notes = [e.message for e in seen if isinstance(e, events.Preparing)]
+    assert any("batch size 256 is larger than the" in n for n in notes)
