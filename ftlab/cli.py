@@ -18,6 +18,9 @@ from ftlab import config as cfg
 from ftlab import events
 
 EXIT_BAD_INPUT = 2
+# the TrainConfig fields that decide a data set's split, and so its figures
+_STATS_OPTIONS = ("dataset", "val_fraction", "test_fraction", "imbalance_ratio", "seed", "shapes_classes",
+                  "shapes_per_class", "shapes_noise")
 
 
 def _field_type(f: dataclasses.Field) -> type:
@@ -53,8 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true")
     sub.choices["runs"].add_argument("--delete", metavar="RUN_ID", help="delete this run and its checkpoint")
     stats = sub.add_parser("stats", help="class counts per split and entropy figures of a data set")
-    for name in ("dataset", "val_fraction", "test_fraction", "imbalance_ratio", "seed", "shapes_classes",
-                 "shapes_per_class", "shapes_noise"):
+    for name in _STATS_OPTIONS:
         f = next(f for f in cfg.options() if f.name == name)
         stats.add_argument("--" + name.replace("_", "-"), type=_field_type(f), default=f.default,
                            help=f.metadata["help"])
@@ -206,18 +208,12 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from ftlab import data, diversity, explore
 
-    from ftlab import data, diversity
-
-    shapes = data.ShapesOptions(num_classes=args.shapes_classes, per_class=args.shapes_per_class,
-                                noise=args.shapes_noise, seed=args.seed)
+    config = cfg.TrainConfig(**{name: getattr(args, name) for name in _STATS_OPTIONS})
     try:
-        ds = data.load_dataset(args.dataset, shapes=shapes)
-        split = data.make_split(ds, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
-        if args.imbalance_ratio > 1:
-            split = replace(split, train=data.long_tail_indices(ds.labels, split.train, args.imbalance_ratio,
-                                                                args.seed))
+        ds = explore.load_for(config)
+        split = explore.split_for(config, ds)
     except data.DataError as err:
         return _fail(str(err))
     k = len(ds.classes)

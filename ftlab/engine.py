@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab import backbones, cache, data, events, freeze, metrics
+from ftlab import backbones, cache, data, events, explore, freeze, metrics
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
 from ftlab.runs import RunStore, new_run_id
 
@@ -62,14 +62,8 @@ class Prepared:
 
 def prepare_data(config: TrainConfig, say: Callable[[str], None] = lambda msg: None,
                  should_stop: Callable[[], bool] = lambda: False) -> Prepared:
-    shapes = data.ShapesOptions(num_classes=config.shapes_classes, per_class=config.shapes_per_class,
-                                noise=config.shapes_noise, seed=config.seed)
-    ds = data.load_dataset(config.dataset, shapes=shapes)
-    split = data.make_split(ds, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                            seed=config.seed)
-    if config.imbalance_ratio > 1:
-        split = replace(split, train=data.long_tail_indices(ds.labels, split.train, config.imbalance_ratio,
-                                                            config.seed))
+    ds = explore.load_for(config)
+    split = explore.split_for(config, ds)
     size = resolved_image_size(config)
     decoded = {}
     for name in ("train", "val", "test"):

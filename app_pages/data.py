@@ -1,0 +1,158 @@
+"""Data: choose a data set, see its classes and how balanced they are, try a long tail."""
+from dataclasses import replace
+
+import streamlit as st
+
+from ftlab import data, diversity, explore, paths
+from ui import charts, keys as K, resources
+
+RATIOS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+SAMPLES_PER_CLASS, SAMPLE_PX = 6, 64
+state = st.session_state
+infos = {i.name: i for i in data.list_datasets()}
+
+
+def choose(name: str) -> None:
+    state[K.DATASET] = name
+
+
+def try_load(name: str, *, download: bool = False) -> bool:
+    """Load ``name`` with the session's options; on success it becomes the data set."""
+    try:
+        resources.dataset(replace(K.current_config(state), dataset=name), download=download)
+    except data.DataError as err:
+        st.error(str(err))
+        return False
+    choose(name)
+    return True
+
+
+st.title("Data")
+source = st.radio("Where the data comes from", K.SOURCES, key=K.SOURCE, horizontal=True, persist_state=K.PERSIST)
+
+if source == "Built-in":
+    builtins = [n for n, i in infos.items() if i.kind == "builtin"]
+    name = st.selectbox("Built-in data set", builtins, key=K.BUILTIN, persist_state=K.PERSIST,
+                        format_func=lambda n: f"{n} — {infos[n].description}")
+    choose(name)
+    if name == "shapes":
+        cols = st.columns(4)
+        cols[0].slider("Classes", 2, 8, key=K.cfg("shapes_classes"), persist_state=K.PERSIST)
+        cols[1].number_input("Images per class", 2, 5000, step=10, key=K.cfg("shapes_per_class"),
+                             persist_state=K.PERSIST)
+        cols[2].slider("Noise", 0.0, 1.0, step=0.05, key=K.cfg("shapes_noise"), persist_state=K.PERSIST)
+        cols[3].number_input("Seed", 0, 2**31 - 1, key=K.cfg("seed"), persist_state=K.PERSIST,
+                             help="Generates the shapes, and seeds the split, initialisation and batches.")
+elif source == "Download":
+    downloads = [n for n, i in infos.items() if i.kind == "download"]
+    name = st.selectbox("Data set", downloads, key=K.DOWNLOAD, persist_state=K.PERSIST,
+                        format_func=lambda n: f"{n} — {infos[n].description}")
+    try:
+        resources.dataset(replace(K.current_config(state), dataset=name), download=False)
+        choose(name)
+        st.caption(f"{name} is in the data folder ({paths.data_dir()}).")
+    except data.DataError as err:
+        st.warning(str(err))
+        if st.button(f"Download {name}", key=K.DOWNLOAD_BUTTON):
+            with st.spinner(f"Downloading {name}…"):
+                try_load(name, download=True)
+elif source == "Upload a .zip":
+    upload = st.file_uploader("A .zip with one folder of images per class (optionally inside train/, val/, test/)",
+                              type=["zip"], key=K.UPLOAD)
+    if upload is not None:
+        try:
+            # every rerun sees the upload again: hash and store its bytes once per uploaded file
+            saved = state.get(K.UPLOAD_SAVED)
+            if not saved or saved[0] != upload.file_id:
+                saved = (upload.file_id, str(data.save_upload(upload.name, upload.getvalue(), paths.data_dir())))
+                state[K.UPLOAD_SAVED] = saved
+        except (data.DataError, OSError) as err:
+            st.error(f"The upload could not be kept: {err}")
+        else:
+            if try_load(saved[1]):
+                st.caption(f"Kept as {saved[1]}.")
+else:
+    folder = st.text_input("Folder path", key=K.FOLDER, persist_state=K.PERSIST, placeholder="/path/to/images",
+                           help="A folder with one subfolder of images per class, optionally inside train/, val/, "
+                                "test/.")
+    if st.button("Use this folder", key=K.USE_FOLDER):
+        if folder.strip():
+            try_load(folder.strip())
+        else:
+            st.error("Enter the path of a folder first.")
+
+config = K.current_config(state)
+try:
+    ds = resources.dataset(config)
+    st.subheader(f"{explore.display_name(config.dataset)}: {len(ds.classes)} classes, {len(ds):,} images")
+    st.caption(ds.source)
+    cols = st.columns(3)
+    cols[0].slider("Validation share", 0.05, 0.5, step=0.05, key=K.cfg("val_fraction"), persist_state=K.PERSIST,
+                   help="Carved from the training images when the data set has no val split of its own.")
+    cols[1].slider("Test share", 0.0, 0.5, step=0.05, key=K.cfg("test_fraction"), persist_state=K.PERSIST,
+                   help="Carved when the data set has no test split; 0 means no test evaluation.")
+    if config.dataset.lower() != "shapes":
+        cols[2].number_input("Seed", 0, 2**31 - 1, key=K.cfg("seed"), persist_state=K.PERSIST,
+                             help="Seeds the split, and the run's initialisation and batches.")
+    given = sorted(set(ds.given_split.tolist()) - {""})
+    if given:
+        st.caption(f"The data set brings its own {', '.join(given)} split(s); they are used as given.")
+    split = explore.split_for(config, ds)
+    counts = explore.split_counts(ds, split)
+except data.DataError as err:
+    st.error(str(err))
+    st.stop()
+
+st.plotly_chart(charts.class_counts(ds.classes, counts), key="data.counts_chart")
+figures = diversity.distribution(counts["train"])
+tail = f" (long tail ×{config.imbalance_ratio:g} applied)" if config.imbalance_ratio > 1 else ""
+st.caption(f"Class balance of the training split{tail}, {figures.total:,} images")
+m = st.columns(5)
+m[0].metric("Entropy (nats)", f"{figures.entropy_nats:.3f}", help="H = −Σ p log p over the classes")
+m[1].metric("Entropy (bits)", f"{figures.entropy_bits:.3f}")
+m[2].metric("Normalised entropy", f"{figures.normalised_entropy:.3f}", help="H / log K: 1 when all classes are equal")
+m[3].metric("Effective classes", f"{figures.effective_classes:.2f}", help="e^H: so many equal classes have this H")
+m[4].metric("Imbalance ratio", f"{figures.imbalance_ratio:.2f}", help="largest / smallest class")
+
+st.subheader("Samples")
+base = explore.split_for(replace(config, imbalance_ratio=1.0), ds)
+sample_key = f"{config.dataset}|{explore.shapes_options(config)}|{config.val_fraction}|{config.test_fraction}"
+grid = resources.samples(sample_key, ds, base.train, SAMPLES_PER_CLASS, SAMPLE_PX)
+for cls, images in grid.items():
+    label, pics = st.columns([1, 6])
+    label.markdown(f"**{cls}**")
+    pics.image(images, width=SAMPLE_PX)
+if len(ds.classes) > len(grid):
+    st.caption(f"The first {len(grid)} of {len(ds.classes)} classes.")
+
+st.subheader("Imbalance simulator")
+st.caption("Subsample the training split to a long tail: the largest class stays, each next one keeps fewer "
+           "images, down to largest / ratio. See what it does to the figures before you apply it.")
+before = diversity.counts_of(ds.labels[base.train], len(ds.classes))
+ratio = st.select_slider("Imbalance ratio (largest / smallest class)", RATIOS, key=K.SIM_RATIO,
+                         persist_state=K.PERSIST, format_func=lambda r: f"{r:g}")
+after = diversity.long_tail_counts(before, ratio)
+now, sim = diversity.distribution(before), diversity.distribution(after)
+st.plotly_chart(charts.long_tail(ds.classes, before, after, ratio), key="data.tail_chart")
+s = st.columns(4)
+s[0].metric("Entropy after (bits)", f"{sim.entropy_bits:.3f}", f"{sim.entropy_bits - now.entropy_bits:+.3f}")
+s[1].metric("Normalised entropy after", f"{sim.normalised_entropy:.3f}",
+            f"{sim.normalised_entropy - now.normalised_entropy:+.3f}")
+s[2].metric("Effective classes after", f"{sim.effective_classes:.2f}",
+            f"{sim.effective_classes - now.effective_classes:+.2f}")
+s[3].metric("Training images after", f"{sim.total:,}", f"{sim.total - now.total:+,}")
+st.toggle("Apply this long tail to the run", key=K.SIM_APPLY, persist_state=K.PERSIST,
+          help="Sets the run's imbalance ratio: the training split is subsampled this way when the run starts.")
+
+st.subheader("Suggestions")
+tips = diversity.suggestions(counts["train"])
+if not tips:
+    st.caption("Nothing to suggest for this class distribution.")
+for i, tip in enumerate(tips):
+    with st.container(border=True):
+        st.markdown(f"**{tip.title}**")
+        st.write(tip.reason)
+        st.button(f"Use it: {K.describe_setting(dict(tip.setting))}", key=K.SUGGESTION.format(i),
+                  on_click=K.apply_suggestion, args=(state, dict(tip.setting), config))
+
+st.caption("The data set, split and long tail chosen here carry over to the Model and Train pages.")

@@ -1,0 +1,47 @@
+"""Home: what the lab is for, the device, and what is running."""
+import os
+
+import streamlit as st
+
+from ftlab import explore
+from ftlab.engine import pick_device
+from ui import resources
+
+st.title("ftlab — the Fine-Tuning Lab")
+st.markdown(
+    "Fine-tune a pretrained image classifier and see what each choice does. "
+    "Pick a data set and look at how balanced its classes are; choose a backbone and which of its "
+    "blocks to freeze; train while the curves grow; then compare runs and look at the mistakes."
+)
+for target, label, what in [
+    ("app_pages/data.py", "1 · Data", "built-in digits or shapes, a download, your own .zip or folder; class balance"),
+    ("app_pages/model.py", "2 · Model & freezing", "backbone, weights, which blocks train"),
+    ("app_pages/train.py", "3 · Train", "options, start and stop, live curves and confusion matrix"),
+    ("app_pages/runs.py", "4 · Runs", "every kept run: compare, download, delete"),
+    ("app_pages/inspect_run.py", "5 · Inspect & predict", "mistakes, hardest images, classify an image"),
+]:
+    st.page_link(target, label=f"**{label}** — {what}")
+
+device = pick_device("auto")
+if device.type == "cuda":
+    import torch
+
+    where = f"CUDA · {torch.cuda.get_device_name(device)}"
+elif device.type == "mps":
+    where = "Apple MPS"
+else:
+    where = f"CPU · {os.cpu_count()} cores"
+left, right = st.columns(2)
+left.metric("Training device", where, border=True)
+right.metric("Runs kept", len(resources.store().list()), border=True)
+
+running = resources.registry().running()
+st.subheader("Running now")
+if not running:
+    st.caption("Nothing is training. Start a run on the Train page.")
+for job in running:
+    snap = job.snapshot()
+    c = job.config
+    step = snap.last_step
+    progress = f"epoch {step.epoch}/{c.epochs}, batch {step.step}/{step.steps}" if step else snap.message
+    st.markdown(f"`{job.run_id}` · {explore.display_name(c.dataset)} · {c.backbone} · {c.strategy} — {progress}")

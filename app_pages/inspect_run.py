@@ -1,0 +1,77 @@
+"""Inspect & predict: a run's mistakes, its hardest validation images, and a prediction for an image."""
+import streamlit as st
+
+from ftlab import data, explore
+from ftlab.config import TrainConfig
+from ftlab.runs import CheckpointError
+from ui import charts, keys as K, parts, resources
+
+state = st.session_state
+store = resources.store()
+HARDEST, HARD_PX = 12, 96
+
+st.title("Inspect & predict")
+records = [r for r in store.list() if r.final]
+if not records:
+    st.info("No run with a final evaluation yet: train one on the Train page (a run stopped before its first "
+            "epoch has nothing to inspect).")
+    st.stop()
+ids = [r.id for r in records]
+label = {r.id: f"{r.id} · {explore.display_name(r.dataset)} · {r.backbone} · {r.strategy}" for r in records}
+if state.get(K.INSPECT_RUN) not in ids:
+    state[K.INSPECT_RUN] = ids[0]
+run_id = st.selectbox("Run", ids, key=K.INSPECT_RUN, format_func=label.get, persist_state=K.PERSIST)
+run = store.get(run_id)
+split = "test" if "test" in run.final else "val"
+ev = run.final[split]
+
+m = st.columns(3)
+m[0].metric(f"{split.capitalize()} accuracy", f"{ev['accuracy']:.3f}")
+m[1].metric(f"{split.capitalize()} loss", f"{ev['loss']:.3f}")
+m[2].metric(f"{split.capitalize()} images", f"{len(ev['indices']):,}")
+c = st.columns([3, 2])
+with c[0]:
+    parts.confusion(ev["confusion"], run.classes, f"{split.capitalize()} confusion matrix of the best model",
+                    K.INSPECT_CM_NORMALISED)
+with c[1]:
+    st.markdown("**Most confused pairs**")
+    pairs = explore.confused_pairs(ev["confusion"], run.classes)
+    if pairs:
+        st.dataframe(pairs, hide_index=True, column_config={
+            "share of true class": st.column_config.NumberColumn(format="percent")})
+    else:
+        st.caption("No mistakes on this split.")
+    st.markdown("**Per class**")
+    parts.report(ev, run.classes)
+
+st.subheader("Validation images with the highest loss")
+hard = explore.hardest(run.final["val"], run.classes, HARDEST)
+try:
+    ds = resources.dataset(TrainConfig.from_dict(run.config))
+    decoded = data.decode(ds, [h["index"] for h in hard], HARD_PX)
+except data.DataError as err:
+    st.warning(f"The run's data set cannot be read now, so its images cannot be shown: {err}")
+else:
+    by_index = dict(zip(decoded.indices.tolist(), decoded.images.permute(0, 2, 3, 1).numpy()))
+    shown = [h for h in hard if h["index"] in by_index]
+    st.image([by_index[h["index"]] for h in shown], width=HARD_PX,
+             caption=[f"{ds.classes[ds.labels[h['index']]]} → {h['predicted']} ({h['loss']:.2f})" for h in shown])
+    st.caption("Each image: true class → predicted class (loss).")
+
+st.subheader("Predict")
+upload = st.file_uploader("An image to classify", type=["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"],
+                          key=K.INSPECT_IMAGE, max_upload_size=50)
+state[K.INSPECT_TOP_K] = min(state[K.INSPECT_TOP_K], len(run.classes))
+k = st.slider("How many classes to show", 1, max(2, min(10, len(run.classes))), key=K.INSPECT_TOP_K,
+              persist_state=K.PERSIST)
+if upload is not None:
+    try:
+        prediction = resources.predictor(run_id, str(store.home)).predict(upload.getvalue(), k)
+    except (data.DataError, CheckpointError) as err:
+        st.error(str(err))
+    else:
+        c = st.columns([1, 2])
+        c[0].image(upload.getvalue(), width=200)
+        c[0].metric("Prediction", prediction.label, f"{prediction.probability:.1%}", delta_color="off",
+                    delta_arrow="off")
+        c[1].plotly_chart(charts.top_k(prediction.top), key="inspect.top_k_chart")

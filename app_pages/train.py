@@ -1,0 +1,188 @@
+"""Train: the training options, Start and Stop, and a live view of the run."""
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import replace
+
+import streamlit as st
+
+from ftlab import explore
+from ftlab.config import TrainConfig, options, resolved_image_size, resolved_lr, validate
+from ftlab.engine import Job
+from ftlab.jobs import END_STATUSES, JobBusy
+from ui import charts, keys as K, parts, resources
+
+state = st.session_state
+LABELS = {"lr": "Learning rate", "amp": "Mixed precision (CUDA only)", "random_crop": "Random resized crop",
+          "flip": "Horizontal flip", "grad_clip": "Gradient clipping (max norm)", "step_size": "Step schedule: every",
+          "gamma": "Step schedule: factor", "early_stopping": "Early stopping (patience)"}
+STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "momentum": 0.01, "grad_clip": 0.5, "label_smoothing": 0.05,
+         "color_jitter": 0.1, "gamma": 0.05}
+HINTS = typing.get_type_hints(TrainConfig)
+
+
+def field_type(f: dataclasses.Field) -> type:
+    t = HINTS[f.name]
+    if isinstance(t, types.UnionType):
+        return next(a for a in typing.get_args(t) if a is not type(None))
+    return t
+
+
+def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:
+    """One form widget, made from the field's type and metadata; its key binds it to the config."""
+    meta, key = f.metadata, K.cfg(f.name)
+    label, kind = LABELS.get(f.name, f.name.replace("_", " ").capitalize()), field_type(f)
+    common = {"key": key, "help": meta["help"], "persist_state": K.PERSIST}
+    if kind is bool:
+        st.checkbox(label, **common)
+    elif meta["choices"]:
+        st.selectbox(label, meta["choices"], **common)
+    elif kind is int:
+        st.number_input(label, int(meta["lo"]), int(meta["hi"]), step=1, placeholder=placeholders.get(f.name),
+                        **common)
+    else:
+        st.number_input(label, float(meta["lo"]), float(meta["hi"]), step=STEPS.get(f.name, 0.01), format="%g",
+                        placeholder=placeholders.get(f.name), **common)
+
+
+def find_job() -> Job | None:
+    """This session's job; after a browser refresh (a new session), the newest job still running."""
+    registry = resources.registry()
+    job = registry.get(state.get(K.JOB))
+    if job is None and (latest := registry.latest_running()) is not None:
+        state[K.JOB], job = latest.run_id, latest
+    return job
+
+
+def is_running(job: Job | None) -> bool:
+    return job is not None and job.alive and job.snapshot().status not in END_STATUSES
+
+
+def duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def start(config: TrainConfig) -> None:
+    problems = validate(config)
+    if problems:
+        parts.problems("The run cannot start:", problems)
+        return
+    try:
+        job = resources.registry().start(config, resources.store(), owner=state[K.OWNER])
+    except JobBusy as err:
+        st.error(str(err))
+        return
+    state[K.JOB] = job.run_id
+
+
+def banner(job: Job, snap) -> None:
+    if snap.status == "preparing":
+        st.info(f"Run `{job.run_id}` is getting ready: {snap.message}…")
+    elif snap.status == "running" and snap.started:
+        s = snap.started
+        sizes = ", ".join(f"{v:,} {k}" for k, v in s.split_sizes.items() if v)
+        st.info(f"Run `{job.run_id}` is training on {s.device.upper()}: {len(s.classes)} classes ({sizes} images); "
+                f"{s.trainable_params:,} of {s.total_params:,} parameters train.")
+    elif snap.status == "finished":
+        summary = snap.end.summary
+        test = summary.get("test_accuracy")
+        test = "" if test is None else f", test accuracy {test:.3f}"
+        st.success(f"Run `{job.run_id}` finished: best val accuracy {summary['best_val_accuracy']:.3f} "
+                   f"(epoch {summary['best_epoch']}){test}, {summary['train_seconds']:.0f} s of training. "
+                   "It is kept on the Runs page.")
+    elif snap.status == "stopped":
+        st.warning(f"Run `{job.run_id}` stopped: {snap.message}. The best checkpoint so far is kept on the Runs page.")
+    elif snap.status == "failed":
+        st.error(f"Run `{job.run_id}` failed: {snap.message}")
+    if snap.started and snap.started.skipped:
+        st.warning(f"{len(snap.started.skipped)} file(s) could not be decoded and were left out, e.g. "
+                   f"{snap.started.skipped[0]}")
+
+
+def progress(job: Job, snap) -> None:
+    epochs, step = job.config.epochs, snap.last_step
+    if snap.status in END_STATUSES:
+        done = len(snap.epochs) / epochs
+        st.progress(min(done, 1.0), text=f"{len(snap.epochs)} of {epochs} epoch(s) done")
+    elif step is None:
+        st.progress(0.0, text=f"{snap.message[:1].upper()}{snap.message[1:]}…")
+    else:
+        done = ((step.epoch - 1) * step.steps + step.step) / (epochs * step.steps)
+        st.progress(min(done, 1.0), text=f"Epoch {step.epoch}/{epochs} · batch {step.step}/{step.steps} · "
+                                         f"{step.images_per_second:.0f} images/s · {duration(step.seconds_left)} left")
+
+
+def figures(job: Job, snap) -> None:
+    if not snap.epochs:
+        if snap.status not in END_STATUSES:
+            st.caption("The curves and the confusion matrix appear when the first epoch ends.")
+        return
+    last, epochs = snap.epochs[-1], [dataclasses.asdict(e) for e in snap.epochs]
+    previous = snap.epochs[-2] if len(snap.epochs) > 1 else None
+    m = st.columns(5)
+    m[0].metric("Epoch", f"{last.epoch}/{last.epochs}")
+    m[1].metric("Train loss", f"{last.train_loss:.3f}")
+    m[2].metric("Val accuracy", f"{last.val_accuracy:.3f}",
+                f"{last.val_accuracy - previous.val_accuracy:+.3f}" if previous else None)
+    m[3].metric("Best val accuracy", f"{max(e.val_accuracy for e in snap.epochs):.3f}")
+    m[4].metric("Images/s", f"{last.images_per_second:.0f}")
+    c = st.columns(2)
+    c[0].plotly_chart(charts.curves(epochs, "loss"), key="train.loss_chart")
+    c[1].plotly_chart(charts.curves(epochs, "accuracy"), key="train.accuracy_chart")
+    classes = snap.started.classes if snap.started else [str(i) for i in range(len(last.confusion))]
+    c = st.columns([3, 2])
+    with c[0]:
+        parts.confusion(last.confusion, classes, f"Validation confusion matrix, epoch {last.epoch}", K.CM_NORMALISED)
+    with c[1]:
+        st.markdown("**Per class, on the validation split**")
+        parts.report(last.report, classes)
+
+
+st.title("Train")
+job = find_job()
+running = is_running(job)
+config = K.current_config(state)
+st.markdown(parts.config_summary(config))
+links = st.columns(3)
+links[0].page_link("app_pages/data.py", label="Change the data", icon="🗂️")
+links[1].page_link("app_pages/model.py", label="Change the model or freezing", icon="🧊")
+
+try:  # placeholders of the fields left empty: what the run will use instead
+    auto = {"lr": f"auto: {resolved_lr(replace(config, lr=None)):g}",
+            "image_size": f"auto: {resolved_image_size(replace(config, image_size=None))} px"}
+except ValueError:
+    auto = {}
+fields = [f for f in options() if f.metadata["section"] == "training" and f.name != "seed"]
+with st.form(K.TRAIN_FORM, border=True):
+    st.markdown(f"**Training options** · seed {config.seed} (set on the Data page)")
+    cols, per_col = st.columns(3), math.ceil(len(fields) / 3)
+    for i, f in enumerate(fields):
+        with cols[i // per_col]:
+            option_widget(f, auto)
+    submitted = st.form_submit_button("Start training", type="primary", disabled=running, key=K.START)
+if submitted:
+    start(K.current_config(state))
+    job = find_job()
+    running = is_running(job)
+
+if job is None:
+    st.caption("No run in this session yet: set the options and press Start training.")
+else:
+    if running:
+        st.button("Stop", key=K.STOP, on_click=resources.registry().stop, args=(job.run_id,),
+                  help="Ends the run after the current batch; the best checkpoint so far is kept.")
+
+    @st.fragment(run_every=1.0 if running else None)
+    def live(job: Job, was_running: bool) -> None:
+        snap = job.snapshot()
+        banner(job, snap)
+        progress(job, snap)
+        figures(job, snap)
+        if was_running and (snap.status in END_STATUSES or not job.alive):
+            st.rerun()  # the whole page again: Start comes back, the fragment stops polling
+
+    live(job, running)
+    st.caption(f"Run `{job.run_id}` · {explore.display_name(job.config.dataset)} · {job.config.backbone} · "
+               f"{job.config.strategy}")

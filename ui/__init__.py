@@ -1,0 +1,3 @@
+"""The Streamlit side of ftlab: session keys, cached resources, figure builders and small
+render helpers shared by the pages. Logic lives in `ftlab`; this package only wires it to
+Streamlit."""

@@ -1,0 +1,102 @@
+"""Plotly figures from plain data (lists, dicts); no Streamlit here, so each is easy to check."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+
+TRAIN, VAL = "#1f77b4", "#ff7f0e"
+TRAINABLE, FROZEN = "#2ca02c", "#c7c7c7"
+SPLIT_COLOURS = {"train": TRAIN, "val": VAL, "test": "#9467bd"}
+
+
+def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
+    fig.update_layout(title=title, margin=dict(l=10, r=10, t=40, b=10), height=kw.pop("height", 320),
+                      legend=dict(orientation="h", y=-0.2), **kw)
+    return fig
+
+
+def class_counts(classes: Sequence[str], counts: Mapping[str, Sequence[int]]) -> go.Figure:
+    """Grouped bars: images per class, one bar per split."""
+    fig = go.Figure([go.Bar(name=split, x=list(classes), y=list(c), marker_color=SPLIT_COLOURS.get(split))
+                     for split, c in counts.items()])
+    return _layout(fig, "Images per class and split", barmode="group", xaxis_title="class",
+                   yaxis_title="images", xaxis_type="category")
+
+
+def long_tail(classes: Sequence[str], before: Sequence[int], after: Sequence[int], ratio: float) -> go.Figure:
+    fig = go.Figure([go.Bar(name="training split now", x=list(classes), y=list(before), marker_color=FROZEN),
+                     go.Bar(name=f"long tail, ratio {ratio:g}", x=list(classes), y=list(after), marker_color=TRAIN)])
+    return _layout(fig, "Training images per class: now and with the long tail", barmode="overlay",
+                   xaxis_type="category", yaxis_title="images")
+
+
+def block_params(blocks: Sequence[str], params: Sequence[int], trainable: Sequence[bool]) -> go.Figure:
+    """Stacked bars per block: the trainable and the frozen parameters."""
+    fig = go.Figure([
+        go.Bar(name="trainable", x=list(blocks), y=[p if t else 0 for p, t in zip(params, trainable)],
+               marker_color=TRAINABLE),
+        go.Bar(name="frozen", x=list(blocks), y=[0 if t else p for p, t in zip(params, trainable)],
+               marker_color=FROZEN),
+    ])
+    t = sum(p for p, tr in zip(params, trainable) if tr)
+    total = sum(params)
+    return _layout(fig, f"Trainable {t:,} of {total:,} parameters ({100 * t / max(total, 1):.1f}%)",
+                   barmode="stack", yaxis_title="parameters", xaxis_type="category")
+
+
+def curves(epochs: Sequence[Mapping], metric: str) -> go.Figure:
+    """Train and val ``metric`` ("loss" or "accuracy") per epoch."""
+    x = [e["epoch"] for e in epochs]
+    fig = go.Figure([
+        go.Scatter(name="train", x=x, y=[e[f"train_{metric}"] for e in epochs], mode="lines+markers",
+                   line_color=TRAIN),
+        go.Scatter(name="val", x=x, y=[e[f"val_{metric}"] for e in epochs], mode="lines+markers", line_color=VAL),
+    ])
+    extra = {"yaxis_range": [0, 1.02]} if metric == "accuracy" else {}
+    return _layout(fig, metric.capitalize(), xaxis_title="epoch", yaxis_title=metric, xaxis_dtick=1, **extra)
+
+
+def confusion(matrix: Sequence[Sequence[float]], classes: Sequence[str], title: str, normalised: bool) -> go.Figure:
+    """Rows are the true classes, columns the predicted ones."""
+    labels = [str(c) for c in classes]
+    text = [[f"{v:.2f}" if normalised else f"{int(v)}" for v in row] for row in matrix]
+    fig = go.Figure(go.Heatmap(z=[list(r) for r in matrix], x=labels, y=labels, colorscale="Blues",
+                               text=text, texttemplate="%{text}" if len(labels) <= 20 else None,
+                               hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+                               zmin=0, zmax=1 if normalised else None))
+    side = min(700, 260 + 28 * len(labels))
+    return _layout(fig, title, height=side, xaxis_title="predicted", yaxis_title="true", xaxis_type="category",
+                   yaxis_type="category", yaxis_autorange="reversed")
+
+
+def overlay(runs: Mapping[str, Sequence[Mapping]], metric: str) -> go.Figure:
+    """Val ``metric`` per epoch (solid) and train (dotted) for several runs."""
+    traces = []
+    for label, epochs in runs.items():
+        x = [e["epoch"] for e in epochs]
+        traces.append(go.Scatter(name=f"{label} val", x=x, y=[e[f"val_{metric}"] for e in epochs],
+                                 mode="lines+markers", legendgroup=label))
+        traces.append(go.Scatter(name=f"{label} train", x=x, y=[e[f"train_{metric}"] for e in epochs],
+                                 mode="lines", line_dash="dot", legendgroup=label, opacity=0.6))
+    return _layout(go.Figure(traces), f"{metric.capitalize()} per epoch", xaxis_title="epoch", yaxis_title=metric,
+                   height=380)
+
+
+def scatter(rows: Sequence[Mapping], x: str, y: str, title: str, log_x: bool = False) -> go.Figure:
+    """One point per run, coloured by strategy, labelled by run id on hover."""
+    fig = go.Figure()
+    for strategy in sorted({r["strategy"] for r in rows}):
+        pts = [r for r in rows if r["strategy"] == strategy]
+        fig.add_trace(go.Scatter(name=strategy, x=[r[x] for r in pts], y=[r[y] for r in pts], mode="markers",
+                                 marker_size=11, text=[f"{r['run']} · {r['backbone']}" for r in pts],
+                                 hovertemplate="%{text}<br>" + x + " %{x}<br>" + y + " %{y:.3f}<extra></extra>"))
+    return _layout(fig, title, xaxis_title=x, yaxis_title=y, xaxis_type="log" if log_x else None)
+
+
+def top_k(top: Sequence[tuple[str, float]]) -> go.Figure:
+    labels = [str(label) for label, _ in top][::-1]
+    fig = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=labels, orientation="h", marker_color=TRAIN,
+                           text=[f"{p:.1%}" for _, p in top][::-1], textposition="auto"))
+    return _layout(fig, "Top classes", xaxis_title="probability", xaxis_range=[0, 1], yaxis_type="category",
+                   height=max(220, 60 + 36 * len(top)))

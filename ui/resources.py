@@ -1,0 +1,67 @@
+"""What the app keeps between reruns: the job registry (one per server process), loaded data
+sets, block parameter counts and predictors, each under a Streamlit cache."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ftlab import data, explore, paths
+from ftlab.config import TrainConfig
+from ftlab.jobs import JobRegistry
+from ftlab.runs import RunStore
+
+
+@st.cache_resource(show_spinner=False)
+def registry() -> JobRegistry:
+    """One per server process: jobs survive reruns, page switches and browser refreshes."""
+    return JobRegistry()
+
+
+def store() -> RunStore:
+    """The run store under FTLAB_HOME (read each time, so tests can point it elsewhere)."""
+    return RunStore(paths.home())
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the data set…")
+def _dataset(name: str, shapes: tuple, data_dir: str, download: bool) -> data.Dataset:
+    classes, per_class, noise, seed = shapes
+    options = data.ShapesOptions(num_classes=classes, per_class=per_class, noise=noise, seed=seed)
+    return data.load_dataset(name, shapes=options, data_dir=data_dir, download=download)
+
+
+def dataset(config: TrainConfig, *, download: bool = False) -> data.Dataset:
+    """The config's data set. Raises `ftlab.data.DataError` with a message for the user.
+
+    ``download=False`` never touches the network: a missing download is a `DatasetUnavailable`.
+    """
+    o = explore.shapes_options(config)
+    shapes = (o.num_classes, o.per_class, o.noise, o.seed) if config.dataset.lower() == "shapes" else (4, 120, 0.15, 0)
+    return _dataset(config.dataset, shapes, str(paths.data_dir()), download)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def samples(key: str, _ds: data.Dataset, _indices, per_class: int, size: int) -> dict:
+    """Decoded sample images per class; ``key`` names the data set and the indices for the cache."""
+    return explore.samples_per_class(_ds, _indices, per_class, size)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Building the model to count its parameters…")
+def block_counts(backbone: str) -> dict[str, int]:
+    """Parameters per block, head excluded (it depends on the classes), from a random-weight model."""
+    from ftlab import backbones
+
+    model = backbones.create_model(backbone, 2, "random")
+    return {name: n for name, n in model.block_params().items() if name != "head"}
+
+
+def head_params(backbone: str, num_classes: int, hidden: int, dropout: float) -> int:
+    from ftlab import backbones
+
+    head = backbones.make_head(backbones.get_spec(backbone).head_in_features, num_classes, hidden, dropout)
+    return sum(p.numel() for p in head.parameters())
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the run's model…")
+def predictor(run_id: str, home: str):
+    from ftlab.predict import Predictor
+
+    return Predictor.for_run(run_id, RunStore(home))
