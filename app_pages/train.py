@@ -1,14 +1,12 @@
 """Train: the training options, Start and Stop, and a live view of the run."""
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import replace
 
 import streamlit as st
 
 from ftlab import explore
-from ftlab.config import TrainConfig, options, resolved_image_size, resolved_lr, validate
+from ftlab.config import TrainConfig, option_type, options, resolved_image_size, resolved_lr, validate
 from ftlab.engine import Job
 from ftlab.jobs import END_STATUSES, JobBusy
 from ui import charts, keys as K, parts, resources
@@ -19,20 +17,10 @@ LABELS = {"lr": "Learning rate", "amp": "Mixed precision (CUDA only)", "random_c
           "gamma": "Step schedule: factor", "early_stopping": "Early stopping (patience)"}
 STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "momentum": 0.01, "grad_clip": 0.5, "label_smoothing": 0.05,
          "color_jitter": 0.1, "gamma": 0.05}
-HINTS = typing.get_type_hints(TrainConfig)
-
-
-def field_type(f: dataclasses.Field) -> type:
-    t = HINTS[f.name]
-    if isinstance(t, types.UnionType):
-        return next(a for a in typing.get_args(t) if a is not type(None))
-    return t
-
-
 def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:
     """One form widget, made from the field's type and metadata; its key binds it to the config."""
     meta, key = f.metadata, K.cfg(f.name)
-    label, kind = LABELS.get(f.name, f.name.replace("_", " ").capitalize()), field_type(f)
+    label, kind = LABELS.get(f.name, f.name.replace("_", " ").capitalize()), option_type(f)
     common = {"key": key, "help": meta["help"], "persist_state": K.PERSIST}
     if kind is bool:
         st.checkbox(label, **common)

@@ -11,8 +11,6 @@ import json
 import signal
 import sys
 import threading
-import types
-import typing
 
 from ftlab import config as cfg
 from ftlab import events
@@ -23,17 +21,10 @@ _STATS_OPTIONS = ("dataset", "val_fraction", "test_fraction", "imbalance_ratio",
                   "shapes_per_class", "shapes_noise")
 
 
-def _field_type(f: dataclasses.Field) -> type:
-    hints = typing.get_type_hints(cfg.TrainConfig)
-    t = hints[f.name]
-    args = [a for a in typing.get_args(t) if a is not type(None)] if isinstance(t, types.UnionType) else [t]
-    return args[0]
-
-
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for f in cfg.options():
         flag = "--" + f.name.replace("_", "-")
-        kind, meta = _field_type(f), f.metadata
+        kind, meta = cfg.option_type(f), f.metadata
         help_text = meta["help"] + ("" if f.default is None else f" (default: {f.default})")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"])
@@ -58,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="class counts per split and entropy figures of a data set")
     for name in _STATS_OPTIONS:
         f = next(f for f in cfg.options() if f.name == name)
-        stats.add_argument("--" + name.replace("_", "-"), type=_field_type(f), default=f.default,
+        stats.add_argument("--" + name.replace("_", "-"), type=cfg.option_type(f), default=f.default,
                            help=f.metadata["help"])
     stats.add_argument("--json", action="store_true")
     predict = sub.add_parser("predict", help="classify an image with a run's best model")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,14 @@ class TrainConfig:
 
 def options() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
+
+
+def option_type(f: dataclasses.Field) -> type:
+    """The value type of an option: ``int`` for ``int | None``, for building widgets and flags."""
+    t = typing.get_type_hints(TrainConfig)[f.name]
+    if isinstance(t, types.UnionType):
+        return next(a for a in typing.get_args(t) if a is not type(None))
+    return t
 
 
 def validate(config: TrainConfig) -> list[str]:
