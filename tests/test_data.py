@@ -432,6 +432,7 @@ def test_failed_download_is_dataset_unavailable(tmp_path, monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr("urllib.request.urlopen", fail)
+    monkeypatch.delenv("FTLAB_OFFLINE", raising=False)  # conftest sets it; here the failing network is the point
     with pytest.raises(DatasetUnavailable, match="Name or service not known"):
         load_dataset("hymenoptera", data_dir=tmp_path / "data")
     assert not list((tmp_path / "data").glob("*.part"))
