@@ -313,6 +313,9 @@ class _Trainer:
         torch.manual_seed(c.seed)
         self._say("loading data")
         self.data = prepare_data(c, self._say, self.stop.is_set)
+        if self.device.type == "cuda":  # page-locked memory: batches copy to the GPU asynchronously
+            self.data = replace(self.data, **{name: replace(d, images=d.images.pin_memory()) for name in
+                                              ("train", "val", "test") if (d := getattr(self.data, name))})
         self.classes = self.data.dataset.classes
         self.store.set_data(self.run_id, list(self.classes), self.data.split.to_dict())
         self._say(f"building {c.backbone} ({c.weights} weights)")
