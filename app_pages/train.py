@@ -40,6 +40,7 @@ def find_job() -> Job | None:
     job = registry.get(state.get(K.JOB))
     if job is None and (latest := registry.latest_running()) is not None:
         state[K.JOB], job = latest.run_id, latest
+        K.adopt_config(state, latest.config)  # the form and the summary show the run's settings, not defaults
     return job
 
 
@@ -112,8 +113,9 @@ def figures(job: Job, snap) -> None:
     m = st.columns(5)
     m[0].metric("Epoch", f"{last.epoch}/{last.epochs}")
     m[1].metric("Train loss", f"{last.train_loss:.3f}")
-    m[2].metric("Val accuracy", f"{last.val_accuracy:.3f}",
-                f"{last.val_accuracy - previous.val_accuracy:+.3f}" if previous else None)
+    change = round(last.val_accuracy - previous.val_accuracy, 3) + 0.0 if previous else None  # + 0.0: no -0.000
+    m[2].metric("Val accuracy", f"{last.val_accuracy:.3f}", None if change is None else f"{change:+.3f}",
+                delta_color="normal" if change else "off", delta_arrow="auto" if change else "off")  # 0: no green ↑
     m[3].metric("Best val accuracy", f"{max(e.val_accuracy for e in snap.epochs):.3f}")
     m[4].metric("Images/s", f"{last.images_per_second:.0f}")
     c = st.columns(2)
@@ -158,9 +160,10 @@ if submitted:
 if job is None:
     st.caption("No run in this session yet: set the options and press Start training.")
 else:
-    if running:
-        st.button("Stop", key=K.STOP, on_click=resources.registry().stop, args=(job.run_id,),
-                  help="Ends the run after the current batch; the best checkpoint so far is kept.")
+    stop = st.empty()  # a slot either way: the live view below keeps its place when the run ends and Stop goes,
+    if running:        # so the rerun replaces it instead of showing it twice (the old copy stale) until it ends
+        stop.button("Stop", key=K.STOP, on_click=resources.registry().stop, args=(job.run_id,),
+                    help="Ends the run after the current batch; the best checkpoint so far is kept.")
 
     @st.fragment(run_every=1.0 if running else None)
     def live(job: Job, was_running: bool) -> None:

@@ -285,3 +285,22 @@ def test_choices_persist_across_pages():
     assert "small_cnn" in at.sidebar.caption[0].value
     goto(at, "app_pages/train.py")
     assert at.number_input(key="cfg.epochs").value == 7
+
+
+def test_adopting_a_run_restores_its_settings_as_the_session_choices():
+    """A refreshed browser that finds a run shows that run's settings, not the defaults."""
+    from dataclasses import replace
+
+    from ftlab.config import TrainConfig
+    from ui import keys
+
+    state: dict = {}
+    keys.init_state(state)
+    config = TrainConfig(dataset="shapes", backbone="resnet18", weights="random", strategy="top-2", epochs=9,
+                         image_size=48, imbalance_ratio=5.0, lr=0.02, flip=True)
+    keys.adopt_config(state, config)
+    assert keys.current_config(state) == config
+    custom = TrainConfig(dataset="/data/my photos.zip", frozen_blocks=("stem", "stage1"), weights="/w/x.pt")
+    keys.adopt_config(state, custom)
+    # explicit frozen blocks are the "custom" preset, whatever strategy name came with them
+    assert keys.current_config(state) == replace(custom, strategy="custom")

@@ -110,6 +110,39 @@ def current_config(state: MutableMapping) -> TrainConfig:
                        frozen_blocks=tuple(frozen) if frozen is not None else None, **direct)
 
 
+def adopt_config(state: MutableMapping, config: TrainConfig) -> None:
+    """Make a run's settings the session's choices: the inverse of `current_config`, for a
+    refreshed browser (a new session) that finds its run still going."""
+    from ftlab import data, freeze
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in DERIVED:
+            state[cfg(f.name)] = getattr(config, f.name)
+    kinds = {d.name: d.kind for d in data.list_datasets()}
+    state[DATASET] = config.dataset
+    if kinds.get(config.dataset) == "builtin":
+        state[SOURCE], state[BUILTIN] = SOURCES[0], config.dataset
+    elif config.dataset in kinds:
+        state[SOURCE], state[DOWNLOAD] = SOURCES[1], config.dataset
+    else:
+        state[SOURCE], state[FOLDER] = SOURCES[3], config.dataset
+    state[SIM_APPLY] = config.imbalance_ratio > 1
+    if config.imbalance_ratio > 1:
+        state[SIM_RATIO] = config.imbalance_ratio
+    if config.weights in ("imagenet", "random"):
+        state[WEIGHTS] = config.weights
+    else:
+        state[WEIGHTS], state[WEIGHTS_FILE] = "file", config.weights
+    if config.frozen_blocks is not None:
+        state[PRESET], state[FROZEN] = "custom", tuple(config.frozen_blocks)
+    else:
+        kind, n = freeze.parse_strategy(config.strategy)
+        state[PRESET], state[FROZEN] = kind, None
+        if kind == "top-N":
+            state[TOP_N] = n
+    state[EDITOR_VERSION] += 1
+
+
 def set_preset(state: MutableMapping, preset: str) -> None:
     """A freezing preset replaces any hand-made block selection (and the table shows it afresh)."""
     state[PRESET] = preset
