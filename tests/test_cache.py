@@ -25,8 +25,10 @@ def _grads(model):
 
 @pytest.mark.parametrize("strategy", ["linear-probe", "top-1"])
 def test_cached_features_give_the_same_logits_loss_and_gradients(strategy):
-    """Tolerance: 1e-5 absolute on logits, loss and every gradient (fp32 storage: the same
-    arithmetic in the same order, so only the batch layout can differ)."""
+    """Tolerance: 1e-4 absolute and relative on logits, loss and every gradient. Storage is fp32,
+    but the cache computes the prefix with channels-last convolutions, which sum in another
+    order: measured differences are about 2e-5. A wrong cache (another boundary, BatchNorm in
+    train mode, a missing block) is off by 1e-1 or more."""
     torch.manual_seed(0)
     model = backbones.create_model("efficientnet_lite0", 5, "imagenet")
     plan = freeze.make_plan(model.param_blocks(), strategy)
@@ -53,11 +55,11 @@ def test_cached_features_give_the_same_logits_loss_and_gradients(strategy):
     loss_cached.backward()
     grads_cached = _grads(model)
 
-    torch.testing.assert_close(logits_cached, logits_full, atol=1e-5, rtol=0)
-    torch.testing.assert_close(loss_cached, loss_full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_cached, logits_full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(loss_cached, loss_full, atol=1e-4, rtol=1e-4)
     assert grads_full.keys() == grads_cached.keys() and grads_full
     for name in grads_full:
-        torch.testing.assert_close(grads_cached[name], grads_full[name], atol=1e-5, rtol=0)
+        torch.testing.assert_close(grads_cached[name], grads_full[name], atol=1e-4, rtol=1e-4)
     trained = {n.split(".")[0] for n in grads_full}
     assert trained == set(model.block_names[start:]) - {"pool"}
 
@@ -88,14 +90,17 @@ def _run(store, **overrides):
 @pytest.mark.parametrize("strategy", ["linear-probe", "top-1"])
 def test_a_run_from_the_cache_learns_what_a_run_without_it_learns(tmp_path, strategy):
     store = RunStore(tmp_path)
-    with_cache, epochs_cached, notes = _run(store, strategy=strategy)
+    with_cache, epochs_cached, notes = _run(store, strategy=strategy, epochs=1)
     assert any(n.startswith("caching the output of") for n in notes)
-    without, epochs_plain, plain_notes = _run(store, strategy=strategy, feature_cache=False)
+    without, epochs_plain, plain_notes = _run(store, strategy=strategy, feature_cache=False, epochs=1)
     assert any("not caching: the feature cache is off" in n for n in plain_notes)
-    for a, b in zip(epochs_cached, epochs_plain):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
-    assert with_cache["best_val_accuracy"] == pytest.approx(without["best_val_accuracy"], abs=1 / 360)
+    # One epoch: the channels-last rounding of the cached prefix (about 2e-5, see above) is then
+    # still small; over more epochs of this randomly initialised model it grows chaotically.
+    # The exact per-step comparison is the test above; this one shows nothing else differs.
+    (a,), (b,) = epochs_cached, epochs_plain
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-2)
+    assert with_cache["best_val_accuracy"] == pytest.approx(without["best_val_accuracy"], abs=3 / 360)
 
 
 def test_a_second_run_reuses_the_cache_and_another_size_does_not(tmp_path):
