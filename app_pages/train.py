@@ -35,13 +35,33 @@ def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:
 
 
 def find_job() -> Job | None:
-    """This session's job; after a browser refresh (a new session), the newest job still running."""
+    """This session's job, or the one named in the URL: a refreshed browser is a new session,
+    but it keeps its URL, and the URL names the run (``?run=<id>``). Another session's job is
+    never taken over by accident: two people on one server each see their own."""
     registry = resources.registry()
     job = registry.get(state.get(K.JOB))
-    if job is None and (latest := registry.latest_running()) is not None:
-        state[K.JOB], job = latest.run_id, latest
-        K.adopt_config(state, latest.config)  # the form and the summary show the run's settings, not defaults
+    if job is None and (named := registry.get(st.query_params.get("run"))) is not None:
+        state[K.JOB], job = named.run_id, named
+        K.adopt_config(state, named.config)  # the form and the summary show the run's settings, not defaults
+    if job is not None and st.query_params.get("run") != job.run_id:
+        st.query_params["run"] = job.run_id
     return job
+
+
+def watch(run_id: str) -> None:
+    state[K.JOB] = run_id
+    st.query_params["run"] = run_id
+    K.adopt_config(state, resources.registry().get(run_id).config)
+
+
+def others_running(job: Job | None) -> None:
+    """Jobs of other sessions (or of this browser before it lost its URL), to watch on purpose."""
+    for other in resources.registry().running():
+        if job is None or other.run_id != job.run_id:
+            cols = st.columns([4, 1])
+            cols[0].info(f"Run `{other.run_id}` ({explore.display_name(other.config.dataset)}, "
+                         f"{other.config.backbone}, {other.config.strategy}) is training in another session.")
+            cols[1].button("Watch it", key=K.WATCH.format(other.run_id), on_click=watch, args=(other.run_id,))
 
 
 def is_running(job: Job | None) -> bool:
@@ -64,6 +84,7 @@ def start(config: TrainConfig) -> None:
         st.error(str(err))
         return
     state[K.JOB] = job.run_id
+    st.query_params["run"] = job.run_id  # so that a refresh finds it
 
 
 def banner(job: Job, snap) -> None:
@@ -132,6 +153,7 @@ def figures(job: Job, snap) -> None:
 
 st.title("Train")
 job = find_job()
+others_running(job)
 running = is_running(job)
 config = K.current_config(state)
 st.markdown(parts.config_summary(config))

@@ -184,10 +184,18 @@ def test_stop_ends_the_run_and_a_new_session_finds_the_running_job():
     run_id = at.session_state["train.job"]
     poll(at, lambda a: any(p.proto.text.startswith("Epoch") for p in a.get("progress")), timeout=120)
 
-    fresh = app()  # a refreshed browser: a new session with no job id of its own
+    # a refreshed browser: a new session with no job id of its own, but its URL names the run
+    fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    fresh.query_params["run"] = run_id
+    fresh.run()
     goto(fresh, "app_pages/train.py")
     assert fresh.session_state["train.job"] == run_id
     assert fresh.button(key="train.stop")
+
+    stranger = app()  # another person on the same server: sees the run, does not take it over
+    goto(stranger, "app_pages/train.py")
+    assert "train.job" not in stranger.session_state or stranger.session_state["train.job"] is None
+    assert any(run_id in i.value for i in stranger.info) and stranger.button(key=f"train.watch.{run_id}")
 
     at.button(key="train.stop").click().run()
     poll(at, lambda a: a.warning, timeout=60)
@@ -304,3 +312,23 @@ def test_adopting_a_run_restores_its_settings_as_the_session_choices():
     keys.adopt_config(state, custom)
     # explicit frozen blocks are the "custom" preset, whatever strategy name came with them
     assert keys.current_config(state) == replace(custom, strategy="custom")
+
+
+def test_two_sessions_train_at_once_without_touching_each_other():
+    """Guard: jobs are per session (the registry's owner, the session's job id, the URL's run).
+    Fails if one session's Start, Stop or view reaches the other's run."""
+    first, second = app(), app()
+    goto(second, "app_pages/model.py")
+    second.button(key="model.preset.full").click().run()
+    start_run(first, epochs=1)
+    start_run(second, epochs=1)
+    a, b = first.session_state["train.job"], second.session_state["train.job"]
+    assert a != b
+    from ui import resources
+    assert {j.run_id for j in resources.registry().running()} <= {a, b}
+    for at, run_id in ((first, a), (second, b)):
+        poll(at, lambda x: not any(b.key == "train.stop" for b in x.button), timeout=240)
+        assert at.session_state["train.job"] == run_id
+    store = resources.store()
+    assert {r.id: r.status for r in store.list()} == {a: "finished", b: "finished"}
+    assert store.get(a).strategy == "linear-probe" and store.get(b).strategy == "full"

@@ -59,6 +59,7 @@ HEAD_WARNING = "model.head_warning"
 TRAIN_FORM = "train.options"
 START = "train.start"
 STOP = "train.stop"
+WATCH = "train.watch.{}"  # .format(run id): watch a run another session started
 DELETE = "runs.delete"
 DELETE_CONFIRM = "runs.delete_confirm"
 DELETE_CANCEL = "runs.delete_cancel"
