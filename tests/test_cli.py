@@ -150,3 +150,10 @@ def test_pretrained_weights_transfer_to_ants_and_bees():
         accuracy[weights] = summary["best_val_accuracy"]
     assert accuracy["imagenet"] >= 0.90, accuracy
     assert accuracy["imagenet"] - accuracy["random"] >= 0.20, accuracy
+
+
+def test_an_image_size_the_backbone_cannot_take_is_explained(capsys):
+    assert cli.main(["train", "--backbone", "vit_b_16", "--weights", "random", "--image-size", "64"]) == 2
+    assert "vit_b_16 takes only 224 px images (got 64)" in capsys.readouterr().err
+    assert cli.main(["train", "--backbone", "resnet18", "--weights", "random", "--image-size", "20"]) == 2
+    assert "needs images of at least 32 px (got 20)" in capsys.readouterr().err

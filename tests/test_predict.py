@@ -1,0 +1,61 @@
+"""Using a kept checkpoint: predictions, and checkpoints that do not fit are refused."""
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from ftlab import backbones
+from ftlab.data import DataError
+from ftlab.engine import checkpoint_dict
+from ftlab.config import TrainConfig
+from ftlab.predict import Predictor
+from ftlab.runs import CheckpointError, RunStore
+
+
+def _checkpoint(num_classes: int = 3) -> dict:
+    torch.manual_seed(0)
+    model = backbones.create_model("small_cnn", num_classes, "random")
+    return checkpoint_dict(model, TrainConfig(backbone="small_cnn", weights="random"),
+                           tuple("abc"[:num_classes]), 16, 1, 0.5)
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), (200, 20, 20)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_prediction_ranks_every_class(tmp_path):
+    store = RunStore(tmp_path)
+    store.save_checkpoint("r1", _checkpoint())
+    prediction = Predictor.for_run("r1", store).predict(_png(), top_k=5)
+    assert [c for c, _ in prediction.top] and len(prediction.top) == 3
+    assert sum(p for _, p in prediction.top) == pytest.approx(1.0, abs=1e-5)
+    assert prediction.top == sorted(prediction.top, key=lambda t: -t[1])
+
+
+def test_a_checkpoint_for_another_class_count_is_refused(tmp_path):
+    """Guard: model_from_checkpoint compares every tensor's shape. Without it load_state_dict
+    fails with PyTorch's size-mismatch traceback instead of a message."""
+    checkpoint = _checkpoint(3)
+    checkpoint["num_classes"] = 5  # says 5 classes, holds a 3-class head
+    with pytest.raises(CheckpointError, match="does not fit small_cnn with 5 classes"):
+        Predictor(checkpoint)
+
+
+def test_a_checkpoint_for_another_architecture_is_refused():
+    checkpoint = _checkpoint(3)
+    checkpoint["backbone"] = "resnet18"
+    with pytest.raises(CheckpointError, match="does not fit resnet18"):
+        Predictor(checkpoint)
+    checkpoint["backbone"] = "no_such_net"
+    with pytest.raises(CheckpointError, match="no usable model"):
+        Predictor(checkpoint)
+
+
+def test_a_file_that_is_not_an_image_says_so(tmp_path):
+    store = RunStore(tmp_path)
+    store.save_checkpoint("r1", _checkpoint())
+    with pytest.raises(DataError, match="Not a readable image"):
+        Predictor.for_run("r1", store).predict(b"%PDF-1.4 not a picture")
