@@ -68,11 +68,6 @@ def is_running(job: Job | None) -> bool:
     return job is not None and job.alive and job.snapshot().status not in END_STATUSES
 
 
-def duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
-
-
 def start(config: TrainConfig) -> None:
     problems = validate(config)
     if problems:
@@ -121,7 +116,7 @@ def progress(job: Job, snap) -> None:
     else:
         done = ((step.epoch - 1) * step.steps + step.step) / (epochs * step.steps)
         st.progress(min(done, 1.0), text=f"Epoch {step.epoch}/{epochs} · batch {step.step}/{step.steps} · "
-                                         f"{step.images_per_second:.0f} images/s · {duration(step.seconds_left)} left")
+                                         f"{step.images_per_second:.0f} images/s · {explore.format_duration(step.seconds_left)} left")
 
 
 def figures(job: Job, snap) -> None:

@@ -42,6 +42,10 @@ class CacheKey:
     view: int  # 0: the image as decoded; v > 0: the v-th augmented view
 
 
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
 def digest(indices: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
@@ -55,10 +59,13 @@ class FeatureCache:
         self._lock = threading.Lock()
         self.peak_bytes = 0
 
+    def _used(self) -> int:
+        return sum(_nbytes(t) for t in self._entries.values())
+
     @property
     def used_bytes(self) -> int:
         with self._lock:
-            return sum(t.numel() * t.element_size() for t in self._entries.values())
+            return self._used()
 
     def get(self, key: CacheKey) -> torch.Tensor | None:
         with self._lock:
@@ -71,15 +78,12 @@ class FeatureCache:
         return nbytes <= (self.budget if budget is None else budget)
 
     def put(self, key: CacheKey, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
         with self._lock:
             self._entries.pop(key, None)
-            while self._entries and sum(t.numel() * t.element_size() for t in self._entries.values()) + size \
-                    > self.budget:
+            while self._entries and self._used() + _nbytes(tensor) > self.budget:
                 self._entries.popitem(last=False)
             self._entries[key] = tensor
-            used = sum(t.numel() * t.element_size() for t in self._entries.values())
-            self.peak_bytes = max(self.peak_bytes, used)
+            self.peak_bytes = max(self.peak_bytes, self._used())
 
     def clear(self) -> None:
         with self._lock:

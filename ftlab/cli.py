@@ -13,7 +13,7 @@ import sys
 import threading
 
 from ftlab import config as cfg
-from ftlab import events
+from ftlab import events, explore
 
 EXIT_BAD_INPUT = 2
 # the TrainConfig fields that decide a data set's split, and so its figures
@@ -116,7 +116,7 @@ class Progress:
             width = 24
             filled = int(width * e.step / e.steps)
             print(f"\repoch {e.epoch} [{'#' * filled}{'.' * (width - filled)}] {e.step}/{e.steps} "
-                  f"loss {e.loss:.3f} {e.images_per_second:.0f} img/s {_duration(e.seconds_left)} left ",
+                  f"loss {e.loss:.3f} {e.images_per_second:.0f} img/s {explore.format_duration(e.seconds_left)} left ",
                   end="", file=out, flush=True)
         elif isinstance(e, events.EpochEnded):
             print(f"\repoch {e.epoch}/{e.epochs}: train loss {e.train_loss:.3f} acc {e.train_accuracy:.3f} | "
@@ -126,11 +126,6 @@ class Progress:
             print(f"[ftlab] stopped: {e.message}", file=out)
         elif isinstance(e, events.RunFailed):
             print(f"[ftlab] failed: {e.message}", file=out)
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}:{s:02d}"
 
 
 def _print_summary(s: dict) -> None:

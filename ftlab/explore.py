@@ -44,6 +44,16 @@ def split_counts(ds: data.Dataset, split: data.Split) -> dict[str, list[int]]:
     return {name: c for name, c in counts.items() if sum(c)}
 
 
+def format_duration(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour on.
+
+    >>> format_duration(75.4), format_duration(3725)
+    ('1:15', '1:02:05')
+    """
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def display_name(dataset: str) -> str:
     """A registered name as it is; a folder or .zip path by its last part."""
     return os.path.basename(dataset.rstrip("/\\")) or dataset

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 from ftlab import backbones, data
+from ftlab.config import TrainConfig
+from ftlab.engine import Preprocess
 from ftlab.runs import CheckpointError, RunStore, load_checkpoint_file
 
 
@@ -44,9 +46,9 @@ class Predictor:
         self.model = model_from_checkpoint(checkpoint)
         self.classes = list(checkpoint["classes"])
         self.image_size = int(checkpoint["image_size"])
-        spec = backbones.get_spec(checkpoint["backbone"])
-        self.mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        # the training run's own preprocessing, so a prediction sees what evaluation saw
+        config = TrainConfig.from_dict({**checkpoint.get("config", {}), "backbone": checkpoint["backbone"]})
+        self.prep = Preprocess(config, self.image_size, torch.device("cpu"))
 
     @classmethod
     def for_run(cls, run_id: str, store: RunStore | None = None) -> "Predictor":
@@ -59,8 +61,7 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) -> class probabilities (N, K)."""
-        x = (images.float() / 255 - self.mean) / self.std
-        return self.model(x).softmax(1)
+        return self.model(self.prep(images, train=False)).softmax(1)
 
     def predict(self, image, top_k: int = 5) -> Prediction:
         """``image``: a path, bytes, or a PIL image."""
