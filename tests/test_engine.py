@@ -169,6 +169,31 @@ def test_same_seed_same_run(store):
     assert ea[-1]["train_loss"] == pytest.approx(eb[-1]["train_loss"], rel=1e-5)
 
 
+def test_the_background_job_trains_what_the_foreground_trains(store):
+    """Job.start() releases the caller's idle OpenMP threads; the foreground run that came
+    first and the job after it must still compute the same run."""
+    fg, _ = collect(TrainConfig(**FAST), store)
+    job = engine.Job(TrainConfig(**FAST), store).start()
+    assert job.join(timeout=120)
+    bg = job.snapshot().end.summary
+    assert [e["val_accuracy"] for e in store.epochs(fg["run_id"])] == \
+        [e["val_accuracy"] for e in store.epochs(bg["run_id"])]
+    assert store.epochs(bg["run_id"])[-1]["train_loss"] == \
+        pytest.approx(store.epochs(fg["run_id"])[-1]["train_loss"], rel=1e-5)
+
+
+@pytest.mark.skipif("OpenMP" not in torch.__config__.parallel_info(), reason="torch without OpenMP")
+def test_releasing_the_openmp_pool_leaves_this_thread_working():
+    """Guard: the pool that release_idle_openmp_threads frees is rebuilt on the next parallel op."""
+    x = torch.randn(64, 64, 32, 32)  # large enough for a parallel region
+    before = (x * 1.5).sum()
+    released = engine.release_idle_openmp_threads()
+    if engine._libgomp() is not None:  # torch's own libgomp (Linux wheels): it must take effect
+        assert released
+    assert torch.equal((x * 1.5).sum(), before)
+    assert torch.get_num_threads() >= 1
+
+
 def test_class_weights_even_out_the_loss():
     labels = torch.tensor([0] * 90 + [1] * 10)
     w = engine.class_weights(labels, 2)
