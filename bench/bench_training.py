@@ -310,9 +310,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resnet-full-size", type=int, default=0,
                    help="image size for ResNet-18 full fine-tuning on hymenoptera (0: as the others)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--fgbg", default="digits:resnet18:full:1:32,digits:efficientnet_lite0:top-1:3:64",
+    p.add_argument("--fgbg", default="digits:efficientnet_lite0:full:2:64,hymenoptera:resnet18:full:1:224",
                    help="comma-separated data:backbone:strategy:epochs:px configurations to run in the background "
                         "and the foreground ('' skips)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating foreground/background pairs per configuration")
     p.add_argument("--quick", action="store_true", help="a smoke run: digits, 2 epochs, 32 px")
     p.add_argument("--out", type=Path, help="write the table here (markdown), and every figure next to it (.json)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.quick:
         args.datasets, args.epochs, args.image_size = ["digits"], 2, args.image_size or 32
-        args.fgbg = args.fgbg and "digits:resnet18:top-1:1:32"
+        args.fgbg, args.repeats = args.fgbg and "digits:resnet18:top-1:1:32", min(args.repeats, 2)
     rows, fgbg, started = [], [], time.perf_counter()
     for spec in filter(None, args.fgbg.split(",")):
         fgbg.append(background_against_foreground(spec, args))
@@ -345,7 +346,7 @@ def background_against_foreground(spec: str, args) -> dict:
     job = {"dataset": str(HYMENOPTERA) if dataset == "hymenoptera" else dataset, "backbone": backbone,
            "weights": "imagenet" if backbone == "efficientnet_lite0" else "random", "strategy": strategy,
            "optimizer": "adamw", "lr": None, "weight_decay": 1e-4, "epochs": int(epochs),
-           "batch_size": args.batch_size, "image_size": int(size), "seed": 0, "repeats": 2}
+           "batch_size": args.batch_size, "image_size": int(size), "seed": 0, "repeats": args.repeats}
     say(f"background against foreground: {spec} ...")
     return {"config": f"{dataset}, {backbone}, {strategy}, {epochs} epochs, {size} px", **child("fgbg", job)}
 
