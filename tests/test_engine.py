@@ -1,10 +1,12 @@
 """The training run on a CPU: order of events, checkpoints, stop, faults, the run store."""
+import platform
 from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
 
+import ftlab
 from ftlab import backbones, data, engine, events
 from ftlab.config import TrainConfig
 from ftlab.runs import RunStore
@@ -285,3 +287,11 @@ def test_a_batch_larger_than_the_training_set_is_explained_not_fatal(store, tmp_
     assert summary["stopped_reason"] == "completed"
     notes = [e.message for e in seen if isinstance(e, events.Preparing)]
     assert any("batch size 256 is larger than the" in n for n in notes)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_one_malloc_arena_is_asked_for_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert ftlab.one_malloc_arena()  # glibc answers 1 when it takes a mallopt setting
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not ftlab.one_malloc_arena()  # the user's own setting wins

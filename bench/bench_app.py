@@ -1,0 +1,158 @@
+"""Training started and watched in the app, in a real browser, against the same run from the CLI.
+
+    python bench/bench_app.py                    # digits, efficientnet_lite0, full, 2 epochs, 64 px, 2 pairs
+    python bench/bench_app.py --strategy linear-probe --epochs 10 --repeats 3
+
+``bench_training.py`` compares ``engine.Job`` with ``engine.run`` inside one process; this
+script measures what a user gets. One ``streamlit run app.py`` server and Debian's Chromium
+(driven by Playwright) stay up; each repeat runs the configuration once with
+``python -m ftlab train --json`` (a process of its own, the foreground) and once by clicking
+through Data, Model and Train in the browser, which then watches the run: the Train page
+redraws its curves, progress and confusion matrix every second until the run ends, on the
+same cores. Both report training images/s (training batches only: imports, decoding and
+evaluation are not in it), read from the CLI's JSON and from the app's run store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CHROMIUM = Path("/usr/bin/chromium")
+RUN_ID = re.compile(r"Run (\d{8}-\d{6}-[0-9a-f]+) ·")
+WAIT_MS = 600_000
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(home: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "FTLAB_HOME": str(home), "FTLAB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise SystemExit("streamlit did not come up within 90 s")
+
+
+def cli_run(args, home: Path) -> float:
+    cmd = [sys.executable, "-m", "ftlab", "train", "--dataset", "digits", "--backbone", args.backbone,
+           "--weights", "imagenet", "--strategy", args.strategy, "--epochs", str(args.epochs),
+           "--image-size", str(args.image_size), "--json"]
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "FTLAB_HOME": str(home), "FTLAB_OFFLINE": "1"},
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_second"]
+
+
+def app_run(args, browser, url: str, home: Path) -> float:
+    from playwright.sync_api import expect
+
+    from ftlab.runs import RunStore
+
+    def keyed(k: str):
+        return page.locator(".st-key-" + re.sub(r"[^a-zA-Z0-9_-]", "-", k)).filter(visible=True)
+
+    def nav(title: str) -> None:
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+
+    def choose(k: str, option: str) -> None:
+        box = keyed(k).get_by_role("combobox")
+        box.click()
+        page.get_by_role("option").filter(has_text=re.compile("^" + re.escape(option))).first.click()
+        expect(box).to_have_value(re.compile("^" + re.escape(option)))
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(WAIT_MS)
+    expect.set_options(timeout=WAIT_MS)
+    page = context.new_page()
+    try:
+        page.goto(url)
+        nav("Data")
+        choose("data.builtin", "digits")
+        nav("Model & freezing")
+        choose("cfg.backbone", args.backbone)
+        keyed(f"model.preset.{args.strategy.replace('-', '_')}").get_by_role("button").click()
+        nav("Train")
+        for k, value in (("cfg.image_size", args.image_size), ("cfg.epochs", args.epochs)):
+            field = keyed(k).locator("input")
+            field.fill(str(value))
+            field.press("Tab")
+        keyed("train.start").get_by_role("button").click()
+        caption = page.get_by_text(RUN_ID).filter(visible=True)
+        expect(caption).to_be_visible()
+        run_id = RUN_ID.search(caption.inner_text()).group(1)
+        expect(page.get_by_text(re.compile(rf"Run {run_id} finished")).filter(visible=True)).to_be_visible()
+    finally:
+        context.close()
+    record = RunStore(home).get(run_id)
+    if (record.strategy, record.config.get("epochs")) != (args.strategy, args.epochs):
+        raise SystemExit(f"the app ran another configuration than asked: {record.config}")
+    return record.summary["images_per_second"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--strategy", default="full", choices=["linear-probe", "full"])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args(argv)
+    if not CHROMIUM.exists():
+        raise SystemExit(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver")
+    from playwright.sync_api import sync_playwright
+
+    rates = {"cli": [], "app": []}
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        home = Path(tmp) / "home"
+        server, url = start_server(home)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            for i in range(args.repeats):
+                rates["cli"].append(cli_run(args, Path(tmp) / "cli"))
+                say(f"pair {i + 1}: CLI {rates['cli'][-1]:.1f} img/s ...")
+                rates["app"].append(app_run(args, browser, url, home))
+                say(f"pair {i + 1}: app {rates['app'][-1]:.1f} img/s")
+        finally:
+            browser.close()
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    cli, app = statistics.median(rates["cli"]), statistics.median(rates["app"])
+    print(f"digits, {args.backbone}, {args.strategy}, {args.epochs} epochs, {args.image_size} px: "
+          f"app (watched in Chromium) {app:.1f} img/s ({', '.join(f'{r:.0f}' for r in rates['app'])}) against "
+          f"the CLI {cli:.1f} ({', '.join(f'{r:.0f}' for r in rates['cli'])}): **{app / cli:.3f}** of it; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
+
+
+if __name__ == "__main__":
+    main()
