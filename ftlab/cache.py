@@ -21,13 +21,18 @@ import torch
 from torch import nn
 
 
+def free_memory_bytes() -> int | None:
+    """Physical memory free now, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def default_budget_bytes() -> int:
     """A quarter of the memory free now, at most 8 GiB (2 GiB where free memory is unknown)."""
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 2 << 30
-    return int(min(free // 4, 8 << 30))
+    free = free_memory_bytes()
+    return 2 << 30 if free is None else int(min(free // 4, 8 << 30))
 
 
 @dataclass(frozen=True)
@@ -118,10 +123,10 @@ def compute(prefix: nn.Module, images: torch.Tensor, prep: Callable[[torch.Tenso
     return features.pin_memory() if out and x.device.type == "cuda" else features
 
 
-def storage_dtype(bytes_fp32: int, budget: int, free_bytes: int) -> torch.dtype | None:
+def storage_dtype(bytes_fp32: int, budget: int, free_bytes: int | None) -> torch.dtype | None:
     """fp32 when it fits, else fp16 (features of pretrained blocks lose ~3 decimal digits,
     far below what changes a prediction), else ``None``: recompute instead."""
-    room = min(budget, free_bytes)
+    room = budget if free_bytes is None else min(budget, free_bytes)
     if bytes_fp32 <= room:
         return torch.float32
     if bytes_fp32 // 2 <= room:

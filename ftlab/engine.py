@@ -6,7 +6,6 @@ device, augmented and normalised there, so no epoch decodes a file again.
 """
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import queue
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftlab import backbones, cache, data, events, explore, freeze, metrics
+from ftlab.native import release_idle_openmp_threads
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
 from ftlab.runs import RunStore, new_run_id
 
@@ -408,24 +408,30 @@ class _Trainer:
         """What blocks ``start``.. read this epoch: cached features of the frozen prefix where
         the prefix is a fixed function of the image, the decoded images otherwise."""
         c, d = self.config, self.data
-        start = self.model.block_names.index(self.plan.blocks[self.plan.first_trainable(epoch)])
         plain = EpochInputs(d.train.images, d.val.images, 0, self.prep, self.prep)
-        augmenting = self.prep.augment is not None
-        why_not = ("the feature cache is off" if not c.feature_cache else
-                   "every block trains" if start == 0 else
-                   "frozen BatchNorm layers run in train mode (bn_frozen is off), so their output changes"
-                   if not c.bn_frozen else
-                   "augmentation changes every image every epoch and augment_views is 0"
-                   if augmenting and not c.augment_views else "")
+        start, why_not = self._cache_boundary(epoch)
         if why_not:
             self._note_cache(f"not caching: {why_not}; the frozen blocks run every epoch")
             return plain
+        augmenting = self.prep.augment is not None
         view = epoch % c.augment_views + 1 if augmenting else 0
         train = self._cached("train", start, view)
         val = self._cached("val", start, 0)
         if train is None or val is None:
             return plain
         return EpochInputs(train, val, start, FeaturePrep(self.device), FeaturePrep(self.device))
+
+    def _cache_boundary(self, epoch: int) -> tuple[int, str]:
+        """The first block that trains in ``epoch``, and why its inputs cannot be cached ("" if they can)."""
+        c = self.config
+        start = self.model.block_names.index(self.plan.blocks[self.plan.first_trainable(epoch)])
+        why_not = ("the feature cache is off" if not c.feature_cache else
+                   "every block trains" if start == 0 else
+                   "frozen BatchNorm layers run in train mode (bn_frozen is off), so their output changes"
+                   if not c.bn_frozen else
+                   "augmentation changes every image every epoch and augment_views is 0"
+                   if self.prep.augment is not None and not c.augment_views else "")
+        return start, why_not
 
     def _note_cache(self, note: str) -> None:
         if self.summary.get("feature_cache") != note:
@@ -451,7 +457,7 @@ class _Trainer:
             prefix.eval()
             one = prefix(self.prep(decoded.images[:1], train=False))
         need = one[0].numel() * 4 * len(decoded.labels)
-        dtype = cache.storage_dtype(need, self.shared_cache.budget, cache.default_budget_bytes() * 4)
+        dtype = cache.storage_dtype(need, self.shared_cache.budget, cache.free_memory_bytes())
         if dtype is None:
             self._note_cache(f"not caching: the features of {split} would take {need / 2**20:,.0f} MB, more than "
                              f"the cache's {self.shared_cache.budget / 2**20:,.0f} MB budget; the frozen blocks run "
@@ -525,13 +531,12 @@ class _Trainer:
     def _evaluate_split(self, name: str) -> Evaluation:
         """On the frozen prefix's cached features where the last epoch trained on them: the
         blocks before that epoch's boundary never changed, so they hold for the best model too."""
-        split, start, prep = getattr(self.data, name), 0, self.prep
-        images = split.images
-        last = self._inputs(max(self.summary["epochs_run"] - 1, 0))
-        if last.start:
-            cached = self._cached(name, last.start, 0)
-            if cached is not None:
-                images, start, prep = cached, last.start, last.val_prep
+        split = getattr(self.data, name)
+        images, start, prep = split.images, 0, self.prep
+        boundary, why_not = self._cache_boundary(max(self.summary["epochs_run"] - 1, 0))
+        cached = None if why_not else self._cached(name, boundary, 0)
+        if cached is not None:
+            images, start, prep = cached, boundary, FeaturePrep(self.device)
         return evaluate(self.model, images, split.labels, prep=prep, start=start,
                         batch_size=2 * self.config.batch_size, amp=self.amp)
 
@@ -575,41 +580,6 @@ def _threads_for(model: backbones.BlockModel, start: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def release_idle_openmp_threads() -> bool:
-    """Give back the calling thread's idle OpenMP worker threads (GNU libgomp only).
-
-    libgomp keeps a pool of workers for every thread that has run a parallel region, and
-    when it manages more threads than there are cores it stops spin-waiting between regions
-    in every pool. A thread that trained in the foreground (a CLI run, the benchmark) leaves
-    such a pool behind, and a job started next then sleeps and wakes its workers around every
-    small op: training in the job's thread ran at 0.75 of the foreground on 2 cores (a
-    parallel op on 0.5 MB took 105 us instead of 38). ``omp_pause_resource_all`` frees the
-    caller's pool; the next parallel region in that thread builds a new one. Returns whether
-    a pool could be released."""
-    lib = _libgomp()
-    return lib is not None and lib.omp_pause_resource_all(1) == 0  # 1: omp_pause_soft
-
-
-_LIBGOMP: list = []
-
-
-def _libgomp():
-    """The libgomp that torch loaded, or None (another OpenMP runtime, another OS, none)."""
-    if not _LIBGOMP:
-        lib = None
-        try:
-            with open("/proc/self/maps") as maps:  # scikit-learn brings its own copy: take torch's
-                paths = {line.split()[-1] for line in maps if "/libgomp" in line}
-            ours = [path for path in paths if path.startswith(os.path.dirname(torch.__file__))] or list(paths)
-            if len(ours) == 1 and "OpenMP" in torch.__config__.parallel_info():
-                lib = ctypes.CDLL(ours[0])
-                lib.omp_pause_resource_all.argtypes, lib.omp_pause_resource_all.restype = [ctypes.c_int], ctypes.c_int
-        except (OSError, AttributeError):
-            lib = None
-        _LIBGOMP.append(lib)
-    return _LIBGOMP[0]
 
 
 def user_message(err: Exception, batch_size: int | None = None) -> str:

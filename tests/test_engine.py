@@ -1,12 +1,10 @@
 """The training run on a CPU: order of events, checkpoints, stop, faults, the run store."""
-import platform
 from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
 
-import ftlab
 from ftlab import backbones, data, engine, events
 from ftlab.config import TrainConfig
 from ftlab.runs import RunStore
@@ -184,18 +182,6 @@ def test_the_background_job_trains_what_the_foreground_trains(store):
         pytest.approx(store.epochs(fg["run_id"])[-1]["train_loss"], rel=1e-5)
 
 
-@pytest.mark.skipif("OpenMP" not in torch.__config__.parallel_info(), reason="torch without OpenMP")
-def test_releasing_the_openmp_pool_leaves_this_thread_working():
-    """Guard: the pool that release_idle_openmp_threads frees is rebuilt on the next parallel op."""
-    x = torch.randn(64, 64, 32, 32)  # large enough for a parallel region
-    before = (x * 1.5).sum()
-    released = engine.release_idle_openmp_threads()
-    if engine._libgomp() is not None:  # torch's own libgomp (Linux wheels): it must take effect
-        assert released
-    assert torch.equal((x * 1.5).sum(), before)
-    assert torch.get_num_threads() >= 1
-
-
 def test_class_weights_even_out_the_loss():
     labels = torch.tensor([0] * 90 + [1] * 10)
     w = engine.class_weights(labels, 2)
@@ -287,11 +273,3 @@ def test_a_batch_larger_than_the_training_set_is_explained_not_fatal(store, tmp_
     assert summary["stopped_reason"] == "completed"
     notes = [e.message for e in seen if isinstance(e, events.Preparing)]
     assert any("batch size 256 is larger than the" in n for n in notes)
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
-def test_one_malloc_arena_is_asked_for_unless_the_user_chose(monkeypatch):
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert ftlab.one_malloc_arena()  # glibc answers 1 when it takes a mallopt setting
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert not ftlab.one_malloc_arena()  # the user's own setting wins
