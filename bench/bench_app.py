@@ -18,51 +18,24 @@ import argparse
 import json
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CHROMIUM = Path("/usr/bin/chromium")
-RUN_ID = re.compile(r"Run (\d{8}-\d{6}-[0-9a-f]+) ·")
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from appdriver import CHROMIUM, CHROMIUM_ARGS, RUN_ID, choose, fill, keyed, nav, serve, shown, stop  # noqa: E402
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from ftlab.runs import RunStore  # noqa: E402
+
 WAIT_MS = 600_000
 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "FTLAB_HOME": str(home), "FTLAB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
-         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return proc, url
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit("streamlit did not come up within 90 s")
 
 
 def cli_run(args, home: Path) -> float:
@@ -75,43 +48,24 @@ def cli_run(args, home: Path) -> float:
 
 
 def app_run(args, browser, url: str, home: Path) -> float:
-    from playwright.sync_api import expect
-
-    from ftlab.runs import RunStore
-
-    def keyed(k: str):
-        return page.locator(".st-key-" + re.sub(r"[^a-zA-Z0-9_-]", "-", k)).filter(visible=True)
-
-    def nav(title: str) -> None:
-        page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
-
-    def choose(k: str, option: str) -> None:
-        box = keyed(k).get_by_role("combobox")
-        box.click()
-        page.get_by_role("option").filter(has_text=re.compile("^" + re.escape(option))).first.click()
-        expect(box).to_have_value(re.compile("^" + re.escape(option)))
-
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(WAIT_MS)
     expect.set_options(timeout=WAIT_MS)
     page = context.new_page()
     try:
         page.goto(url)
-        nav("Data")
-        choose("data.builtin", "digits")
-        nav("Model & freezing")
-        choose("cfg.backbone", args.backbone)
-        keyed(f"model.preset.{args.strategy.replace('-', '_')}").get_by_role("button").click()
-        nav("Train")
-        for k, value in (("cfg.image_size", args.image_size), ("cfg.epochs", args.epochs)):
-            field = keyed(k).locator("input")
-            field.fill(str(value))
-            field.press("Tab")
-        keyed("train.start").get_by_role("button").click()
-        caption = page.get_by_text(RUN_ID).filter(visible=True)
+        nav(page, "Data")
+        choose(page, "data.builtin", "digits")
+        nav(page, "Model & freezing")
+        choose(page, "cfg.backbone", args.backbone)
+        keyed(page, f"model.preset.{args.strategy.replace('-', '_')}").get_by_role("button").click()
+        nav(page, "Train")
+        fill(page, {"cfg.image_size": args.image_size, "cfg.epochs": args.epochs})
+        keyed(page, "train.start").get_by_role("button").click()
+        caption = shown(page.get_by_text(RUN_ID))
         expect(caption).to_be_visible()
         run_id = RUN_ID.search(caption.inner_text()).group(1)
-        expect(page.get_by_text(re.compile(rf"Run {run_id} finished")).filter(visible=True)).to_be_visible()
+        expect(shown(page.get_by_text(re.compile(rf"Run {run_id} finished")))).to_be_visible()
     finally:
         context.close()
     record = RunStore(home).get(run_id)
@@ -130,13 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not CHROMIUM.exists():
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver")
-    from playwright.sync_api import sync_playwright
 
     rates = {"cli": [], "app": []}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         home = Path(tmp) / "home"
-        server, url = start_server(home)
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        server, url = serve({**os.environ, "FTLAB_HOME": str(home), "FTLAB_OFFLINE": "1"}, subprocess.DEVNULL, 90)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             for i in range(args.repeats):
                 rates["cli"].append(cli_run(args, Path(tmp) / "cli"))
@@ -145,8 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                 say(f"pair {i + 1}: app {rates['app'][-1]:.1f} img/s")
         finally:
             browser.close()
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            stop(server)
     cli, app = statistics.median(rates["cli"]), statistics.median(rates["app"])
     print(f"digits, {args.backbone}, {args.strategy}, {args.epochs} epochs, {args.image_size} px: "
           f"app (watched in Chromium) {app:.1f} img/s ({', '.join(f'{r:.0f}' for r in rates['app'])}) against "

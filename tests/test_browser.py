@@ -13,76 +13,32 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from appdriver import CHROMIUM, CHROMIUM_ARGS, ROOT, RUN_ID, choose, fill, key, keyed, nav, serve, shown, stop
 from playwright.sync_api import expect, sync_playwright
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 EPOCHS, IMAGE_SIZE = 10, 64  # a linear probe at 64 px: the curves have some shape, and digits reach about 0.9
 WAIT_MS = 120_000  # torch's import and the first run are slow on a 2-core machine
 expect.set_options(timeout=WAIT_MS)
-RUN_ID = re.compile(r"Run (\d{8}-\d{6}-[0-9a-f]+) ·")
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return r.status == 200 and r.read().strip() == b"ok"
-    except OSError:
-        return False
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End the server and whatever it started (its own process group)."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture(scope="module")
 def server(chromium, tmp_path_factory):  # no browser, no server
     """`streamlit run app.py` on 127.0.0.1, offline, with its runs and data in a temporary folder."""
     tmp = tmp_path_factory.mktemp("browser")
-    port = free_port()
     env = {**os.environ, "FTLAB_HOME": str(tmp / "home"), "FTLAB_DATA": str(tmp / "data"), "FTLAB_OFFLINE": "1"}
     log = (tmp / "streamlit.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
-         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while not healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not come up:\n{(tmp / 'streamlit.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        proc, url = serve(env, log)
+    except RuntimeError as err:
+        log.close()
+        pytest.fail(f"{err}:\n{(tmp / 'streamlit.log').read_text()[-3000:]}")
+    try:
         yield url
     finally:
         stop(proc)
@@ -117,37 +73,10 @@ def page(browser):
     context.close()
 
 
-def key(k: str) -> str:
-    """CSS selector of the element Streamlit marks with the key ``k`` (its class st-key-<k>, dots made dashes)."""
-    return ".st-key-" + re.sub(r"[^a-zA-Z0-9_-]", "-", k.strip())  # as Streamlit's frontend makes the class
-
-
-def shown(locator):
-    """Only what is on screen. A chart whose figure changed is a new element: Streamlit keeps the old copy in
-    the page, hidden and marked stale, until the script run ends, so text and keys can match twice."""
-    return locator.filter(visible=True)
-
-
-def keyed(page, k: str):
-    return shown(page.locator(key(k)))
-
-
 def metric(page, label: str):
     """The value of the metric labelled ``label``."""
     label = page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
     return shown(page.get_by_test_id("stMetric").filter(has=label)).get_by_test_id("stMetricValue")
-
-
-def nav(page, title: str) -> None:
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
-
-
-def choose(page, widget_key: str, option: str) -> None:
-    """Pick the option whose shown text starts with ``option`` in the selectbox with key ``widget_key``."""
-    box = keyed(page, widget_key).get_by_role("combobox")
-    box.click()
-    page.get_by_role("option").filter(has_text=re.compile("^" + re.escape(option))).first.click()
-    expect(box).to_have_value(re.compile("^" + re.escape(option)))
 
 
 def plotted(page, chart_key: str, check: str) -> None:
@@ -209,10 +138,7 @@ def test_main_path_in_a_browser(server, page):
     nav(page, "Train")
     expect(page).to_have_url(re.compile(r"/train$"))
     expect(shown(page.get_by_text("No run in this session yet"))).to_be_visible()
-    for k, value in (("cfg.image_size", IMAGE_SIZE), ("cfg.epochs", EPOCHS)):
-        field = keyed(page, k).locator("input")
-        field.fill(str(value))
-        field.press("Tab")
+    fill(page, {"cfg.image_size": IMAGE_SIZE, "cfg.epochs": EPOCHS})
     keyed(page, "train.start").get_by_role("button").click()
     caption = shown(page.get_by_text(RUN_ID))
     expect(caption).to_be_visible()
