@@ -108,7 +108,8 @@ def reference(job: dict) -> dict:
 
 
 def make_optimizer(job: dict, params, torch):
-    """The optimiser ftlab builds for the same config (engine.make_optimizer), on the trainable parameters."""
+    """The optimiser and settings ftlab uses for the same config, on the trainable parameters, written
+    as the tutorial writes it: ftlab's ``engine.make_optimizer`` also fuses the step into one kernel."""
     if job["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=job["lr"], momentum=job["momentum"], weight_decay=job["weight_decay"])
     cls = torch.optim.Adam if job["optimizer"] == "adam" else torch.optim.AdamW
