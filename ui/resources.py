@@ -21,10 +21,12 @@ def store() -> RunStore:
     return RunStore(paths.home())
 
 
+SHAPES_FIELDS = ("num_classes", "per_class", "noise", "seed")  # what a config sets of ShapesOptions
+
+
 @st.cache_resource(max_entries=8, show_spinner="Loading the data set…")
-def _dataset(name: str, shapes: tuple, data_dir: str, download: bool) -> data.Dataset:
-    classes, per_class, noise, seed = shapes
-    options = data.ShapesOptions(num_classes=classes, per_class=per_class, noise=noise, seed=seed)
+def _dataset(name: str, shapes: tuple | None, data_dir: str, download: bool) -> data.Dataset:
+    options = None if shapes is None else data.ShapesOptions(**dict(zip(SHAPES_FIELDS, shapes)))
     return data.load_dataset(name, shapes=options, data_dir=data_dir, download=download)
 
 
@@ -33,8 +35,8 @@ def dataset(config: TrainConfig, *, download: bool = False) -> data.Dataset:
 
     ``download=False`` never touches the network: a missing download is a `DatasetUnavailable`.
     """
-    o = explore.shapes_options(config)
-    shapes = (o.num_classes, o.per_class, o.noise, o.seed) if config.dataset.lower() == "shapes" else (4, 120, 0.15, 0)
+    o = explore.shapes_options(config)  # they matter to the shapes set only: other sets share one entry
+    shapes = tuple(getattr(o, f) for f in SHAPES_FIELDS) if config.dataset.lower() == "shapes" else None
     return _dataset(config.dataset, shapes, str(paths.data_dir()), download)
 
 
