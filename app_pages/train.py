@@ -182,15 +182,20 @@ else:
         stop.button("Stop", key=K.STOP, on_click=resources.registry().stop, args=(job.run_id,),
                     help="Ends the run after the current batch; the best checkpoint so far is kept.")
 
+    # Only the banner and the progress bar redraw each second. The figures (curves, confusion matrix,
+    # per-class table) change once an epoch, so they are drawn with the page and the fragment reruns
+    # the page when an epoch ends: the server and the browser share the cores the run trains on.
     @st.fragment(run_every=1.0 if running else None)
-    def live(job: Job, was_running: bool) -> None:
+    def live(job: Job, was_running: bool, epochs_shown: int) -> None:
         snap = job.snapshot()
         banner(job, snap)
         progress(job, snap)
-        figures(job, snap)
-        if was_running and (snap.status in END_STATUSES or not job.alive):
-            st.rerun()  # the whole page again: Start comes back, the fragment stops polling
+        ended = snap.status in END_STATUSES or not job.alive
+        if was_running and (ended or len(snap.epochs) != epochs_shown):
+            st.rerun()  # the whole page again: new figures; at the end Start comes back and polling stops
 
-    live(job, running)
+    snap = job.snapshot()
+    live(job, running, len(snap.epochs))
+    figures(job, snap)
     st.caption(f"Run `{job.run_id}` · {explore.display_name(job.config.dataset)} · {job.config.backbone} · "
                f"{job.config.strategy}")
