@@ -345,3 +345,17 @@ def test_the_server_does_not_collect_garbage_after_every_rerun():
     settings = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert settings["runner"]["postScriptGC"] is False
     assert "runner.postScriptGC" in config.get_config_options()
+
+
+def test_the_app_loads_a_data_set_once_per_what_decides_it():
+    """Guard: the shapes options are part of the data-set cache's key for the shapes set, and
+    no other set is loaded again because a config's (unused) shapes options changed."""
+    from ftlab.config import TrainConfig
+    from ui import resources
+
+    three = resources.dataset(TrainConfig(dataset="shapes", shapes_classes=3))
+    assert resources.dataset(TrainConfig(dataset="shapes", shapes_classes=3)) is three
+    five = resources.dataset(TrainConfig(dataset="shapes", shapes_classes=5))
+    assert (len(three.classes), len(five.classes)) == (3, 5)
+    digits = resources.dataset(TrainConfig(dataset="digits"))
+    assert resources.dataset(TrainConfig(dataset="digits", shapes_classes=5, shapes_noise=0.3)) is digits

@@ -21,13 +21,10 @@ def store() -> RunStore:
     return RunStore(paths.home())
 
 
-SHAPES_FIELDS = ("num_classes", "per_class", "noise", "seed")  # what a config sets of ShapesOptions
-
-
 @st.cache_resource(max_entries=8, show_spinner="Loading the data set…")
-def _dataset(name: str, shapes: tuple | None, data_dir: str, download: bool) -> data.Dataset:
-    options = None if shapes is None else data.ShapesOptions(**dict(zip(SHAPES_FIELDS, shapes)))
-    return data.load_dataset(name, shapes=options, data_dir=data_dir, download=download)
+def _dataset(name: str, shapes: data.ShapesOptions | None, data_dir: str, download: bool) -> data.Dataset:
+    # Streamlit hashes a dataclass by its fields: the frozen options are the cache key as they are
+    return data.load_dataset(name, shapes=shapes, data_dir=data_dir, download=download)
 
 
 def dataset(config: TrainConfig, *, download: bool = False) -> data.Dataset:
@@ -35,8 +32,8 @@ def dataset(config: TrainConfig, *, download: bool = False) -> data.Dataset:
 
     ``download=False`` never touches the network: a missing download is a `DatasetUnavailable`.
     """
-    o = explore.shapes_options(config)  # they matter to the shapes set only: other sets share one entry
-    shapes = tuple(getattr(o, f) for f in SHAPES_FIELDS) if config.dataset.lower() == "shapes" else None
+    # the options matter to the shapes set only: the other sets share one cache entry whatever they say
+    shapes = explore.shapes_options(config) if config.dataset.lower() == "shapes" else None
     return _dataset(config.dataset, shapes, str(paths.data_dir()), download)
 
 
