@@ -86,6 +86,8 @@ try:
     ds = resources.dataset(config)
     st.subheader(f"{explore.display_name(config.dataset)}: {len(ds.classes)} classes, {len(ds):,} images")
     st.caption(ds.source)
+    for note in ds.notes:
+        st.warning(note)
     cols = st.columns(3)
     cols[0].slider("Validation share", 0.05, 0.5, step=0.05, key=K.cfg("val_fraction"), persist_state=K.PERSIST,
                    help="Carved from the training images when the data set has no val split of its own.")

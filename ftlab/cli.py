@@ -202,13 +202,15 @@ def _stats(args: argparse.Namespace) -> int:
         split = explore.split_for(config, ds)
     except data.DataError as err:
         return _fail(str(err))
+    for note in ds.notes:
+        print(f"warning: {note}", file=sys.stderr)
     k = len(ds.classes)
     counts = {name: diversity.counts_of(ds.labels[getattr(split, name)], k) for name in ("train", "val", "test")}
     counts["all"] = [sum(c) for c in zip(*(counts[s] for s in ("train", "val", "test")))]
     figures = {name: dataclasses.asdict(diversity.distribution(c)) for name, c in counts.items() if sum(c)}
     tips = [dataclasses.asdict(s) for s in diversity.suggestions(counts["train"])]
     out = {"dataset": ds.name, "classes": list(ds.classes), "num_classes": k, "counts": counts,
-           "figures": figures, "suggestions": tips}
+           "figures": figures, "suggestions": tips, "notes": list(ds.notes)}
     if args.json:
         print(json.dumps(out, default=float))
         return 0

@@ -65,6 +65,8 @@ class Prepared:
 def prepare_data(config: TrainConfig, say: Callable[[str], None] = lambda msg: None,
                  should_stop: Callable[[], bool] = lambda: False) -> Prepared:
     ds = explore.load_for(config)
+    for note in ds.notes:
+        say(f"warning: {note}")
     split = explore.split_for(config, ds)
     size = resolved_image_size(config)
     decoded = {}
@@ -76,7 +78,10 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None] = lambda msg: N
         if should_stop():
             raise StopRequested
         say(f"decoding {len(indices):,} {name} images at {size} px")
-        decoded[name] = data.decode(ds, indices, size)
+        try:  # stops between files; refuses a split that lost a class to undecodable files
+            decoded[name] = data.decode(ds, indices, size, should_stop=should_stop, split=name)
+        except data.DecodingStopped:
+            raise StopRequested from None
     return Prepared(ds, split, decoded["train"], decoded["val"], decoded["test"], size)
 
 

@@ -5,13 +5,13 @@
     train = decode(ds, split.train, image_size=224)   # uint8 (N, 3, 224, 224), decoded once
 """
 from ftlab.data.dataset import DataError, Dataset, DatasetInfo, DatasetUnavailable
-from ftlab.data.decoding import Decoded, decode, decode_image
+from ftlab.data.decoding import Decoded, DecodingStopped, decode, decode_image
 from ftlab.data.folders import save_upload
 from ftlab.data.registry import list_datasets, load_dataset
 from ftlab.data.shapes import ShapesOptions
 from ftlab.data.splits import Split, long_tail_indices, make_split
 
 __all__ = [
-    "DataError", "DatasetUnavailable", "DatasetInfo", "Dataset", "ShapesOptions", "Split", "Decoded",
+    "DataError", "DatasetUnavailable", "DecodingStopped", "DatasetInfo", "Dataset", "ShapesOptions", "Split", "Decoded",
     "list_datasets", "load_dataset", "make_split", "long_tail_indices", "decode", "decode_image", "save_upload",
 ]

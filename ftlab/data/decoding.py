@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import io
 import os
+import stat
+import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ftlab.data.dataset import DataError, Dataset
+from ftlab.data.dataset import DataError, Dataset, few, printable
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +31,13 @@ CHUNK = 512  # in-memory arrays are resized this many at a time, to bound the fl
 # Pixels one image may have (setting FTLAB_MAX_PIXELS). A 40 kB PNG can declare 50,000 x 50,000
 # pixels and take 7.5 GB to decode: such a decompression bomb is refused before decoding.
 MAX_PIXELS = int(float(os.environ.get("FTLAB_MAX_PIXELS", "") or 100_000_000))
+# The pixel limit is ours (MAX_PIXELS, checked before decoding): PIL's own warning for images
+# under it would only repeat, on stderr, what we decided to allow.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class DecodingStopped(Exception):
+    """``should_stop`` said stop; raised between files."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,8 +48,14 @@ class Decoded:
     skipped: tuple[str, ...]  # "<file>: <reason>" for each item that could not be decoded
 
 
-def decode(ds: Dataset, indices: np.ndarray, image_size: int, *, workers: int | None = None) -> Decoded:
-    """Decode ``ds[indices]`` to (N, 3, image_size, image_size) uint8; unreadable files are skipped and listed."""
+def decode(ds: Dataset, indices: np.ndarray, image_size: int, *, workers: int | None = None,
+           should_stop: Callable[[], bool] | None = None, split: str | None = None) -> Decoded:
+    """Decode ``ds[indices]`` to (N, 3, image_size, image_size) uint8; unreadable files are skipped and listed.
+
+    ``should_stop`` is asked before each file (`DecodingStopped` when it says stop). With ``split``
+    named, every class of ``ds[indices]`` must survive decoding, else a `DataError` names the
+    classes that lost every image and the files skipped.
+    """
     import torch
 
     if image_size < 1:
@@ -48,9 +64,24 @@ def decode(ds: Dataset, indices: np.ndarray, image_size: int, *, workers: int | 
     if ds._pixels is not None:
         images, kept, skipped = _resize_array(ds._pixels[indices], image_size), indices, []
     else:
-        images, kept, skipped = _decode_files(ds, indices, image_size, workers)
+        images, kept, skipped = _decode_files(ds, indices, image_size, workers, should_stop)
+    if split is not None and skipped:
+        check_decoded(ds, indices, kept, skipped, split)
     labels = torch.from_numpy(ds.labels[kept].copy())
     return Decoded(images, labels, kept, tuple(skipped))
+
+
+def check_decoded(ds: Dataset, indices: np.ndarray, kept: np.ndarray, skipped: list[str], split: str) -> None:
+    """Refuse a split that decoding emptied, or that lost every image of a class."""
+    examples = f"{len(skipped):,} file(s) could not be decoded, e.g. {'; '.join(skipped[:3])}"
+    if len(kept) == 0:
+        raise DataError(f"None of the {len(indices):,} {split} images could be decoded: {examples}. "
+                        "Replace these files with JPEG, PNG, BMP, GIF, TIFF or WebP images.")
+    lost = sorted(set(ds.labels[indices].tolist()) - set(ds.labels[kept].tolist()))
+    if lost:
+        names = few([repr(ds.classes[k]) for k in lost])
+        raise DataError(f"The {split} split has no readable image left of {len(lost):,} class(es): {names}; "
+                        f"{examples}. Replace these files, or remove the class folders.")
 
 
 def decode_image(image: Image.Image | str | Path | bytes, image_size: int) -> torch.Tensor:
@@ -67,23 +98,33 @@ def decode_image(image: Image.Image | str | Path | bytes, image_size: int) -> to
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-def _decode_files(ds: Dataset, indices: np.ndarray, size: int,
-                  workers: int | None) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+def _decode_files(ds: Dataset, indices: np.ndarray, size: int, workers: int | None,
+                  should_stop: Callable[[], bool] | None) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     import torch
 
     files = [ds._files[i] for i in indices]
     images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
     ok = np.zeros(len(files), dtype=bool)
     skipped = []
+    stop = should_stop or (lambda: False)
+
+    def one(file: str) -> tuple[np.ndarray | None, str]:
+        if stop():  # each worker asks before each file: a stop waits for the files in hand only
+            raise DecodingStopped
+        return _try_decode(file, size)
+
     # PIL releases the GIL while decoding and resizing, so threads use every core without pickling;
     # two per core also overlap file reads (measured: 4 threads beat 2 on a 2-core machine).
-    with ThreadPoolExecutor(max_workers=workers or 2 * (os.cpu_count() or 1)) as pool:
-        for j, (pixels, error) in enumerate(pool.map(lambda f: _try_decode(f, size), files)):
+    pool = ThreadPoolExecutor(max_workers=workers or 2 * (os.cpu_count() or 1))
+    try:
+        for j, (pixels, error) in enumerate(pool.map(one, files)):
             if pixels is None:
-                skipped.append(f"{files[j]}: {error}")
+                skipped.append(printable(f"{files[j]}: {error}"))
             else:
                 images[j] = torch.from_numpy(pixels).permute(2, 0, 1)
                 ok[j] = True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if not ok.all():
         images = images[torch.from_numpy(ok)]
     return images, indices[ok], skipped
@@ -97,6 +138,8 @@ def _try_decode(path: str, size: int) -> tuple[np.ndarray | None, str]:
 
 
 def _reason(e: Exception) -> str:
+    if isinstance(e, UnidentifiedImageError):  # its text names the open file object, not the file
+        return f"{type(e).__name__}: not an image file that PIL can read"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
@@ -105,7 +148,7 @@ class TooManyPixels(ValueError):
 
 
 def _decode_file(file: str | Path | io.BytesIO, size: int) -> np.ndarray:
-    with Image.open(file) as image:
+    with (file if isinstance(file, io.BytesIO) else _open_regular(file)) as fp, Image.open(fp) as image:
         w, h = image.size
         if w * h > MAX_PIXELS:
             raise TooManyPixels(f"{w} x {h} pixels is more than the limit of {MAX_PIXELS:,} "
@@ -114,6 +157,35 @@ def _decode_file(file: str | Path | io.BytesIO, size: int) -> np.ndarray:
         # most of the time on large photos is saved here.
         image.draft("RGB", (size, size))
         return _prepare(image, size)
+
+
+def _open_regular(path: str | Path) -> io.BufferedReader:
+    """Open ``path`` for reading only if it is a regular file: a named pipe, socket or device named
+    like an image would block the read (or never end), so it is refused from its metadata, unopened."""
+    kind = _kind(os.stat(path).st_mode)
+    if kind:
+        raise OSError(f"{kind}, not a regular file")
+    # non-blocking, and checked again on the open file: a pipe swapped in since the stat cannot block
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind:
+            raise OSError(f"{kind}, not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    """'' for a regular file, else what it is."""
+    if stat.S_ISREG(mode):
+        return ""
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def _prepare(image: Image.Image, size: int) -> np.ndarray:

@@ -6,7 +6,9 @@ when ``download`` is False, or when ``FTLAB_OFFLINE`` is set; a failed download 
 """
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ftlab.data.dataset import Dataset, DatasetUnavailable, make_dataset
-from ftlab.data.folders import extract_zip, load_folder
+from ftlab.data.folders import clean_partials, extract_zip, load_folder, partial_prefix
 
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 TIMEOUT_S = 60  # per network read; a silent network should fail in a minute, not hang the app
@@ -42,15 +44,20 @@ def load_hymenoptera(data_dir: Path, may_download: bool, offline_reason: str) ->
 
 def _fetch(url: str, target: Path, name: str) -> None:
     """Stream ``url`` to ``target`` through a .part file, so an interrupted download is never taken as whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
+    part = None
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(part, "wb") as out:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_partials(target.parent)
+        # a temporary name of this process's own: two downloads at once never write one file
+        fd, part = tempfile.mkstemp(dir=target.parent, prefix=partial_prefix(target.name))
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             shutil.copyfileobj(response, out, 1 << 20)
-        part.replace(target)
+        os.replace(part, target)
     except (urllib.error.URLError, OSError) as e:  # URLError, HTTPError, timeouts, resets
-        part.unlink(missing_ok=True)
         raise unavailable(name, url, str(getattr(e, "reason", e)), (target.name,), target.parent) from e
+    finally:
+        if part:
+            Path(part).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from ftlab import paths
-from ftlab.data.dataset import DataError, Dataset, DatasetInfo, make_dataset
+from ftlab.data.dataset import DataError, Dataset, DatasetInfo, make_dataset, printable
 from ftlab.data.downloads import load_hymenoptera, load_torchvision
 from ftlab.data.folders import LAYOUT_HELP, load_folder, load_zip
 from ftlab.data.shapes import ShapesOptions, make_shapes
@@ -81,13 +81,22 @@ def load_dataset(name_or_path: str, *, data_dir: Path | None = None, shapes: Sha
                   else "downloads are turned off" if not download else "")
         request = _Request(data_dir, shapes or ShapesOptions(), download and not paths.offline(), reason)
         return _REGISTRY[key][1](request)
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    if not key:  # Path("") is the current directory: training on whatever is there is never what was meant
+        raise DataError(f"No data set given (the name is empty). Choose one of {', '.join(_REGISTRY)}, or give "
+                        "the path of a folder or .zip in class-subfolder layout.")
+    shown = printable(str(name_or_path))
+    try:
+        path = Path(name_or_path).expanduser()
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, RuntimeError) as e:  # a name too long for a path, ~user of no such user
+        raise DataError(f"{shown[:200]!r} is not a usable path ({getattr(e, 'strerror', None) or e}). Give a "
+                        "registered name, or the path of a folder or .zip in class-subfolder layout.") from e
+    if is_dir:
         return load_folder(path, str(name_or_path))
-    if path.is_file():
+    if is_file:
         if path.suffix.lower() != ".zip":
-            raise DataError(f"{path} is a file but not a .zip. Give a folder or a .zip. {LAYOUT_HELP}")
+            raise DataError(f"{shown} is a file but not a .zip. Give a folder or a .zip. {LAYOUT_HELP}")
         return load_zip(path, data_dir, str(name_or_path))
-    raise DataError(f"Unknown data set {str(name_or_path)!r}: not a registered name and no such file or folder. "
+    raise DataError(f"Unknown data set {shown[:200]!r}: not a registered name and no such file or folder. "
                     f"Choose one of {', '.join(_REGISTRY)}, or give the path of a folder or .zip in "
                     "class-subfolder layout.")
