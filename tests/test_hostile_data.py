@@ -127,7 +127,7 @@ def test_a_val_class_that_train_lacks_is_named_not_imbalance_inf(tmp_path):
 
 # --- 2. empty names --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["", "   "])
+@pytest.mark.parametrize("name", ["", "   "], ids=["empty", "blank"])
 def test_an_empty_dataset_name_is_an_error_not_the_current_folder(tmp_path, monkeypatch, name):
     """Guard: load_dataset refuses an empty name. Before, Path('') read the current directory."""
     write_set(tmp_path, {"a": 3, "b": 3})  # a data set in the current folder: before, it was read
@@ -138,7 +138,7 @@ def test_an_empty_dataset_name_is_an_error_not_the_current_folder(tmp_path, monk
     assert out.returncode == 2 and "empty" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("name", ["x" * 5000, "~no_such_user_ftlab/x"])
+@pytest.mark.parametrize("name", ["x" * 5000, "~no_such_user_ftlab/x"], ids=["too-long", "unknown-user"])
 def test_a_path_that_cannot_be_a_path_is_a_message(name):
     """Guard: load_dataset turns OSError (name too long) and RuntimeError (~user) into DataError."""
     with pytest.raises(DataError, match="not a usable path"):
@@ -518,7 +518,8 @@ def test_an_uploaded_zip_is_shown_by_the_users_file_name(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name, kept", [("../../etc/x.zip", "x.zip"), (".hidden.zip", "hidden.zip"),
-                                        ("a\nb.zip", "a\\nb.zip"), ("é" * 200 + ".zip", None)])
+                                        ("a\nb.zip", "a\\nb.zip"), ("é" * 200 + ".zip", None)],
+                         ids=["a-path", "hidden", "newline", "too-long"])
 def test_an_odd_upload_name_is_kept_safely(tmp_path, name, kept):
     path = data.save_upload(name, b"PK" + bytes(20), tmp_path / "data")
     assert path.parent.parent == tmp_path / "data" / "uploads" / "files" and path.suffix == ".zip"

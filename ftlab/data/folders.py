@@ -153,7 +153,7 @@ def load_folder(path: Path, name: str, source: str | None = None) -> Dataset:
     classes = tuple(sorted({c for _, c, _ in items}))
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[c] for _, c, _ in items], dtype=np.int64)
-    check_classes(classes, labels, where)
+    check_classes(classes, labels, printable(name))  # the name as given: a zip's, not its unpacked folder's
     return make_dataset(printable(name), classes, labels, printable(source or str(path)), notes=tuple(notes),
                         given_split=[s for _, _, s in items], files=tuple(f for f, _, _ in items))
 
@@ -419,8 +419,8 @@ def _write_member(zf: zipfile.ZipFile, m: zipfile.ZipInfo, target: Path, budget:
 def _upload_name(filename: str) -> str:
     """The browser's file name as a file name here: its last part, shown as given (`printable`), never
     hidden, and short enough for any file system."""
-    name = printable(re.split(r"[\\/]", filename)[-1]).lstrip(". ").replace("\0", "")
-    stem, suffix = name[:-4], name[-4:]
+    name = printable(re.split(r"[\\/]", filename)[-1])  # its last part; NUL and newlines shown as escapes
+    stem, suffix = name[:-4].lstrip(". "), name[-4:]  # the caller checked that it ends in .zip
     while len(stem.encode()) > 180:
         stem = stem[:-1]
     return (stem or "upload") + suffix

@@ -87,7 +87,7 @@ def load_dataset(name_or_path: str, *, data_dir: Path | None = None, shapes: Sha
     shown = printable(str(name_or_path))
     try:
         path = Path(name_or_path).expanduser()
-        is_dir, is_file = path.is_dir(), path.is_file()
+        is_dir, is_file, exists = path.is_dir(), path.is_file(), path.exists()
     except (OSError, RuntimeError) as e:  # a name too long for a path, ~user of no such user
         raise DataError(f"{shown[:200]!r} is not a usable path ({getattr(e, 'strerror', None) or e}). Give a "
                         "registered name, or the path of a folder or .zip in class-subfolder layout.") from e
@@ -97,6 +97,8 @@ def load_dataset(name_or_path: str, *, data_dir: Path | None = None, shapes: Sha
         if path.suffix.lower() != ".zip":
             raise DataError(f"{shown} is a file but not a .zip. Give a folder or a .zip. {LAYOUT_HELP}")
         return load_zip(path, data_dir, str(name_or_path))
+    if exists:  # a named pipe, socket or device: never opened, it could block for ever
+        raise DataError(f"{shown} is neither a folder nor a regular file. Give a folder or a .zip. {LAYOUT_HELP}")
     raise DataError(f"Unknown data set {shown[:200]!r}: not a registered name and no such file or folder. "
                     f"Choose one of {', '.join(_REGISTRY)}, or give the path of a folder or .zip in "
                     "class-subfolder layout.")
