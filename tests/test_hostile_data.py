@@ -541,3 +541,19 @@ def _app(monkeypatch, tmp_path):
     at.switch_page("app_pages/data.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+# --- the hostile pass: names that look alike, more layouts ------------------------------------
+
+@pytest.mark.parametrize("other", ["caf\\xff", "cafe\u0301"], ids=["escape-of-a-byte", "decomposed"])
+def test_two_class_folders_that_look_the_same_are_refused(tmp_path, other):
+    """Guard: _scan compares the shown (printable, NFC) names. Otherwise two classes would look alike."""
+    root = tmp_path / "set"
+    write_set(root, {other: 2, "plain": 2})
+    mine = os.path.join(os.fsencode(root), b"caf\xff" if "xff" in other else "caf\u00e9".encode())
+    os.mkdir(mine)
+    for i in range(2):
+        with open(os.path.join(mine, f"{i}.png".encode()), "wb") as f:
+            f.write(png(i))
+    with pytest.raises(DataError, match="look the same"):
+        load_dataset(str(root))

@@ -15,6 +15,7 @@ import socket
 import stat
 import tempfile
 import time
+import unicodedata
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -117,9 +118,11 @@ def _scan(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
     for split, d in class_dirs:
         files = _image_files(d)
         name = printable(d.name)
-        if names.setdefault(name, d.name) != d.name:
-            raise DataError(f"{printable(str(root))}: the class folders {names[name]!r} and {d.name!r} both show "
-                            f"as {name!r}. Rename one of them.")
+        # two folders that look alike: one name not UTF-8 and one with its escape, or é composed and decomposed
+        first = names.setdefault(unicodedata.normalize("NFC", name), d.name)
+        if first != d.name:
+            raise DataError(f"{printable(str(root))}: the class folders {printable(first)!r} and "
+                            f"{printable(d.name)!r} look the same. Rename one of them.")
         if not files:
             empty.append(repr(printable(f"{d.parent.name}/{d.name}" if split else d.name)))
         items.extend((f, name, split) for f in files)
