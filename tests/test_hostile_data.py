@@ -557,3 +557,15 @@ def test_two_class_folders_that_look_the_same_are_refused(tmp_path, other):
             f.write(png(i))
     with pytest.raises(DataError, match="look the same"):
         load_dataset(str(root))
+
+
+def test_a_data_folder_that_cannot_be_written_is_a_message(tmp_path):
+    """Guard: extract_zip and save_upload turn OSError into DataError naming FTLAB_DATA. Before:
+    FileExistsError / NotADirectoryError tracebacks (a data folder that is a file, read-only, full)."""
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the data folder should be")
+    archive = make_zip(tmp_path / "ok.zip", two_classes())
+    with pytest.raises(DataError, match="FTLAB_DATA"):
+        load_dataset(str(archive), data_dir=blocker)
+    with pytest.raises(DataError, match="FTLAB_DATA"):
+        data.save_upload("ok.zip", archive.read_bytes(), blocker)
