@@ -569,3 +569,23 @@ def test_a_data_folder_that_cannot_be_written_is_a_message(tmp_path):
         load_dataset(str(archive), data_dir=blocker)
     with pytest.raises(DataError, match="FTLAB_DATA"):
         data.save_upload("ok.zip", archive.read_bytes(), blocker)
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "-5"])
+def test_a_zip_limit_setting_that_is_not_a_number_is_named(tmp_path, monkeypatch, value):
+    """Guard: _limit refuses what is not a number >= 0. Before, 'abc' was silently the default and 'nan'
+    turned the total-size guard off."""
+    monkeypatch.setenv("FTLAB_ZIP_MAX_MB", value)
+    with pytest.raises(DataError, match="FTLAB_ZIP_MAX_MB"):
+        load_dataset(str(make_zip(tmp_path / "ok.zip", two_classes())), data_dir=tmp_path / "data")
+
+
+def test_the_data_page_warns_of_folders_beside_train(tmp_path, monkeypatch):
+    """Guard: the Data page draws Dataset.notes as warnings."""
+    root = write_set(tmp_path / "set", {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1, "dogs": 3})
+    at = _app(monkeypatch, tmp_path)
+    at.radio(key="data.source").set_value("Folder on this machine").run()
+    at.text_input(key="data.folder").input(str(root)).run()
+    at.button(key="data.use_folder").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("'dogs'" in w.value and "not read" in w.value for w in at.warning), [w.value for w in at.warning]

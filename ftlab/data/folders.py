@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import importlib.util
+import math
 import os
 import re
 import shutil
@@ -32,10 +33,16 @@ LAYOUT_HELP = "Expected root/<class>/<images> or root/train|val|test/<class>/<im
 
 def _limit(name: str, default: float) -> float:
     value = os.environ.get(name, "")
-    try:
-        return float(value) if value.strip() else default
-    except ValueError:
+    if not value.strip():
         return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not number >= 0:  # nan too: it would compare False with everything and turn the guard off
+        raise DataError(f"The setting {name}={value!r} is not a number of 0 or more. Unset it to use the "
+                        f"default ({default:,.0f}) or give a number.")
+    return number
 
 
 def zip_limits() -> dict[str, float]:
