@@ -8,6 +8,7 @@ uniform structure whatever the architecture.
 from __future__ import annotations
 
 import urllib.error
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,7 +166,9 @@ def _torchvision_state_dict(arch: str) -> "OrderedDict[str, torch.Tensor]":
     try:
         # torch.hub unpickles with weights_only=False unless told otherwise, and the cache is
         # a folder users drop files into by hand: load it like any other untrusted file
-        return weights.get_state_dict(progress=False, check_hash=False, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols, for a file refused or not
+            warnings.simplefilter("ignore")
+            return weights.get_state_dict(progress=False, check_hash=False, weights_only=True)
     except (urllib.error.URLError, OSError) as err:
         raise WeightsUnavailable(_offline_message(arch, weights.url, file, err)) from None
     except Exception as err:  # a file in the cache that is not a plain state dict (or is corrupt)

@@ -146,8 +146,10 @@ class RunStore:
         self.db = self.home / "runs.db"
         self.timeout = BUSY_TIMEOUT_S
         self._ready = False  # tables made (by the first write; reading never creates them)
-        if self.home.exists() and not self.home.is_dir():
-            raise StoreError(f"FTLAB_HOME ({self.home}) is a file, not a folder: point FTLAB_HOME at a folder "
+        nearest = next((p for p in (self.home, *self.home.parents) if os.path.lexists(p)), None)
+        if nearest is not None and not nearest.is_dir():
+            where = "" if nearest == self.home else f" cannot be made: {nearest}"
+            raise StoreError(f"FTLAB_HOME ({self.home}){where} is a file, not a folder: point FTLAB_HOME at a folder "
                              "for ftlab's runs", "home")
         if self.db.exists() and not self.db.is_file():
             raise StoreError(f"{self.db} is a folder, not ftlab's run store: move it away, or point FTLAB_HOME "
