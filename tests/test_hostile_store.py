@@ -461,3 +461,101 @@ def test_concurrent_writers_lose_no_epoch(home):
     for rid in ids:
         assert [e["epoch"] for e in store.epochs(rid)] == list(range(1, 41))
         assert store.get(rid).status == "finished"
+
+
+# --- the pages: store faults as sentences, a deleted run said so --------------------------------------
+
+@pytest.fixture
+def app_home(tmp_path, monkeypatch):
+    """The app with its runs under tmp_path, offline, and no job or cache left for the next test."""
+    import streamlit as st
+
+    home = tmp_path / "app-home"
+    monkeypatch.setenv("FTLAB_HOME", str(home))
+    monkeypatch.setenv("FTLAB_DATA", str(tmp_path / "data"))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield home
+    from ui import resources
+
+    assert resources.registry().stop_all(timeout=60)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def _page(page: str, **query):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params.update(query)
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_the_pages_name_a_damaged_store_and_move_it_aside_only_on_request(app_home):
+    app_home.mkdir()
+    (app_home / "runs.db").write_bytes(b"not sqlite at all " * 200)
+    before = (app_home / "runs.db").read_bytes()
+    for page in ("app_pages/runs.py", "app_pages/inspect_run.py"):
+        at = _page(page)
+        assert any("damaged" in e.value for e in at.error), page
+    assert (app_home / "runs.db").read_bytes() == before
+    at.button(key="store.move_aside").click().run()
+    assert not at.exception and any("moved" in s.value for s in at.success)
+    assert [p.read_bytes() for p in app_home.glob("runs.db.damaged-*")] == [before]
+    at.switch_page("app_pages/runs.py").run()
+    assert not at.exception and not at.error and any("No runs yet" in i.value for i in at.info)
+
+
+def test_the_pages_name_a_home_that_is_a_file(app_home):
+    app_home.write_text("a file")
+    for page in ("app_pages/runs.py", "app_pages/inspect_run.py"):
+        at = _page(page)
+        assert any("is a file" in e.value for e in at.error), page
+
+
+def test_a_deleted_run_opened_by_its_url_says_it_was_deleted(app_home):
+    from ui import resources
+
+    job = resources.registry().start(TrainConfig(**TINY), RunStore(app_home))
+    assert job.join(timeout=240)
+    RunStore(app_home).delete(job.run_id)
+    at = _page("app_pages/train.py", run=job.run_id)
+    assert any("was deleted" in w.value for w in at.warning), [m.value for m in (*at.success, *at.warning)]
+    assert not any("kept" in m.value for m in (*at.success, *at.warning, *at.info))
+
+
+def test_the_runs_page_refuses_to_delete_a_run_training_in_another_process(app_home):
+    rid = new_run_id()
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; from ftlab.runs import RunStore; "
+                               f"RunStore({str(app_home)!r}).create({rid!r}, {CONFIG!r}); print('made', flush=True); "
+                               "sys.stdin.read()"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "made"
+        at = _page("app_pages/runs.py")
+        at.button(key="runs.delete").click().run()
+        at.button(key="runs.delete_confirm").click().run()
+        assert not at.exception
+        assert any("still training" in i.value for i in at.info), [i.value for i in at.info]
+        assert RunStore(app_home).get(rid).status == "running"
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+
+def test_the_train_page_says_a_read_only_home_cannot_be_written(app_home):
+    app_home.mkdir()
+    with read_only(app_home):
+        at = _page("app_pages/train.py")
+        at.number_input(key="cfg.epochs").set_value(1)
+        at.button(key="train.start").click().run()
+        from ui import resources
+
+        assert resources.registry().get(at.session_state["train.job"]).join(timeout=60)
+        at.run()
+        assert not at.exception
+        assert any("cannot be written" in e.value for e in at.error), [e.value for e in at.error]
