@@ -195,8 +195,9 @@ def _runs(args: argparse.Namespace) -> int:
         return 0
     for r in runs:
         best = r.summary.get("best_val_accuracy")
-        print(f"{r.id}  {r.status:<11} {r.dataset:<14} {r.backbone:<20} {r.strategy:<13} "
-              f"val {best if best is None else format(best, '.3f')}")
+        best = format(best, ".3f") if isinstance(best, (int, float)) else "none"
+        line = f"{r.id}  {r.status:<11} {r.dataset:<14} {r.backbone:<20} {r.strategy:<13} val {best}"
+        print(line.encode("utf-8", "backslashreplace").decode("utf-8"))  # a non-UTF-8 path prints as escapes
     if not runs:
         print("no runs yet: `python -m ftlab train` makes one")
     return 0

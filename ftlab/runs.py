@@ -63,8 +63,11 @@ _COLUMNS = ("id", "created", "updated", "status", "dataset", "backbone", "strate
 _JSON = {"config": dict, "classes": list, "split": dict, "summary": dict, "final": dict}
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")  # what new_run_id makes, and nothing else
 BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock before it gives up
-_TRAINING: set[str] = set()  # runs this process is training now
+HEARTBEAT_S = 60.0  # how often a training process marks its runs as alive (their `updated`)
+STALE_S = 600.0  # another machine's run unmarked for this long is taken as ended (its process was killed)
+_TRAINING: dict[str, Path] = {}  # runs this process is training now -> their store's database
 _TRAINING_LOCK = threading.Lock()
+_HEARTBEAT: list[threading.Thread] = []
 
 
 @dataclass(frozen=True)
@@ -100,11 +103,14 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
 
 
-def _alive(owner: str, run_id: str | None = None) -> bool:
-    """Whether the process named by ``owner`` (host:pid[:start]) is still training ``run_id``."""
+def _alive(owner: str, run_id: str | None = None, updated: object = None) -> bool:
+    """Whether the process named by ``owner`` (host:pid[:start]) is still training ``run_id``.
+    Another machine's process cannot be asked: its run is alive while its heartbeat is recent."""
     host, pid, start = (owner.split(":") + ["", ""])[:3]
     if host != socket.gethostname() or not pid.isdigit():
-        return host != "" and host != socket.gethostname()  # another machine's run: not ours to judge
+        if host == "" or host == socket.gethostname():
+            return False
+        return not isinstance(updated, (int, float)) or time.time() - updated < STALE_S
     if int(pid) == os.getpid() and start in ("", _start_time(os.getpid())):
         # this process: the run is training while its trainer has not ended (an app keeps running after)
         return run_id is None or run_id in _TRAINING
@@ -115,6 +121,33 @@ def _alive(owner: str, run_id: str | None = None) -> bool:
     except PermissionError:
         pass
     return not start or _start_time(int(pid)) in ("", start)
+
+
+def beat() -> None:
+    """Mark every run this process trains as alive now (the heartbeat thread calls this)."""
+    with _TRAINING_LOCK:
+        beating = list(_TRAINING.items())
+    for run_id, db in beating:
+        with suppress(sqlite3.Error, OSError, ValueError):
+            con = sqlite3.connect(db.resolve().as_uri() + "?mode=rw", uri=True, timeout=5)  # rw: never makes a file
+            try:
+                with con:
+                    con.execute("UPDATE runs SET updated = ? WHERE id = ? AND status = 'running'",
+                                (time.time(), run_id))
+            finally:
+                con.close()
+
+
+def _heartbeat() -> None:
+    while True:
+        time.sleep(HEARTBEAT_S)
+        beat()
+
+
+def _text(value: object) -> str:
+    """``value`` as text SQLite can store: a file name's bytes that are not UTF-8 become escapes
+    (the exact value stays in the JSON columns, which escape it themselves)."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def new_run_id() -> str:
@@ -202,6 +235,10 @@ class RunStore:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
             have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+            if "owner" not in have and set(_COLUMNS) <= have:  # a store from before runs named their process
+                with con:
+                    con.execute("ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+                have.add("owner")
         finally:
             con.close()
         if missing := [c for c in (*_COLUMNS, "owner") if c not in have]:
@@ -276,10 +313,13 @@ class RunStore:
         with self._tx(write=True) as con:
             con.execute("INSERT INTO runs (id, created, updated, status, dataset, backbone, strategy, config, "
                         "classes, split, owner) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, '[]', '{}', ?)",
-                        (run_id, now, now, config["dataset"], config["backbone"], config["strategy"],
-                         json.dumps(config), _owner()))
+                        (run_id, now, now, _text(config["dataset"]), _text(config["backbone"]),
+                         _text(config["strategy"]), json.dumps(config), _owner()))
         with _TRAINING_LOCK:
-            _TRAINING.add(run_id)
+            _TRAINING[run_id] = self.db
+            if not _HEARTBEAT:  # one thread per process, for all its runs
+                _HEARTBEAT.append(threading.Thread(target=_heartbeat, name="ftlab-heartbeat", daemon=True))
+                _HEARTBEAT[0].start()
 
     def set_data(self, run_id: str, classes: list, split: dict) -> None:
         with self._tx(write=True) as con:
@@ -296,7 +336,7 @@ class RunStore:
         try:
             with self._tx(write=True) as con:
                 con.execute("UPDATE runs SET status = ?, summary = ?, final = ?, message = ?, updated = ? "
-                            "WHERE id = ?", (status, json.dumps(summary), json.dumps(final or {}), message,
+                            "WHERE id = ?", (status, json.dumps(summary), json.dumps(final or {}), _text(message),
                                              time.time(), run_id))
         finally:
             self.release(run_id)
@@ -305,7 +345,7 @@ class RunStore:
     def release(run_id: str) -> None:
         """This process no longer trains ``run_id`` (a record still 'running' is then interrupted)."""
         with _TRAINING_LOCK:
-            _TRAINING.discard(run_id)
+            _TRAINING.pop(run_id, None)
 
     def mark_interrupted(self) -> int:
         """Mark runs left 'running' by a process that no longer trains them as interrupted.
@@ -314,8 +354,9 @@ class RunStore:
         the app can call this at every start. A store that cannot be written now (read-only,
         full, locked) is left as it is: the runs show as running elsewhere until it can.
         """
-        rows = self._read("SELECT id, owner FROM runs WHERE status = 'running'")
-        dead = [(row["id"],) for row in rows if not _alive(str(row["owner"] or ""), row["id"])]
+        rows = self._read("SELECT * FROM runs WHERE status = 'running'")  # *: a store from before owners has none
+        owner = lambda row: str(row["owner"] or "") if "owner" in row.keys() else ""  # noqa: E731
+        dead = [(row["id"],) for row in rows if not _alive(owner(row), row["id"], row["updated"])]
         if not dead:
             return 0
         try:
@@ -362,11 +403,11 @@ class RunStore:
         """Delete a run's record, epochs and checkpoint; refused while it trains, in any process."""
         check_run_id(run_id)
         with self._tx(write=True) as con:
-            row = con.execute("SELECT status, owner FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = con.execute("SELECT status, owner, updated FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise KeyError(f"unknown run {run_id}: there is no such run in {self.home}; `python -m ftlab runs` "
                                "lists them")
-            if row["status"] == "running" and _alive(str(row["owner"] or ""), run_id):
+            if row["status"] == "running" and _alive(str(row["owner"] or ""), run_id, row["updated"]):
                 raise StoreError(f"run {run_id} is still training; stop it first (Stop on the Train page, or "
                                  "Ctrl-C where it runs), then delete it", "training")
             con.execute("DELETE FROM epochs WHERE run_id = ?", (run_id,))
@@ -478,6 +519,8 @@ class RunStore:
         path = self.checkpoint_path(run_id)
         if path.is_dir():
             raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+        if path.exists() and not path.is_file():  # a pipe would block the read for ever
+            raise CheckpointError(f"{path} is not a regular file (a pipe, socket or device), not a checkpoint")
         if not path.exists():
             raise CheckpointError(f"run {run_id} has no checkpoint (it may have stopped before its first epoch)")
         return load_checkpoint_file(path)

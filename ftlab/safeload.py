@@ -6,7 +6,9 @@ never reaches a user.
 """
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 import warnings
 from pathlib import Path
 
@@ -42,9 +44,13 @@ def reason(err: BaseException) -> str:
 def load(path: Path) -> object:
     """``torch.load`` of ``path`` on the CPU with ``weights_only``; `RefusedFile` with the reason."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe or a device would block or never end
+            raise RefusedFile("it is not a regular file (a folder, pipe, socket or device)")
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for a file we refuse anyway
             warnings.simplefilter("ignore")
             with open(path, "rb") as fh:
                 return torch.load(fh, map_location="cpu", weights_only=True)
+    except RefusedFile:
+        raise
     except Exception as err:
         raise RefusedFile(reason(err)) from None

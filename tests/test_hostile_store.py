@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -559,3 +560,84 @@ def test_the_train_page_says_a_read_only_home_cannot_be_written(app_home):
         at.run()
         assert not at.exception
         assert any("cannot be written" in e.value for e in at.error), [e.value for e in at.error]
+
+
+# --- more of the same, found by the second pass ---------------------------------------------------------
+
+def test_a_store_from_before_runs_named_their_process_is_upgraded_not_refused(home, capsys):
+    home.mkdir()
+    rid = new_run_id()
+    with _db(home) as con:
+        con.executescript(runs._SCHEMA.replace(",\n    owner TEXT NOT NULL DEFAULT ''   -- host:pid of the process "
+                                               "training it", ""))
+        con.execute("INSERT INTO runs (id, created, updated, status, dataset, backbone, strategy, config, classes, "
+                    "split) VALUES (?, 0, 0, 'finished', 'digits', 'small_cnn', 'full', '{}', '[]', '{}')", (rid,))
+        assert "owner" not in {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+    code, out, err = _cli(capsys, "runs")
+    assert code == 0 and rid in out
+    store = RunStore(home)
+    store.create(new_run_id(), CONFIG)  # the first write adds the column
+    assert len(store.list()) == 2
+
+
+def test_a_checkpoint_that_is_a_pipe_does_not_hang(home, tmp_path, capsys):
+    import threading
+
+    fifo = tmp_path / "best.pt"
+    os.mkfifo(fifo)
+    outcome = []
+    reader = threading.Thread(target=lambda: outcome.append(pytest.raises(CheckpointError, runs.load_checkpoint_file,
+                                                                          fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    if reader.is_alive():  # unblock the reader so the test run can end
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("loading a pipe as a checkpoint blocked")
+    assert "not a regular file" in str(outcome[0].value)
+    store = RunStore(home)
+    rid = _kept_run(store)
+    store.checkpoint_path(rid).unlink()
+    os.mkfifo(store.checkpoint_path(rid))
+    code, out, err = _cli(capsys, "predict", "--run", rid, _image(tmp_path))
+    assert code == 1 and "not a regular file" in err
+
+
+def test_the_runs_listing_prints_under_a_strict_utf8_stdout(home):
+    store = RunStore(home)
+    rid = new_run_id()
+    store.create(rid, {**CONFIG, "dataset": "/data/caf\udce9"})  # a folder name that is not UTF-8
+    store.finish(rid, "finished", {"best_val_accuracy": "n/a"})
+    done = subprocess.run([sys.executable, "-m", "ftlab", "runs"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "FTLAB_HOME": str(home)})
+    assert done.returncode == 0 and rid in done.stdout and "Traceback" not in done.stderr, done.stderr
+
+
+def test_another_machines_run_is_deletable_once_its_heartbeat_stops(home):
+    store = RunStore(home)
+    rid = new_run_id()
+    store.create(rid, CONFIG)
+    with _db(home) as con:
+        con.execute("UPDATE runs SET owner = 'another-machine:4242:1', updated = ? WHERE id = ?", (time.time(), rid))
+    with pytest.raises(StoreError, match="still training"):
+        store.delete(rid)
+    assert store.mark_interrupted() == 0
+    with _db(home) as con:  # its process was killed: no heartbeat for longer than STALE_S
+        con.execute("UPDATE runs SET updated = ? WHERE id = ?", (time.time() - runs.STALE_S - 60, rid))
+    assert store.mark_interrupted() == 1
+    store.delete(rid)
+
+
+def test_a_training_process_marks_its_runs_alive(home):
+    store = RunStore(home)
+    rid = new_run_id()
+    store.create(rid, CONFIG)
+    with _db(home) as con:
+        con.execute("UPDATE runs SET updated = 0 WHERE id = ?", (rid,))
+    runs.beat()
+    assert time.time() - store.get(rid).updated < 60
+    store.finish(rid, "finished", {})
+    with _db(home) as con:
+        con.execute("UPDATE runs SET updated = 0 WHERE id = ?", (rid,))
+    runs.beat()  # an ended run is not marked
+    assert store.get(rid).updated == 0
