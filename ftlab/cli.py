@@ -248,5 +248,5 @@ def _predict(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(prediction)))
     else:
         for label, p in prediction.top:
-            print(f"{p:7.3f}  {label}")
+            print(f"{p:7.3f}  {label}".encode("utf-8", "backslashreplace").decode("utf-8"))  # a non-UTF-8 name
     return 0

@@ -61,7 +61,7 @@ _COLUMNS = ("id", "created", "updated", "status", "dataset", "backbone", "strate
             "summary", "final", "message")
 # the JSON columns and the type each must parse to
 _JSON = {"config": dict, "classes": list, "split": dict, "summary": dict, "final": dict}
-RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")  # what new_run_id makes, and nothing else
+RUN_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")  # what new_run_id makes, and nothing else
 BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock before it gives up
 HEARTBEAT_S = 60.0  # how often a training process marks its runs as alive (their `updated`)
 STALE_S = 600.0  # another machine's run unmarked for this long is taken as ended (its process was killed)
@@ -129,7 +129,8 @@ def beat() -> None:
         beating = list(_TRAINING.items())
     for run_id, db in beating:
         with suppress(sqlite3.Error, OSError, ValueError):
-            con = sqlite3.connect(db.resolve().as_uri() + "?mode=rw", uri=True, timeout=5)  # rw: never makes a file
+            # mode=rw: a store deleted meanwhile is not made again as an empty file
+            con = sqlite3.connect(db.resolve().as_uri() + "?mode=rw", uri=True, timeout=5)
             try:
                 with con:
                     con.execute("UPDATE runs SET updated = ? WHERE id = ? AND status = 'running'",

@@ -641,3 +641,17 @@ def test_a_training_process_marks_its_runs_alive(home):
         con.execute("UPDATE runs SET updated = 0 WHERE id = ?", (rid,))
     runs.beat()  # an ended run is not marked
     assert store.get(rid).updated == 0
+
+
+def test_predict_prints_a_non_utf8_class_name_under_a_strict_utf8_stdout(home, tmp_path):
+    store = RunStore(home)
+    rid = new_run_id()
+    store.create(rid, CONFIG)
+    checkpoint = _checkpoint()
+    checkpoint["classes"] = ["caf\udce9", "b", "c"]  # a class folder whose name is not UTF-8
+    store.save_checkpoint(rid, checkpoint)
+    store.finish(rid, "finished", {})
+    done = subprocess.run([sys.executable, "-m", "ftlab", "predict", "--run", rid, _image(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "FTLAB_HOME": str(home)})
+    assert done.returncode == 0 and "caf\\udce9" in done.stdout, done.stderr
