@@ -5,6 +5,7 @@ the session has chosen and what is running. Each page only renders; the work is 
 """
 import streamlit as st
 
+from ftlab.paths import StoreError
 from ui import keys, parts, resources
 
 st.set_page_config(page_title="ftlab", page_icon="🔬", layout="wide")
@@ -29,4 +30,9 @@ with st.sidebar:
     if running:
         st.caption("Running: " + ", ".join(f"`{j.run_id}`" for j in running))
 
-page.run()
+if flash := st.session_state.pop(keys.STORE_FLASH, None):
+    getattr(st, flash[0])(flash[1])
+try:
+    page.run()
+except StoreError as err:  # FTLAB_HOME or the run store under it, on any page: a sentence, never a traceback
+    parts.store_error(err)

@@ -21,7 +21,7 @@ label = {r.id: f"{r.id} · {explore.display_name(r.dataset)} · {r.backbone} · 
 if state.get(K.INSPECT_RUN) not in ids:
     state[K.INSPECT_RUN] = ids[0]
 run_id = st.selectbox("Run", ids, key=K.INSPECT_RUN, format_func=label.get, persist_state=K.PERSIST)
-run = store.get(run_id)
+run = next(r for r in records if r.id == run_id)  # as listed: another session may delete it meanwhile
 split = "test" if "test" in run.final else "val"
 ev = run.final[split]
 
@@ -67,8 +67,8 @@ k = st.slider("How many classes to show", 1, max(2, min(10, len(run.classes))), 
 if upload is not None:
     try:
         prediction = resources.predictor(run_id, str(store.home)).predict(upload.getvalue(), k)
-    except (data.DataError, CheckpointError) as err:
-        st.error(str(err))
+    except (data.DataError, CheckpointError, KeyError) as err:  # KeyError: the run was deleted meanwhile
+        st.error(err.args[0] if isinstance(err, KeyError) else str(err))
     else:
         c = st.columns([1, 2])
         c[0].image(upload.getvalue(), width=200)

@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from ftlab import explore
+from ftlab.runs import StoreError
 from ui import charts, keys as K, resources
 
 state = st.session_state
@@ -22,7 +23,7 @@ def delete(run_id: str) -> None:
     try:
         store.delete(run_id)
         state[K.RUNS_FLASH] = f"Deleted run {run_id}."
-    except KeyError as err:
+    except (KeyError, StoreError) as err:  # gone already, still training elsewhere, or a store fault
         state[K.RUNS_FLASH] = err.args[0]
 
 
@@ -64,7 +65,7 @@ st.subheader("One run")
 if state.get(K.RUNS_SELECTED) not in ids:
     state[K.RUNS_SELECTED] = ids[0]
 run_id = st.selectbox("Run", ids, key=K.RUNS_SELECTED, format_func=label.get, persist_state=K.PERSIST)
-run = store.get(run_id)
+run = next(r for r in records if r.id == run_id)  # as listed: another session may delete it meanwhile
 if run.message:
     st.caption(f"{run.status}: {run.message}")
 with st.expander("Configuration"):

@@ -9,6 +9,7 @@ from ftlab import explore
 from ftlab.config import TrainConfig, option_type, options, resolved_image_size, resolved_lr, validate
 from ftlab.engine import Job
 from ftlab.jobs import END_STATUSES, JobBusy
+from ftlab.runs import StoreError
 from ui import charts, keys as K, parts, resources
 
 state = st.session_state
@@ -75,14 +76,27 @@ def start(config: TrainConfig) -> None:
         return
     try:
         job = resources.registry().start(config, resources.store(), owner=state[K.OWNER])
-    except JobBusy as err:
+    except (JobBusy, StoreError) as err:
         st.error(str(err))
         return
     state[K.JOB] = job.run_id
     st.query_params["run"] = job.run_id  # so that a refresh finds it
 
 
+def deleted(job: Job, snap) -> bool:
+    """An ended run whose record is gone: deleted on the Runs page, in this session or another."""
+    if snap.status not in END_STATUSES or (snap.status == "failed" and snap.started is None):
+        return False  # a run that failed before its data was read may never have had a record
+    try:
+        return not resources.store().exists(job.run_id)
+    except StoreError:
+        return False  # the store cannot tell now: the banner says what the job knows
+
+
 def banner(job: Job, snap) -> None:
+    if deleted(job, snap):
+        st.warning(f"Run `{job.run_id}` was deleted on the Runs page: its record, curves and checkpoint are gone.")
+        return
     if snap.status == "preparing":
         st.info(f"Run `{job.run_id}` is getting ready: {snap.message}…")
     elif snap.status == "running" and snap.started:

@@ -8,6 +8,7 @@ uniform structure whatever the architecture.
 from __future__ import annotations
 
 import urllib.error
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,10 +124,12 @@ def load_weights_file(model: BlockModel, path: Path) -> None:
     plain state dict in ftlab's block naming); the head is kept when its shape differs."""
     if not path.is_file():
         raise WeightsUnavailable(f"weights file {path} does not exist")
+    from ftlab import safeload
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a pickle with code in it, a truncated file, not a torch file
-        raise WeightsUnavailable(f"{path} is not a loadable weights file ({_why(err)})") from None
+        state = safeload.load(path)
+    except safeload.RefusedFile as err:  # a pickle with code in it, a truncated file, not a torch file
+        raise WeightsUnavailable(f"{path} is not a loadable weights file ({err})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
@@ -143,9 +146,10 @@ def load_weights_file(model: BlockModel, path: Path) -> None:
 
 
 def _why(err: Exception) -> str:
-    """The error's class and the first line of its message (which may be empty)."""
-    lines = str(err).splitlines()
-    return f"{err.__class__.__name__}: {lines[0][:200]}" if lines else err.__class__.__name__
+    """Why torch refused a file, never with torch's advice to load it with weights_only=False."""
+    from ftlab import safeload
+
+    return safeload.reason(err)
 
 
 # --- ImageNet weights -------------------------------------------------------------------
@@ -162,7 +166,9 @@ def _torchvision_state_dict(arch: str) -> "OrderedDict[str, torch.Tensor]":
     try:
         # torch.hub unpickles with weights_only=False unless told otherwise, and the cache is
         # a folder users drop files into by hand: load it like any other untrusted file
-        return weights.get_state_dict(progress=False, check_hash=False, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols, for a file refused or not
+            warnings.simplefilter("ignore")
+            return weights.get_state_dict(progress=False, check_hash=False, weights_only=True)
     except (urllib.error.URLError, OSError) as err:
         raise WeightsUnavailable(_offline_message(arch, weights.url, file, err)) from None
     except Exception as err:  # a file in the cache that is not a plain state dict (or is corrupt)

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true")
     sub.choices["runs"].add_argument("--delete", metavar="RUN_ID", help="delete this run and its checkpoint")
+    sub.choices["runs"].add_argument("--move-aside", action="store_true",
+                                     help="rename a damaged run store to runs.db.damaged-<time> and start an empty one")
     stats = sub.add_parser("stats", help="class counts per split and entropy figures of a data set")
     for name in _STATS_OPTIONS:
         f = next(f for f in cfg.options() if f.name == name)
@@ -61,12 +63,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ftlab.paths import StoreError
+
     args = _parser().parse_args(argv)
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
                 "stats": _stats, "predict": _predict}[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except StoreError as err:  # FTLAB_HOME or the run store under it: every command says what to do
+        return _fail(str(err), 1)
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -171,6 +177,9 @@ def _runs(args: argparse.Namespace) -> int:
     from ftlab.runs import RunStore
 
     store = RunStore()
+    if args.move_aside:
+        print(f"moved the damaged run store to {store.move_aside()}; the next run starts an empty one")
+        return 0
     store.mark_interrupted()  # runs whose process died show as interrupted, not running forever
     if args.delete:
         try:
@@ -186,8 +195,9 @@ def _runs(args: argparse.Namespace) -> int:
         return 0
     for r in runs:
         best = r.summary.get("best_val_accuracy")
-        print(f"{r.id}  {r.status:<11} {r.dataset:<14} {r.backbone:<20} {r.strategy:<13} "
-              f"val {best if best is None else format(best, '.3f')}")
+        best = format(best, ".3f") if isinstance(best, (int, float)) else "none"
+        line = f"{r.id}  {r.status:<11} {r.dataset:<14} {r.backbone:<20} {r.strategy:<13} val {best}"
+        print(line.encode("utf-8", "backslashreplace").decode("utf-8"))  # a non-UTF-8 path prints as escapes
     if not runs:
         print("no runs yet: `python -m ftlab train` makes one")
     return 0
@@ -240,5 +250,5 @@ def _predict(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(prediction)))
     else:
         for label, p in prediction.top:
-            print(f"{p:7.3f}  {label}")
+            print(f"{p:7.3f}  {label}".encode("utf-8", "backslashreplace").decode("utf-8"))  # a non-UTF-8 name
     return 0

@@ -24,7 +24,7 @@ from torch import nn
 from ftlab import backbones, cache, data, events, explore, freeze, metrics
 from ftlab.native import release_idle_openmp_threads
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
-from ftlab.runs import RunStore, new_run_id
+from ftlab.runs import RunStore, StoreError, new_run_id
 
 Emit = Callable[[events.Event], None]
 
@@ -282,7 +282,10 @@ def run(config: TrainConfig, *, store: RunStore, emit: Emit = lambda e: None,
     run_id = run_id or new_run_id()
     stop = stop or threading.Event()
     trainer = _Trainer(config, store, emit, stop, run_id)
-    return trainer.run()
+    try:
+        return trainer.run()
+    finally:
+        store.release(run_id)  # however it ended: a record still 'running' now reads as interrupted
 
 
 @dataclass
@@ -553,7 +556,10 @@ class _Trainer:
         except Exception as err:
             return self._fail(err)
         status = "finished" if reason in ("completed", "early_stopping") else "stopped"
-        self.store.finish(self.run_id, status, self.summary, final, message)
+        try:
+            self.store.finish(self.run_id, status, self.summary, final, message)
+        except StoreError as err:  # a full disk at the very end: the run fails, its checkpoint is kept
+            return self._fail(err)
         if status == "finished":
             self.emit(events.RunFinished(self.run_id, dict(self.summary)))
         else:
@@ -563,10 +569,12 @@ class _Trainer:
     def _fail(self, err: Exception) -> dict:
         message = user_message(err, self.config.batch_size)
         self.summary["stopped_reason"] = "error"
-        try:
+        try:  # the failure handler must not fail: a store that broke the run may refuse this write too
             self.store.finish(self.run_id, "failed", self.summary, {}, message)
-        finally:
-            self.emit(events.RunFailed(self.run_id, message, dict(self.summary)))
+        except Exception as again:
+            if str(again) != message:
+                message += f" (the failure could not be recorded either: {user_message(again)})"
+        self.emit(events.RunFailed(self.run_id, message, dict(self.summary)))
         return self.summary
 
 
@@ -594,7 +602,7 @@ def user_message(err: Exception, batch_size: int | None = None) -> str:
             return (f"The GPU ran out of memory at batch size {batch_size}. Try batch size {batch_size // 2} "
                     "(or a smaller image size); the best checkpoint so far is kept.")
         return "The GPU ran out of memory even at batch size 1. Try a smaller image size or backbone."
-    if isinstance(err, (data.DataError, backbones.WeightsUnavailable, ValueError)):
+    if isinstance(err, (data.DataError, backbones.WeightsUnavailable, ValueError, StoreError)):
         return str(err)
     where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
     place = f" (in {where.name}, {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""

@@ -1,13 +1,14 @@
 """Use a kept run: rebuild its best model and classify an image."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ftlab import backbones, data
-from ftlab.config import TrainConfig
+from ftlab.config import TrainConfig, option_type, options
 from ftlab.engine import Preprocess
 from ftlab.runs import CheckpointError, RunStore, load_checkpoint_file
 
@@ -19,8 +20,69 @@ class Prediction:
     top: list[tuple[str, float]]  # the k most likely classes, most likely first
 
 
+def _option_problems(values: dict) -> list[str]:
+    """Options of a checkpoint whose type or range TrainConfig would not allow."""
+    problems = []
+    for f in options():
+        if f.name not in values or (values[f.name] is None and f.default is None):
+            continue
+        value, kind, meta = values[f.name], option_type(f), f.metadata
+        if f.name == "frozen_blocks":
+            ok = isinstance(value, (list, tuple)) and all(isinstance(b, str) for b in value)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            problems.append(f"{f.name} is {type(value).__name__} {str(value)[:40]!r}, not {kind.__name__}")
+        elif meta["choices"] and value not in meta["choices"]:
+            problems.append(f"{f.name} {value!r} is not one of {', '.join(meta['choices'])}")
+        elif meta["lo"] is not None and kind is not bool and not meta["lo"] <= value <= meta["hi"]:
+            problems.append(f"{f.name} {value:g} is outside {meta['lo']:g}..{meta['hi']:g}")
+    return problems
+
+
+def checkpoint_problems(checkpoint: dict) -> list[str]:
+    """What in a checkpoint's metadata does not describe a usable model, in words (none: usable).
+    The metadata is checked before anything is built from it: a crafted file must neither
+    crash a page nor yield outputs cut to a shorter class list."""
+    name = checkpoint.get("backbone")
+    if not isinstance(name, str) or name not in backbones.list_backbones():
+        return [f"names no usable model: unknown backbone {str(name)[:40]!r}"]
+    problems = _option_problems({k: checkpoint.get(k, 0) for k in ("hidden", "dropout")}
+                                | {"image_size": checkpoint.get("image_size")})
+    if checkpoint.get("image_size") is None:
+        problems.append("it states no image size")
+    config = checkpoint.get("config", {})
+    if isinstance(config, dict):
+        problems += [f"its config: {p}" for p in _option_problems(config)]
+    else:
+        problems.append(f"its config is {type(config).__name__}, not a mapping of options")
+    state = checkpoint["model"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        return problems + ["its model holds something other than named tensors"]
+    n, classes = checkpoint.get("num_classes"), checkpoint.get("classes")
+    heads = [v for k, v in state.items() if k.startswith("head.") and k.endswith(".weight") and v.dim() == 2]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        problems.append(f"its class count {str(n)[:20]!r} is not a whole number of at least 2")
+    elif not heads or heads[-1].shape[0] != n:  # before building: a crafted count must not size a huge head
+        problems.append(f"does not fit {name} with {n} classes (its head has "
+                        f"{heads[-1].shape[0] if heads else 'no'} outputs)")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        problems.append("its class list is not a list of names")
+    elif isinstance(n, int) and len(classes) != n:
+        problems.append(f"it names {len(classes)} classes for a model with {n} outputs")
+    elif len(set(classes)) != len(classes):
+        problems.append("its class list names a class twice")
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in state.values()):
+        problems.append("its weights hold NaN or infinite values")
+    return problems
+
+
 def model_from_checkpoint(checkpoint: dict) -> backbones.BlockModel:
-    """The checkpoint's model, refusing one whose tensors do not fit its stated architecture."""
+    """The checkpoint's model, refusing one whose metadata or tensors do not fit its stated architecture."""
+    if problems := checkpoint_problems(checkpoint):
+        raise CheckpointError(f"the checkpoint cannot be used: {'; '.join(problems)}")
     try:
         model = backbones.create_model(checkpoint["backbone"], int(checkpoint["num_classes"]), "random",
                                        hidden=int(checkpoint.get("hidden", 0)),
@@ -48,11 +110,22 @@ class Predictor:
         self.image_size = int(checkpoint["image_size"])
         # the training run's own preprocessing, so a prediction sees what evaluation saw
         config = TrainConfig.from_dict({**checkpoint.get("config", {}), "backbone": checkpoint["backbone"]})
-        self.prep = Preprocess(config, self.image_size, torch.device("cpu"))
+        try:
+            self.prep = Preprocess(config, self.image_size, torch.device("cpu"))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"the checkpoint's preprocessing cannot be rebuilt: {err}") from None
 
     @classmethod
     def for_run(cls, run_id: str, store: RunStore | None = None) -> "Predictor":
-        return cls((store or RunStore()).load_checkpoint(run_id))
+        """The best model of a run in the store, found by its id (never by a path): an unknown
+        run is a KeyError that says so."""
+        store = store or RunStore()
+        store.get(run_id)
+        checkpoint = store.load_checkpoint(run_id)
+        try:
+            return cls(checkpoint)
+        except CheckpointError as err:
+            raise CheckpointError(f"run {run_id}'s checkpoint ({store.checkpoint_path(run_id)}): {err}") from None
 
     @classmethod
     def from_file(cls, path: Path) -> "Predictor":

@@ -10,7 +10,7 @@ from ftlab.data import DataError
 from ftlab.engine import checkpoint_dict
 from ftlab.config import TrainConfig
 from ftlab.predict import Predictor
-from ftlab.runs import CheckpointError, RunStore
+from ftlab.runs import CheckpointError, RunStore, new_run_id
 
 
 def _checkpoint(num_classes: int = 3) -> dict:
@@ -18,6 +18,14 @@ def _checkpoint(num_classes: int = 3) -> dict:
     model = backbones.create_model("small_cnn", num_classes, "random")
     return checkpoint_dict(model, TrainConfig(backbone="small_cnn", weights="random"),
                            tuple("abc"[:num_classes]), 16, 1, 0.5)
+
+
+def _kept(store: RunStore) -> str:
+    """A run in the store with a checkpoint: Predictor.for_run finds runs by their record."""
+    rid = new_run_id()
+    store.create(rid, {"dataset": "digits", "backbone": "small_cnn", "strategy": "full"})
+    store.save_checkpoint(rid, _checkpoint())
+    return rid
 
 
 def _png() -> bytes:
@@ -28,8 +36,7 @@ def _png() -> bytes:
 
 def test_a_prediction_ranks_every_class(tmp_path):
     store = RunStore(tmp_path)
-    store.save_checkpoint("r1", _checkpoint())
-    prediction = Predictor.for_run("r1", store).predict(_png(), top_k=5)
+    prediction = Predictor.for_run(_kept(store), store).predict(_png(), top_k=5)
     assert [c for c, _ in prediction.top] and len(prediction.top) == 3
     assert sum(p for _, p in prediction.top) == pytest.approx(1.0, abs=1e-5)
     assert prediction.top == sorted(prediction.top, key=lambda t: -t[1])
@@ -56,6 +63,6 @@ def test_a_checkpoint_for_another_architecture_is_refused():
 
 def test_a_file_that_is_not_an_image_says_so(tmp_path):
     store = RunStore(tmp_path)
-    store.save_checkpoint("r1", _checkpoint())
+    rid = _kept(store)
     with pytest.raises(DataError, match="Not a readable image"):
-        Predictor.for_run("r1", store).predict(b"%PDF-1.4 not a picture")
+        Predictor.for_run(rid, store).predict(b"%PDF-1.4 not a picture")

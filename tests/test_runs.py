@@ -11,6 +11,7 @@ import torch
 from ftlab.runs import CheckpointError, RunStore, load_checkpoint_file, new_run_id
 
 CONFIG = {"dataset": "digits", "backbone": "small_cnn", "strategy": "full"}
+DEAD = "20000101-000000-dead00"  # a run id of the form the store makes
 
 
 def test_records_round_trip_and_survive_a_new_store(tmp_path):
@@ -36,6 +37,7 @@ def test_delete_removes_record_epochs_and_checkpoint(tmp_path):
     store.create(rid, CONFIG)
     store.add_epoch(rid, 1, {"epoch": 1})
     store.save_checkpoint(rid, {"model": {"w": torch.ones(2)}, "backbone": "small_cnn"})
+    store.finish(rid, "finished", {})  # a run still training is not deletable
     store.delete(rid)
     assert store.list() == [] and store.epochs(rid) == []
     assert not store.run_dir(rid).exists()
@@ -48,17 +50,17 @@ def test_a_restart_marks_runs_of_dead_processes_interrupted(tmp_path):
     process died would show 'running' forever; without the liveness check a run still training
     in another live process would be marked too."""
     store = RunStore(tmp_path)
-    done, mine = new_run_id(), new_run_id() + "m"
+    done, mine = new_run_id(), new_run_id()
     for rid in (done, mine):
         store.create(rid, CONFIG)
     store.finish(done, "finished", {})
     # a run created by a process that has since exited
     code = ("import sys; from ftlab.runs import RunStore; "
-            f"RunStore({str(tmp_path)!r}).create('dead-run', {CONFIG!r})")
+            f"RunStore({str(tmp_path)!r}).create({DEAD!r}, {CONFIG!r})")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert store.get("dead-run").status == "running"
+    assert store.get(DEAD).status == "running"
     assert store.mark_interrupted() == 1
-    assert store.get("dead-run").status == "interrupted" and "checkpoint is kept" in store.get("dead-run").message
+    assert store.get(DEAD).status == "interrupted" and "checkpoint is kept" in store.get(DEAD).message
     assert store.get(mine).status == "running" and store.get(done).status == "finished"
 
 
@@ -76,7 +78,7 @@ def test_a_killed_writer_leaves_the_previous_checkpoint(tmp_path):
     """Guard: save_checkpoint writes a temporary file and renames it. Writing in place would leave
     a truncated best.pt here after the SIGKILL."""
     store = RunStore(tmp_path)
-    rid = "kill-test"
+    rid = new_run_id()
     store.save_checkpoint(rid, {"model": {"w": torch.zeros(4)}, "backbone": "small_cnn", "epoch": 1})
     writer = textwrap.dedent(f"""
         import sys, torch
@@ -122,4 +124,4 @@ def test_a_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
 def test_a_missing_checkpoint_says_why(tmp_path):
     store = RunStore(tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        store.load_checkpoint("nothing-here")
+        store.load_checkpoint(new_run_id())

@@ -66,6 +66,8 @@ DELETE_CANCEL = "runs.delete_cancel"
 DOWNLOAD_CHECKPOINT = "runs.download_checkpoint"
 DOWNLOAD_METRICS = "runs.download_metrics"
 RUNS_FLASH = "runs.flash"  # a message for the next run of the Runs page
+STORE_FLASH = "store.flash"  # (kind, message) of moving a damaged run store aside, for the next page run
+MOVE_ASIDE = "store.move_aside"
 
 # Fields that come from other choices rather than from a widget of their own.
 DERIVED = frozenset({"dataset", "imbalance_ratio", "weights", "strategy", "frozen_blocks"})

@@ -9,7 +9,26 @@ import streamlit as st
 from ftlab import explore
 from ftlab.config import TrainConfig
 from ftlab.metrics import normalise_rows
-from ui import charts, keys
+from ui import charts, keys, resources
+
+
+def store_error(err: Exception) -> None:
+    """A fault of the run store, as its sentence; a damaged store gets the button that moves it aside."""
+    st.error(str(err))
+    if getattr(err, "kind", "") in ("damaged", "layout"):
+        st.button("Move the damaged store aside and start an empty one", key=keys.MOVE_ASIDE, on_click=_move_aside,
+                  help="Renames runs.db to runs.db.damaged-<time> (kept for recovery); nothing is deleted.")
+
+
+def _move_aside() -> None:
+    from ftlab.runs import StoreError
+
+    try:
+        moved = resources.store().move_aside()
+        st.session_state[keys.STORE_FLASH] = ("success", f"The damaged run store was moved to {moved}; the next "
+                                                         "run starts an empty one.")
+    except StoreError as err:
+        st.session_state[keys.STORE_FLASH] = ("error", str(err))
 
 
 def problems(title: str, items: Sequence[str]) -> None:
