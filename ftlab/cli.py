@@ -50,21 +50,27 @@ def _parser() -> argparse.ArgumentParser:
     for name in _STATS_OPTIONS:
         f = next(f for f in cfg.options() if f.name == name)
         stats.add_argument("--" + name.replace("_", "-"), type=cfg.option_type(f), default=f.default,
-                           help=f.metadata["help"])
+                           help=f"{f.metadata['help']} (default: {f.default})")
     stats.add_argument("--json", action="store_true")
     predict = sub.add_parser("predict", help="classify an image with a run's best model")
-    predict.add_argument("--run", required=True, help="run id (see `python -m ftlab runs`)")
-    predict.add_argument("image", help="image file")
-    predict.add_argument("--top-k", type=int, default=5)
+    fields = {f.name: f for f in dataclasses.fields(cfg.PredictOptions)}
+    predict.add_argument("--run", required=True, help=fields["run"].metadata["help"])
+    predict.add_argument("image", help=fields["image"].metadata["help"])
+    predict.add_argument("--top-k", type=int, default=fields["top_k"].default,
+                         help=f"{fields['top_k'].metadata['help']} (default: {fields['top_k'].default})")
     predict.add_argument("--json", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from ftlab.paths import SettingError
+
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
                 "stats": _stats, "predict": _predict}[args.command](args)
+    except SettingError as err:  # an environment setting read where it is used
+        return _fail(str(err))
     except KeyboardInterrupt:
         return 130
 
@@ -121,7 +127,7 @@ class Progress:
         elif isinstance(e, events.EpochEnded):
             print(f"\repoch {e.epoch}/{e.epochs}: train loss {e.train_loss:.3f} acc {e.train_accuracy:.3f} | "
                   f"val loss {e.val_loss:.3f} acc {e.val_accuracy:.3f}{' *' if e.is_best else ''} | "
-                  f"{e.images_per_second:.0f} img/s, {e.seconds:.1f}s" + " " * 20, file=out)
+                  f"{e.images_per_second:.0f} img/s, {explore.format_duration(e.seconds)}" + " " * 20, file=out)
         elif isinstance(e, events.RunStopped):
             print(f"[ftlab] stopped: {e.message}", file=out)
         elif isinstance(e, events.RunFailed):
@@ -131,8 +137,10 @@ class Progress:
 def _print_summary(s: dict) -> None:
     test = "none" if s.get("test_accuracy") is None else f"{s['test_accuracy']:.3f}"
     best = "none" if s.get("best_val_accuracy") is None else f"{s['best_val_accuracy']:.3f}"
+    caching = f" (and {explore.format_duration(s['cache_seconds'])} caching)" if s.get("cache_seconds") else ""
     print(f"run {s['run_id']}: {s['stopped_reason']} after {s['epochs_run']} epochs; best val accuracy {best}, "
-          f"test accuracy {test}; {s['train_seconds']:.1f}s training, {s['images_per_second']:.0f} img/s")
+          f"test accuracy {test}; {explore.format_duration(s['train_seconds'])} training{caching}, "
+          f"{s['images_per_second']:.0f} img/s")
 
 
 # --- listings ---------------------------------------------------------------------------
@@ -197,6 +205,9 @@ def _stats(args: argparse.Namespace) -> int:
     from ftlab import data, diversity, explore
 
     config = cfg.TrainConfig(**{name: getattr(args, name) for name in _STATS_OPTIONS})
+    problems = cfg.validate(config, only=_STATS_OPTIONS)
+    if problems:
+        return _fail("\n  ".join(["the figures cannot be computed:"] + problems))
     try:
         ds = explore.load_for(config)
         split = explore.split_for(config, ds)
@@ -230,6 +241,9 @@ def _predict(args: argparse.Namespace) -> int:
     from ftlab.predict import Predictor
     from ftlab.runs import CheckpointError
 
+    problems = cfg.validate(cfg.PredictOptions(args.run, args.image, args.top_k))
+    if problems:
+        return _fail("\n  ".join(["cannot predict:"] + problems))
     try:
         prediction = Predictor.for_run(args.run).predict(args.image, args.top_k)
     except (KeyError, CheckpointError, data.DataError) as err:
