@@ -164,6 +164,9 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
     if mistyped:  # the checks below read the values
         return mistyped + problems
     if isinstance(config, TrainConfig):
+        if config.val_fraction + config.test_fraction >= 1:
+            problems.append(f"val_fraction ({config.val_fraction:g}) and test_fraction ({config.test_fraction:g}) "
+                            "leave nothing to train on: together they must be less than 1.")
         problems += _check_dataset(config.dataset)
         if only is None:
             problems += _check_names(config) + _check_device(config.device)

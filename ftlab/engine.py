@@ -67,6 +67,7 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None] = lambda msg: N
     ds = explore.load_for(config)
     split = explore.split_for(config, ds)
     size = resolved_image_size(config)
+    _check_memory(sum(len(getattr(split, name)) for name in ("train", "val", "test")), size)
     decoded = {}
     for name in ("train", "val", "test"):
         indices = getattr(split, name)
@@ -78,6 +79,17 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None] = lambda msg: N
         say(f"decoding {len(indices):,} {name} images at {size} px")
         decoded[name] = data.decode(ds, indices, size)
     return Prepared(ds, split, decoded["train"], decoded["val"], decoded["test"], size)
+
+
+def _check_memory(images: int, size: int) -> None:
+    """Refuse before decoding when the decoded images alone would not fit in the memory free
+    now: decoding 1,797 images at 1024 px (5.6 GB) was ended by the OS, not by a message."""
+    need, free = images * 3 * size * size, cache.free_memory_bytes()
+    if free is not None and need > 0.8 * free:
+        fits = int(math.sqrt(0.8 * free / max(images * 3, 1)))
+        raise data.DataError(f"decoded at {size} px, the {images:,} images take {need / 2**30:,.1f} GB of memory, "
+                             f"more than the {free / 2**30:,.1f} GB free here: choose an image size below {fits} px "
+                             "(or fewer images).")
 
 
 def batches(n: int, batch_size: int, *, generator: torch.Generator | None = None,

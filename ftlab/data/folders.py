@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ftlab import paths
+from ftlab.messages import some
 from ftlab.data.dataset import DataError, Dataset, make_dataset
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -91,7 +92,7 @@ def check_classes(classes: tuple[str, ...], labels: np.ndarray, where: str) -> N
     counts = np.bincount(labels, minlength=len(classes))
     small = [f"{c!r} ({n})" for c, n in zip(classes, counts) if n < 2]
     if small:
-        raise DataError(f"{where}: each class needs at least 2 images; too few in {', '.join(small)}. "
+        raise DataError(f"{where}: each class needs at least 2 images; too few in {some(small)}. "
                         "Add images to these classes or remove their folders.")
 
 

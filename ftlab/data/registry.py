@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from ftlab import paths
+from ftlab.messages import some
 from ftlab.data.dataset import DataError, Dataset, DatasetInfo, make_dataset
 from ftlab.data.downloads import load_hymenoptera, load_torchvision
 from ftlab.data.folders import LAYOUT_HELP, load_folder, load_zip
@@ -89,5 +90,5 @@ def load_dataset(name_or_path: str, *, data_dir: Path | None = None, shapes: Sha
             raise DataError(f"{path} is a file but not a .zip. Give a folder or a .zip. {LAYOUT_HELP}")
         return load_zip(path, data_dir, str(name_or_path))
     raise DataError(f"Unknown data set {str(name_or_path)!r}: not a registered name and no such file or folder. "
-                    f"Choose one of {', '.join(_REGISTRY)}, or give the path of a folder or .zip in "
+                    f"Choose one of {some(_REGISTRY)}, or give the path of a folder or .zip in "
                     "class-subfolder layout.")
