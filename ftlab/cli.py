@@ -21,18 +21,47 @@ _STATS_OPTIONS = ("dataset", "val_fraction", "test_fraction", "imbalance_ratio",
                   "shapes_per_class", "shapes_noise")
 
 
+def _refuse_a_second_value(parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, value,
+                           option: str | None) -> None:
+    """An option given twice with different values is a mistake (``--strategy full ... --strategy
+    top-2``): argparse would keep the last one silently."""
+    given = namespace.__dict__.setdefault("_given", {})
+    if dest in given and given[dest] != value:
+        parser.error(f"{option} is given twice ({given[dest]!r}, then {value!r}): give it once")
+    given[dest] = value
+
+
+class _Once(argparse.Action):
+    """Store the option's value; a second, different value is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _refuse_a_second_value(parser, namespace, self.dest, values, option_string)
+        setattr(namespace, self.dest, values)
+
+
+class _FlagOnce(argparse.BooleanOptionalAction):
+    """``--flip`` / ``--no-flip``; both on one command line is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given", {})
+        if given.setdefault(self.dest, option_string) != option_string:
+            parser.error(f"{given[self.dest]} and {option_string} are both given: give one")
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for f in cfg.options():
         flag = "--" + f.name.replace("_", "-")
         kind, meta = cfg.option_type(f), f.metadata
         help_text = meta["help"] + ("" if f.default is None else f" (default: {f.default})")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"])
+            parser.add_argument(flag, action=_FlagOnce, default=f.default, help=meta["help"])
         elif f.name == "frozen_blocks":
             parser.add_argument(flag, type=lambda s: tuple(b.strip() for b in s.split(",") if b.strip()),
-                                default=None, metavar="BLOCK,BLOCK", help=meta["help"])
+                                action=_Once, default=None, metavar="BLOCK,BLOCK", help=meta["help"])
         else:
-            parser.add_argument(flag, type=kind, default=f.default, choices=meta["choices"], help=help_text)
+            parser.add_argument(flag, type=kind, action=_Once, default=f.default, choices=meta["choices"],
+                                help=help_text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,18 +74,19 @@ def _parser() -> argparse.ArgumentParser:
                        ("runs", "list the kept runs")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true")
-    sub.choices["runs"].add_argument("--delete", metavar="RUN_ID", help="delete this run and its checkpoint")
+    sub.choices["runs"].add_argument("--delete", metavar="RUN_ID", action=_Once,
+                                     help="delete this run and its checkpoint")
     stats = sub.add_parser("stats", help="class counts per split and entropy figures of a data set")
     for name in _STATS_OPTIONS:
         f = next(f for f in cfg.options() if f.name == name)
-        stats.add_argument("--" + name.replace("_", "-"), type=cfg.option_type(f), default=f.default,
+        stats.add_argument("--" + name.replace("_", "-"), type=cfg.option_type(f), action=_Once, default=f.default,
                            help=f"{f.metadata['help']} (default: {f.default})")
     stats.add_argument("--json", action="store_true")
     predict = sub.add_parser("predict", help="classify an image with a run's best model")
     fields = {f.name: f for f in dataclasses.fields(cfg.PredictOptions)}
-    predict.add_argument("--run", required=True, help=fields["run"].metadata["help"])
+    predict.add_argument("--run", required=True, action=_Once, help=fields["run"].metadata["help"])
     predict.add_argument("image", help=fields["image"].metadata["help"])
-    predict.add_argument("--top-k", type=int, default=fields["top_k"].default,
+    predict.add_argument("--top-k", type=int, action=_Once, default=fields["top_k"].default,
                          help=f"{fields['top_k'].metadata['help']} (default: {fields['top_k'].default})")
     predict.add_argument("--json", action="store_true")
     return p
@@ -180,7 +210,7 @@ def _runs(args: argparse.Namespace) -> int:
 
     store = RunStore()
     store.mark_interrupted()  # runs whose process died show as interrupted, not running forever
-    if args.delete:
+    if args.delete is not None:  # `--delete ""` names no run: it is not a listing
         try:
             store.delete(args.delete)
         except KeyError as err:

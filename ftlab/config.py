@@ -160,9 +160,12 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
             problems.append(f"{f.name} must be one of {some(choices)} (got {value!r}).")
         if lo is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value) or not lo <= value <= hi:
-                problems.append(f"{f.name} must be between {lo:g} and {hi:g} (got {value:g}).")
+                problems.append(f"{f.name} must be between {_shown(lo)} and {_shown(hi)} (got {_shown(value)}).")
     if mistyped:  # the checks below read the values
         return mistyped + problems
+    if isinstance(config, PredictOptions):
+        problems += [f"no {name} given: {what}." for name, what in (("run", "give a run id (see `python -m ftlab "
+                     "runs`)"), ("image", "give the path of an image file")) if not getattr(config, name).strip()]
     if isinstance(config, TrainConfig):
         if config.val_fraction + config.test_fraction >= 1:
             problems.append(f"val_fraction ({config.val_fraction:g}) and test_fraction ({config.test_fraction:g}) "
@@ -171,6 +174,15 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
         if only is None:
             problems += _check_names(config) + _check_device(config.device)
     return problems + paths.setting_problems()
+
+
+def _shown(x: float) -> str:
+    """A bound or a value as a user typed it: whole numbers in full, others in the shortest form.
+
+    >>> _shown(2**31 - 1), _shown(1e-7), _shown(0.5), _shown(float("nan"))
+    ('2,147,483,647', '1e-07', '0.5', 'nan')
+    """
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
 
 
 def _check_device(device: str) -> list[str]:
