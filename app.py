@@ -5,6 +5,7 @@ the session has chosen and what is running. Each page only renders; the work is 
 """
 import streamlit as st
 
+from ftlab import paths
 from ui import keys, parts, resources
 
 st.set_page_config(page_title="ftlab", page_icon="🔬", layout="wide")
@@ -29,4 +30,7 @@ with st.sidebar:
     if running:
         st.caption("Running: " + ", ".join(f"`{j.run_id}`" for j in running))
 
+if problems := paths.setting_problems():  # the environment is read at start: fixing it means a restart
+    parts.problems("ftlab cannot use these environment settings; change them and restart the app:", problems)
+    st.stop()
 page.run()

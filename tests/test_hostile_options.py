@@ -349,3 +349,16 @@ def test_help_works_under_a_strict_utf8_stdout():
                             timeout=300, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("HELP-DONE") == 7 and result.stdout.count("usage: python -m ftlab") == 7
+
+
+def test_the_app_names_a_setting_it_cannot_use_instead_of_raising(monkeypatch, tmp_path):
+    """Before: FTLAB_MAX_PIXELS=abc was a ValueError in the app's first import of ftlab.data."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FTLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("FTLAB_ZIP_MAX_RATIO", "lots")
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert any("FTLAB_ZIP_MAX_RATIO='lots'" in e.value for e in at.error)
