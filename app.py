@@ -5,6 +5,7 @@ the session has chosen and what is running. Each page only renders; the work is 
 """
 import streamlit as st
 
+from ftlab import paths
 from ftlab.paths import StoreError
 from ui import keys, parts, resources
 
@@ -30,6 +31,9 @@ with st.sidebar:
     if running:
         st.caption("Running: " + ", ".join(f"`{j.run_id}`" for j in running))
 
+if problems := paths.setting_problems():  # the environment is read at start: fixing it means a restart
+    parts.problems("ftlab cannot use these environment settings; change them and restart the app:", problems)
+    st.stop()
 if flash := st.session_state.pop(keys.STORE_FLASH, None):
     getattr(st, flash[0])(flash[1])
 try:

@@ -109,8 +109,8 @@ def banner(job: Job, snap) -> None:
         test = summary.get("test_accuracy")
         test = "" if test is None else f", test accuracy {test:.3f}"
         st.success(f"Run `{job.run_id}` finished: best val accuracy {summary['best_val_accuracy']:.3f} "
-                   f"(epoch {summary['best_epoch']}){test}, {summary['train_seconds']:.0f} s of training. "
-                   "It is kept on the Runs page.")
+                   f"(epoch {summary['best_epoch']}){test}, "
+                   f"{explore.format_duration(summary['train_seconds'])} of training. It is kept on the Runs page.")
     elif snap.status == "stopped":
         st.warning(f"Run `{job.run_id}` stopped: {snap.message}. The best checkpoint so far is kept on the Runs page.")
     elif snap.status == "failed":

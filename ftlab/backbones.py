@@ -7,6 +7,7 @@ uniform structure whatever the architecture.
 """
 from __future__ import annotations
 
+import functools
 import urllib.error
 import warnings
 from collections import OrderedDict
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from ftlab import paths
+from ftlab.messages import some
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,7 +64,22 @@ def get_spec(name: str) -> BackboneSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {some(_REGISTRY)}") from None
+
+
+@functools.cache
+def freezable_blocks(name: str) -> tuple[str, ...]:
+    """The blocks of ``name`` that have parameters, ``head`` last, as ``BlockModel.param_blocks``
+    names them: read from the architecture alone, built on the meta device (no weights, no
+    memory), so that options can be checked before any data or weights are loaded."""
+    spec = get_spec(name)
+    try:
+        with torch.device("meta"):
+            blocks = spec.blocks(False)
+    except (NotImplementedError, RuntimeError):  # a builder that computes with tensors (RegNet's widths)
+        blocks = spec.blocks(False)
+    blocks["head"] = make_head(spec.head_in_features, 2)
+    return tuple(n for n, m in blocks.items() if any(True for _ in m.parameters()))
 
 
 class BlockModel(nn.Sequential):

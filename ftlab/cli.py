@@ -21,18 +21,47 @@ _STATS_OPTIONS = ("dataset", "val_fraction", "test_fraction", "imbalance_ratio",
                   "shapes_per_class", "shapes_noise")
 
 
+def _refuse_a_second_value(parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, value,
+                           option: str | None) -> None:
+    """An option given twice with different values is a mistake (``--strategy full ... --strategy
+    top-2``): argparse would keep the last one silently."""
+    given = namespace.__dict__.setdefault("_given", {})
+    if dest in given and given[dest] != value:
+        parser.error(f"{option} is given twice ({given[dest]!r}, then {value!r}): give it once")
+    given[dest] = value
+
+
+class _Once(argparse.Action):
+    """Store the option's value; a second, different value is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _refuse_a_second_value(parser, namespace, self.dest, values, option_string)
+        setattr(namespace, self.dest, values)
+
+
+class _FlagOnce(argparse.BooleanOptionalAction):
+    """``--flip`` / ``--no-flip``; both on one command line is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given", {})
+        if given.setdefault(self.dest, option_string) != option_string:
+            parser.error(f"{given[self.dest]} and {option_string} are both given: give one")
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for f in cfg.options():
         flag = "--" + f.name.replace("_", "-")
         kind, meta = cfg.option_type(f), f.metadata
         help_text = meta["help"] + ("" if f.default is None else f" (default: {f.default})")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"])
+            parser.add_argument(flag, action=_FlagOnce, default=f.default, help=meta["help"])
         elif f.name == "frozen_blocks":
             parser.add_argument(flag, type=lambda s: tuple(b.strip() for b in s.split(",") if b.strip()),
-                                default=None, metavar="BLOCK,BLOCK", help=meta["help"])
+                                action=_Once, default=None, metavar="BLOCK,BLOCK", help=meta["help"])
         else:
-            parser.add_argument(flag, type=kind, default=f.default, choices=meta["choices"], help=help_text)
+            parser.add_argument(flag, type=kind, action=_Once, default=f.default, choices=meta["choices"],
+                                help=help_text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,19 +74,22 @@ def _parser() -> argparse.ArgumentParser:
                        ("runs", "list the kept runs")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true")
-    sub.choices["runs"].add_argument("--delete", metavar="RUN_ID", help="delete this run and its checkpoint")
+    sub.choices["runs"].add_argument("--delete", metavar="RUN_ID", action=_Once,
+                                     help="delete this run and its checkpoint")
     sub.choices["runs"].add_argument("--move-aside", action="store_true",
                                      help="rename a damaged run store to runs.db.damaged-<time> and start an empty one")
     stats = sub.add_parser("stats", help="class counts per split and entropy figures of a data set")
     for name in _STATS_OPTIONS:
         f = next(f for f in cfg.options() if f.name == name)
-        stats.add_argument("--" + name.replace("_", "-"), type=cfg.option_type(f), default=f.default,
-                           help=f.metadata["help"])
+        stats.add_argument("--" + name.replace("_", "-"), type=cfg.option_type(f), action=_Once, default=f.default,
+                           help=f"{f.metadata['help']} (default: {f.default})")
     stats.add_argument("--json", action="store_true")
     predict = sub.add_parser("predict", help="classify an image with a run's best model")
-    predict.add_argument("--run", required=True, help="run id (see `python -m ftlab runs`)")
-    predict.add_argument("image", help="image file")
-    predict.add_argument("--top-k", type=int, default=5)
+    fields = {f.name: f for f in dataclasses.fields(cfg.PredictOptions)}
+    predict.add_argument("--run", required=True, action=_Once, help=fields["run"].metadata["help"])
+    predict.add_argument("image", help=fields["image"].metadata["help"])
+    predict.add_argument("--top-k", type=int, action=_Once, default=fields["top_k"].default,
+                         help=f"{fields['top_k'].metadata['help']} (default: {fields['top_k'].default})")
     predict.add_argument("--json", action="store_true")
     return p
 
@@ -66,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     from ftlab.paths import StoreError
 
     args = _parser().parse_args(argv)
+    from ftlab.paths import SettingError
+
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
                 "stats": _stats, "predict": _predict}[args.command](args)
+    except SettingError as err:  # an environment setting read where it is used
+        return _fail(str(err))
     except KeyboardInterrupt:
         return 130
     except StoreError as err:  # FTLAB_HOME or the run store under it: every command says what to do
@@ -127,7 +163,7 @@ class Progress:
         elif isinstance(e, events.EpochEnded):
             print(f"\repoch {e.epoch}/{e.epochs}: train loss {e.train_loss:.3f} acc {e.train_accuracy:.3f} | "
                   f"val loss {e.val_loss:.3f} acc {e.val_accuracy:.3f}{' *' if e.is_best else ''} | "
-                  f"{e.images_per_second:.0f} img/s, {e.seconds:.1f}s" + " " * 20, file=out)
+                  f"{e.images_per_second:.0f} img/s, {explore.format_duration(e.seconds)}" + " " * 20, file=out)
         elif isinstance(e, events.RunStopped):
             print(f"[ftlab] stopped: {e.message}", file=out)
         elif isinstance(e, events.RunFailed):
@@ -137,8 +173,10 @@ class Progress:
 def _print_summary(s: dict) -> None:
     test = "none" if s.get("test_accuracy") is None else f"{s['test_accuracy']:.3f}"
     best = "none" if s.get("best_val_accuracy") is None else f"{s['best_val_accuracy']:.3f}"
+    caching = f" (and {explore.format_duration(s['cache_seconds'])} caching)" if s.get("cache_seconds") else ""
     print(f"run {s['run_id']}: {s['stopped_reason']} after {s['epochs_run']} epochs; best val accuracy {best}, "
-          f"test accuracy {test}; {s['train_seconds']:.1f}s training, {s['images_per_second']:.0f} img/s")
+          f"test accuracy {test}; {explore.format_duration(s['train_seconds'])} training{caching}, "
+          f"{s['images_per_second']:.0f} img/s")
 
 
 # --- listings ---------------------------------------------------------------------------
@@ -181,7 +219,7 @@ def _runs(args: argparse.Namespace) -> int:
         print(f"moved the damaged run store to {store.move_aside()}; the next run starts an empty one")
         return 0
     store.mark_interrupted()  # runs whose process died show as interrupted, not running forever
-    if args.delete:
+    if args.delete is not None:  # `--delete ""` names no run: it is not a listing
         try:
             store.delete(args.delete)
         except KeyError as err:
@@ -207,6 +245,9 @@ def _stats(args: argparse.Namespace) -> int:
     from ftlab import data, diversity, explore
 
     config = cfg.TrainConfig(**{name: getattr(args, name) for name in _STATS_OPTIONS})
+    problems = cfg.validate(config, only=_STATS_OPTIONS)
+    if problems:
+        return _fail("\n  ".join(["the figures cannot be computed:"] + problems))
     try:
         ds = explore.load_for(config)
         split = explore.split_for(config, ds)
@@ -242,6 +283,9 @@ def _predict(args: argparse.Namespace) -> int:
     from ftlab.predict import Predictor
     from ftlab.runs import CheckpointError
 
+    problems = cfg.validate(cfg.PredictOptions(args.run, args.image, args.top_k))
+    if problems:
+        return _fail("\n  ".join(["cannot predict:"] + problems))
     try:
         prediction = Predictor.for_run(args.run).predict(args.image, args.top_k)
     except (KeyError, CheckpointError, data.DataError) as err:

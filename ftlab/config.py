@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftlab import paths
+from ftlab.messages import some
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
 CLASS_WEIGHTING = ("none", "balanced")
@@ -102,53 +105,126 @@ class TrainConfig:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """What ``python -m ftlab predict`` and the Inspect page's prediction take."""
+
+    run: str = _opt("", "run id (see `python -m ftlab runs`)", section="predict")
+    image: str = _opt("", "image file", section="predict")
+    top_k: int = _opt(5, "how many of the most likely classes to list (at most the run's classes)", lo=1,
+                      hi=100_000, section="predict")
+
+
 def options() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
 
-def option_type(f: dataclasses.Field) -> type:
+def option_type(f: dataclasses.Field, options_class: type = TrainConfig) -> type:
     """The value type of an option: ``int`` for ``int | None``, for building widgets and flags."""
-    t = typing.get_type_hints(TrainConfig)[f.name]
+    t = typing.get_type_hints(options_class)[f.name]
     if isinstance(t, types.UnionType):
         return next(a for a in typing.get_args(t) if a is not type(None))
     return t
 
 
-def validate(config: TrainConfig) -> list[str]:
-    """Every problem with ``config``, each a sentence that says what is allowed."""
-    problems = []
-    for f in options():
+_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
+
+
+def _wrong_type(value: Any, kind: type) -> str:
+    """What ``value`` should have been, or "" when it is of ``kind`` (a config from a dict or the API)."""
+    if typing.get_origin(kind) is tuple:
+        return "" if isinstance(value, tuple) and all(isinstance(v, str) for v in value) else "a tuple of block names"
+    ok = isinstance(value, bool) if kind is bool else \
+        isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+    return "" if ok else _WORDS.get(kind, kind.__name__)
+
+
+def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None = None) -> list[str]:
+    """Every problem with a command's options (a ``TrainConfig`` for ``train``, ``PredictOptions``
+    for ``predict``; ``only`` the fields a command takes, as ``stats`` does), each a sentence
+    that says what is allowed. A whole ``TrainConfig`` is also checked against the backbone's
+    blocks and the devices here, and every config against the environment settings, so that a
+    run fails before any work rather than after decoding."""
+    problems, mistyped = [], []
+    for f in dataclasses.fields(config):
+        if only is not None and f.name not in only:
+            continue
         value = getattr(config, f.name)
         lo, hi, choices = f.metadata["lo"], f.metadata["hi"], f.metadata["choices"]
         if value is None:
             continue
+        if expected := _wrong_type(value, option_type(f, type(config))):
+            mistyped.append(f"{f.name} must be {expected} (got {repr(value)[:80]}).")
+            continue
         if choices and value not in choices:
-            problems.append(f"{f.name} must be one of {', '.join(choices)} (got {value!r}).")
+            problems.append(f"{f.name} must be one of {some(choices)} (got {value!r}).")
         if lo is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value) or not lo <= value <= hi:
-                problems.append(f"{f.name} must be between {lo:g} and {hi:g} (got {value:g}).")
-    problems += _check_names(config)
-    return problems
+                problems.append(f"{f.name} must be between {_shown(lo)} and {_shown(hi)} (got {_shown(value)}).")
+    if mistyped:  # the checks below read the values
+        return mistyped + problems
+    if isinstance(config, PredictOptions):
+        problems += [f"no {name} given: {what}." for name, what in (("run", "give a run id (see `python -m ftlab "
+                     "runs`)"), ("image", "give the path of an image file")) if not getattr(config, name).strip()]
+    if isinstance(config, TrainConfig):
+        if config.val_fraction + config.test_fraction >= 1:
+            problems.append(f"val_fraction ({config.val_fraction:g}) and test_fraction ({config.test_fraction:g}) "
+                            "leave nothing to train on: together they must be less than 1.")
+        problems += _check_dataset(config.dataset)
+        if only is None:
+            problems += _check_names(config) + _check_device(config.device)
+    return problems + paths.setting_problems()
+
+
+def _shown(x: float) -> str:
+    """A bound or a value as a user typed it: whole numbers in full, others in the shortest form.
+
+    >>> _shown(2**31 - 1), _shown(1e-7), _shown(0.5), _shown(float("nan"))
+    ('2,147,483,647', '1e-07', '0.5', 'nan')
+    """
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+
+def _check_device(device: str) -> list[str]:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return [f"device cuda: this torch ({torch.__version__}) sees no CUDA GPU here; choose auto or cpu."]
+    mps = getattr(torch.backends, "mps", None)
+    if device == "mps" and not (mps and mps.is_available()):
+        return ["device mps: Apple's MPS is not available here; choose auto or cpu."]
+    return []
+
+
+def _check_dataset(dataset: str) -> list[str]:
+    from ftlab import data
+
+    names = [d.name for d in data.list_datasets()]
+    if not dataset.strip():
+        return [f"no data set given: choose one of {some(names)}, or give the path of a folder or .zip in "
+                "class-subfolder layout."]
+    if dataset.lower() not in names and not Path(dataset).expanduser().exists():
+        return [f"unknown data set {dataset!r}: choose one of {some(names)}, or give the path of a folder or .zip "
+                "in class-subfolder layout."]
+    return []
 
 
 def _check_names(config: TrainConfig) -> list[str]:
     from ftlab import backbones, freeze
 
-    from ftlab import data
-
     problems = []
-    names = [d.name for d in data.list_datasets()]
-    if config.dataset.lower() not in names and not Path(config.dataset).expanduser().exists():
-        problems.append(f"unknown data set {config.dataset!r}: choose one of {', '.join(names)}, or give the path "
-                        "of a folder or .zip in class-subfolder layout.")
     try:
         freeze.parse_strategy(config.strategy)
+        strategy_known = True
     except ValueError as err:
         problems.append(str(err) + ".")
+        strategy_known = False
     try:
         spec = backbones.get_spec(config.backbone)
     except ValueError as err:
         return problems + [str(err) + "."]
+    if strategy_known:
+        problems += _check_blocks(config)
     if config.weights not in ("imagenet", "random") and not Path(config.weights).expanduser().is_file():
         problems.append(f"weights file {config.weights!r} does not exist: give the path of a weights file, or "
                         "choose imagenet or random.")
@@ -160,6 +236,22 @@ def _check_names(config: TrainConfig) -> list[str]:
     elif size is not None and size < spec.min_size:
         problems.append(f"{spec.name} needs images of at least {spec.min_size} px (got {size}).")
     return problems
+
+
+def _check_blocks(config: TrainConfig) -> list[str]:
+    """The freeze plan against the backbone's blocks, known from its architecture alone."""
+    from ftlab import backbones, freeze
+
+    blocks = backbones.freezable_blocks(config.backbone)
+    try:
+        plan = freeze.make_plan(blocks, config.strategy, gradual_every=config.gradual_every,
+                                frozen_blocks=config.frozen_blocks)
+    except ValueError as err:
+        return [f"{config.backbone}: {err}."]
+    if set(blocks) <= plan.frozen_at_start:
+        return [f"frozen_blocks freezes every block of {config.backbone}, so nothing would train: leave at least "
+                f"one of {some(blocks)} out (the head, usually)."]
+    return []
 
 
 # A linear probe trains one layer on fixed features and takes large steps well; the more

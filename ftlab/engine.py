@@ -69,6 +69,7 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None] = lambda msg: N
         say(f"warning: {note}")
     split = explore.split_for(config, ds)
     size = resolved_image_size(config)
+    _check_memory(sum(len(getattr(split, name)) for name in ("train", "val", "test")), size)
     decoded = {}
     for name in ("train", "val", "test"):
         indices = getattr(split, name)
@@ -83,6 +84,17 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None] = lambda msg: N
         except data.DecodingStopped:
             raise StopRequested from None
     return Prepared(ds, split, decoded["train"], decoded["val"], decoded["test"], size)
+
+
+def _check_memory(images: int, size: int) -> None:
+    """Refuse before decoding when the decoded images alone would not fit in the memory free
+    now: decoding 1,797 images at 1024 px (5.6 GB) was ended by the OS, not by a message."""
+    need, free = images * 3 * size * size, cache.free_memory_bytes()
+    if free is not None and need > 0.8 * free:
+        fits = int(math.sqrt(0.8 * free / max(images * 3, 1)))
+        raise data.DataError(f"decoded at {size} px, the {images:,} images take {need / 2**30:,.1f} GB of memory, "
+                             f"more than the {free / 2**30:,.1f} GB free here: choose an image size below {fits} px "
+                             "(or fewer images).")
 
 
 def batches(n: int, batch_size: int, *, generator: torch.Generator | None = None,
@@ -301,16 +313,18 @@ class _Trainer:
 
     def run(self) -> dict:
         c = self.config
-        self.device = pick_device(c.device)
+        problems = validate(c)
+        self.device = pick_device(c.device) if not problems else torch.device("cpu")
         self.summary = {"run_id": self.run_id, "dataset": c.dataset, "backbone": c.backbone, "strategy": c.strategy,
                         "epochs_run": 0, "best_val_accuracy": None, "best_epoch": None, "test_accuracy": None,
                         "train_seconds": 0.0, "images_per_second": 0.0, "trainable_params": 0, "total_params": 0,
                         "device": self.device.type, "stopped_reason": None, "skipped_files": 0}
+        if problems:  # before any work and before a record: nothing ran, so nothing is kept
+            self.summary["stopped_reason"] = "error"
+            self.emit(events.RunFailed(self.run_id, " ".join(problems), dict(self.summary)))
+            return self.summary
         self.store.create(self.run_id, c.to_dict())
         try:
-            problems = validate(c)
-            if problems:
-                raise ValueError(" ".join(problems))
             self._setup()
             reason, message = self._train()
         except StopRequested:
@@ -374,9 +388,9 @@ class _Trainer:
                 freeze.apply_freeze(self.model, frozen, c.bn_frozen)
                 self._say(f"epoch {epoch + 1}: training {', '.join(b for b in self.plan.blocks if b not in frozen)}")
             lr = self.optimizer.param_groups[-1]["lr"]
-            on_step = self._step_reporter(epoch, started, images_seen)
             try:
                 inputs = self._inputs(epoch)
+                on_step = self._step_reporter(epoch, started, images_seen)  # its clocks start after caching
                 with _threads_for(self.model, inputs.start):
                     result = train_one_epoch(
                         self.model, inputs.train, d.train.labels,
@@ -476,9 +490,13 @@ class _Trainer:
                   f"({need / (2 if dtype == torch.float16 else 1) / 2**20:,.1f} MB, {str(dtype)[6:]})")
         if view:
             torch.manual_seed(c.seed * 1000 + view)  # the same views in every run with this seed
-        features = cache.compute(prefix, decoded.images, lambda x: self.prep(x, train=view > 0),
-                                 batch_size=max(64, 2 * c.batch_size), dtype=dtype, should_stop=self.stop.is_set,
-                                 amp=self.amp)
+        began = time.perf_counter()
+        try:
+            features = cache.compute(prefix, decoded.images, lambda x: self.prep(x, train=view > 0),
+                                     batch_size=max(64, 2 * c.batch_size), dtype=dtype,
+                                     should_stop=self.stop.is_set, amp=self.amp)
+        finally:  # not training time: progress and time left leave it out, the summary reports it apart
+            self.summary["cache_seconds"] = self.summary.get("cache_seconds", 0.0) + time.perf_counter() - began
         self.shared_cache.put(key, features)
         self.computed.add(key)
         self._note_cache(f"training blocks {', '.join(self.model.block_names[start:])} on cached features of "
@@ -491,7 +509,7 @@ class _Trainer:
         epoch_start = time.perf_counter()
 
         def on_step(step: int, loss: float, seen: int) -> None:
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - started - self.summary.get("cache_seconds", 0.0)
             rate = seen / max(time.perf_counter() - epoch_start, 1e-9)
             left = elapsed / (done_before + step) * (total_steps - done_before - step)
             self.emit(events.Step(self.run_id, epoch + 1, step, self.steps, loss, rate, left))

@@ -34,8 +34,8 @@ class Step:
     step: int  # 1-based within the epoch
     steps: int  # steps in this epoch
     loss: float
-    images_per_second: float
-    seconds_left: float  # estimate for the whole run
+    images_per_second: float  # this epoch's training so far; the caching pass before it is left out
+    seconds_left: float  # estimate for the whole run, from its time so far less the caching passes
 
 
 @dataclass(frozen=True)

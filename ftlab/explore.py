@@ -6,6 +6,7 @@ figures a user sees before a run are the figures of the run.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 
@@ -45,11 +46,20 @@ def split_counts(ds: data.Dataset, split: data.Split) -> dict[str, list[int]]:
 
 
 def format_duration(seconds: float) -> str:
-    """m:ss, or h:mm:ss from an hour on.
+    """Seconds under a minute (two figures under ten, so a sub-second run is not "0 s"), then
+    m:ss, or h:mm:ss from an hour on.
 
-    >>> format_duration(75.4), format_duration(3725)
-    ('1:15', '1:02:05')
+    >>> format_duration(0.0613), format_duration(4.26), format_duration(42.4)
+    ('0.061 s', '4.3 s', '42 s')
+    >>> format_duration(75.4), format_duration(3725), format_duration(float("nan"))
+    ('1:15', '1:02:05', 'unknown')
     """
+    if not math.isfinite(seconds) or seconds < 0:
+        return "unknown"
+    if seconds < 9.95:
+        return f"{seconds:.2g} s"
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
     m, s = divmod(int(round(seconds)), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ftlab.messages import some
+
 STRATEGIES = ("linear-probe", "top-N", "full", "gradual")
 _TOP_N = re.compile(r"^top-(\d+)$")
 
@@ -61,14 +63,15 @@ def make_plan(blocks: list[str] | tuple[str, ...], strategy: str, *, gradual_eve
     if frozen_blocks is not None:
         unknown = set(frozen_blocks) - set(blocks)
         if unknown:
-            raise ValueError(f"no block named {', '.join(sorted(unknown))}; blocks are: {', '.join(blocks)}")
+            raise ValueError(f"no block named {some(sorted(unknown))}; blocks are: {some(blocks)}")
         # explicit blocks override the preset: a gradual schedule would otherwise ignore them
         kind, frozen = "custom", frozenset(frozen_blocks)
     elif kind in ("linear-probe", "gradual"):
         frozen = frozenset(body)
     elif kind == "top-N":
         if n > len(body):
-            raise ValueError(f"top-{n} asks for more blocks than the {len(body)} below the head")
+            raise ValueError(f"top-{n} asks for more blocks than the {len(body)} below the head: choose top-1 to "
+                             f"top-{len(body)}, or full")
         frozen = frozenset(body[:len(body) - n])
     else:
         frozen = frozenset()

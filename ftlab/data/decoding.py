@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ftlab import paths
 from ftlab.data.dataset import DataError, Dataset, few, printable
 
 if TYPE_CHECKING:
@@ -28,11 +29,21 @@ if TYPE_CHECKING:
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 EXIF_ORIENTATION = 0x0112
 CHUNK = 512  # in-memory arrays are resized this many at a time, to bound the float copies
-# Pixels one image may have (setting FTLAB_MAX_PIXELS). A 40 kB PNG can declare 50,000 x 50,000
-# pixels and take 7.5 GB to decode: such a decompression bomb is refused before decoding.
-MAX_PIXELS = int(float(os.environ.get("FTLAB_MAX_PIXELS", "") or 100_000_000))
-# The pixel limit is ours (MAX_PIXELS, checked before decoding): PIL's own warning for images
-# under it would only repeat, on stderr, what we decided to allow.
+# Pixels one image may have (setting FTLAB_MAX_PIXELS, read when used). A 40 kB PNG can declare
+# 50,000 x 50,000 pixels and take 7.5 GB to decode: such a decompression bomb is refused before
+# decoding. A number here overrides the setting.
+MAX_PIXELS: int | None = None
+
+
+def max_pixels() -> int:
+    """The pixel limit, with PIL's own bomb check raised to it: PIL refuses images over twice its
+    ``Image.MAX_IMAGE_PIXELS`` (89 million by default) itself, so a larger limit would not hold."""
+    limit = MAX_PIXELS or paths.max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
+    return limit
+# The pixel limit is ours (checked before decoding): PIL's own warning for images under it would
+# only repeat, on stderr, what we decided to allow.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
@@ -61,6 +72,7 @@ def decode(ds: Dataset, indices: np.ndarray, image_size: int, *, workers: int | 
     if image_size < 1:
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    max_pixels()  # a setting it cannot use fails the call here, not every file in it
     if ds._pixels is not None:
         images, kept, skipped = _resize_array(ds._pixels[indices], image_size), indices, []
     else:
@@ -88,6 +100,7 @@ def decode_image(image: Image.Image | str | Path | bytes, image_size: int) -> to
     """One image (a PIL image, a file path or the file's bytes) as uint8 (3, S, S), as `decode` does it."""
     import torch
 
+    max_pixels()
     try:
         if isinstance(image, Image.Image):
             pixels = _prepare(image, image_size)
@@ -148,15 +161,21 @@ class TooManyPixels(ValueError):
 
 
 def _decode_file(file: str | Path | io.BytesIO, size: int) -> np.ndarray:
-    with (file if isinstance(file, io.BytesIO) else _open_regular(file)) as fp, Image.open(fp) as image:
-        w, h = image.size
-        if w * h > MAX_PIXELS:
-            raise TooManyPixels(f"{w} x {h} pixels is more than the limit of {MAX_PIXELS:,} "
-                                "(setting FTLAB_MAX_PIXELS)")
-        # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale while keeping both sides >= size:
-        # most of the time on large photos is saved here.
-        image.draft("RGB", (size, size))
-        return _prepare(image, size)
+    limit = max_pixels()
+    with (file if isinstance(file, io.BytesIO) else _open_regular(file)) as fp:
+        try:
+            opened = Image.open(fp)
+        except Image.DecompressionBombError as e:  # over twice PIL's limit, which is at least ours
+            raise TooManyPixels(f"{e} (the limit is {limit:,}, setting FTLAB_MAX_PIXELS)") from None
+        with opened as image:
+            w, h = image.size
+            if w * h > limit:
+                raise TooManyPixels(f"{w} x {h} pixels is more than the limit of {limit:,} "
+                                    "(setting FTLAB_MAX_PIXELS)")
+            # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale while keeping both sides >= size:
+            # most of the time on large photos is saved here.
+            image.draft("RGB", (size, size))
+            return _prepare(image, size)
 
 
 def _open_regular(path: str | Path) -> io.BufferedReader:

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ftlab import paths
 from ftlab.data.dataset import DataError, Dataset, few, make_dataset, printable
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -31,20 +32,6 @@ SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "
 LAYOUT_HELP = "Expected root/<class>/<images> or root/train|val|test/<class>/<images>."
 
 
-def _limit(name: str, default: float) -> float:
-    value = os.environ.get(name, "")
-    if not value.strip():
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not number >= 0:  # nan too: it would compare False with everything and turn the guard off
-        raise DataError(f"The setting {name}={value!r} is not a number of 0 or more. Unset it to use the "
-                        f"default ({default:,.0f}) or give a number.")
-    return number
-
-
 def zip_limits() -> dict[str, float]:
     """What an uploaded .zip may unpack to; each a setting (environment variable) with a default.
 
@@ -52,9 +39,7 @@ def zip_limits() -> dict[str, float]:
     member's compression ratio are bounded before anything is written, and the bytes
     actually written are counted again while unpacking (the sizes in a zip can lie).
     """
-    return {"max_total_mb": _limit("FTLAB_ZIP_MAX_MB", 4096),  # unpacked size of the whole archive
-            "max_members": _limit("FTLAB_ZIP_MAX_FILES", 200_000),
-            "max_ratio": _limit("FTLAB_ZIP_MAX_RATIO", 200)}  # images barely compress; 200:1 is a bomb
+    return paths.zip_limits()  # read when used; a value it cannot use raises paths.SettingError
 
 
 def is_junk(name: str) -> bool:
