@@ -23,10 +23,17 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 
-with st.sidebar:
-    st.caption(parts.config_summary(keys.current_config(st.session_state)))
-    running = resources.registry().running()
-    if running:
-        st.caption("Running: " + ", ".join(f"`{j.run_id}`" for j in running))
 
+
+def sidebar(slot) -> None:
+    with slot.container():
+        st.caption(parts.config_summary(keys.current_config(st.session_state)))
+        running = resources.registry().running()
+        if running:
+            st.caption("Running: " + ", ".join(f"`{j.run_id}`" for j in running))
+
+
+summary = st.sidebar.empty()
+sidebar(summary)  # as the session stands, for a page that stops early (st.stop ends the script run)
 page.run()
+sidebar(summary)  # again: the page may have chosen a data set or adopted a run

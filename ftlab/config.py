@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
 CLASS_WEIGHTING = ("none", "balanced")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+MAX_NAME = 80  # characters of a run's name: a label for lists, not a description
 
 
 def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
@@ -28,6 +29,9 @@ def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None =
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # the run
+    name: str = _opt("", "a name for the run in listings (default: data · backbone · strategy · key options)",
+                     section="run")
     # data
     dataset: str = _opt("digits", "registered data set name, or a folder / .zip in class-subfolder layout",
                         section="data")
@@ -128,6 +132,8 @@ def validate(config: TrainConfig) -> list[str]:
             if not math.isfinite(value) or not lo <= value <= hi:
                 problems.append(f"{f.name} must be between {lo:g} and {hi:g} (got {value:g}).")
     problems += _check_names(config)
+    if len(config.name) > MAX_NAME or not config.name.isprintable():
+        problems.append(f"name must be at most {MAX_NAME} printable characters on one line (got {config.name!r:.60}).")
     return problems
 
 

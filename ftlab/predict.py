@@ -1,10 +1,12 @@
 """Use a kept run: rebuild its best model and classify an image."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageOps
 
 from ftlab import backbones, data
 from ftlab.config import TrainConfig
@@ -38,6 +40,42 @@ def model_from_checkpoint(checkpoint: dict) -> backbones.BlockModel:
     return model.eval()
 
 
+PREVIEW_PX = 400  # longest side of the copy of an image a page shows
+
+
+def open_image(source: bytes | str | Path | Image.Image, name: str | None = None) -> Image.Image:
+    """An image to show and to classify: decoded, upright and RGB (16-bit, float and other modes
+    scaled as training data are). Raises `ftlab.data.DataError` naming ``name`` (the file's
+    name; a path names itself) and what is wrong."""
+    from ftlab.data import decoding
+
+    if isinstance(source, Image.Image):
+        return decoding._to_rgb(ImageOps.exif_transpose(source))
+    file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    name = name or (str(source) if isinstance(source, (str, Path)) else "the image")
+    try:
+        if isinstance(source, (bytes, bytearray)) and not source:
+            raise ValueError("the file is empty")
+        with Image.open(file) as image:
+            w, h = image.size
+            if w * h > decoding.MAX_PIXELS:
+                raise decoding.TooManyPixels(f"{w} x {h} pixels is more than the limit of {decoding.MAX_PIXELS:,} "
+                                             "(setting FTLAB_MAX_PIXELS)")
+            image.load()
+            return decoding._to_rgb(ImageOps.exif_transpose(image))
+    except Exception as e:  # noqa: BLE001 - whatever PIL raises, for the user it means "not an image"
+        reason = decoding._reason(e).replace(repr(file), name)  # PIL names a buffer by its repr
+        raise data.DataError(f"{name} is not a readable image ({reason}). Use a JPEG, PNG, BMP, GIF, TIFF or "
+                             "WebP file.") from None
+
+
+def preview(image: Image.Image, side: int = PREVIEW_PX) -> Image.Image:
+    """A copy of an `open_image` result small enough to send to a browser."""
+    small = image.copy()
+    small.thumbnail((side, side))
+    return small
+
+
 class Predictor:
     """A run's best model, ready to classify images the way its training data was prepared."""
 
@@ -63,9 +101,9 @@ class Predictor:
         """uint8 (N, 3, S, S) -> class probabilities (N, K)."""
         return self.model(self.prep(images, train=False)).softmax(1)
 
-    def predict(self, image, top_k: int = 5) -> Prediction:
-        """``image``: a path, bytes, or a PIL image."""
-        probs = self.probabilities(data.decode_image(image, self.image_size)[None])[0]
+    def predict(self, image, top_k: int = 5, name: str | None = None) -> Prediction:
+        """``image``: a path, bytes, or a PIL image; ``name`` names it in messages."""
+        probs = self.probabilities(data.decode_image(open_image(image, name), self.image_size)[None])[0]
         values, idx = probs.topk(min(top_k, len(self.classes)))
         top = [(self.classes[i], float(v)) for v, i in zip(values, idx)]
         return Prediction(top[0][0], top[0][1], top)
