@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ftlab import backbones, data
 from ftlab.config import TrainConfig
@@ -52,10 +52,15 @@ def open_image(source: bytes | str | Path | Image.Image, name: str | None = None
     if isinstance(source, Image.Image):
         return decoding._to_rgb(ImageOps.exif_transpose(source))
     file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-    name = name or (str(source) if isinstance(source, (str, Path)) else "the image")
+    name = name or (str(source) if isinstance(source, (str, Path)) else "")
+    why = ""
+    if isinstance(source, (str, Path)) and not Path(source).is_file():  # a FIFO or a device would block the read
+        why = "no such file" if not Path(source).exists() else "not a regular file"
+    elif isinstance(source, (bytes, bytearray)) and not source:
+        why = "the file is empty"
+    if why:
+        raise data.DataError(f"Not a readable image: {name or 'the file'} ({why}).")
     try:
-        if isinstance(source, (bytes, bytearray)) and not source:
-            raise ValueError("the file is empty")
         with Image.open(file) as image:
             w, h = image.size
             if w * h > decoding.MAX_PIXELS:
@@ -64,9 +69,11 @@ def open_image(source: bytes | str | Path | Image.Image, name: str | None = None
             image.load()
             return decoding._to_rgb(ImageOps.exif_transpose(image))
     except Exception as e:  # noqa: BLE001 - whatever PIL raises, for the user it means "not an image"
-        reason = decoding._reason(e).replace(repr(file), name)  # PIL names a buffer by its repr
-        raise data.DataError(f"{name} is not a readable image ({reason}). Use a JPEG, PNG, BMP, GIF, TIFF or "
-                             "WebP file.") from None
+        # PIL names the file in its message, and a buffer by its repr (<_io.BytesIO object at 0x…>)
+        reason = ("not a kind of image PIL knows" if isinstance(e, UnidentifiedImageError) else
+                  decoding._reason(e).replace(repr(file), "the upload"))
+        raise data.DataError(f"Not a readable image{': ' + name if name else ''} ({reason}). Use a JPEG, PNG, "
+                             "BMP, GIF, TIFF or WebP file.") from None
 
 
 def preview(image: Image.Image, side: int = PREVIEW_PX) -> Image.Image:

@@ -93,8 +93,8 @@ def test_a_16_bit_or_float_image_is_shown_and_classified(name, content):
 
 @pytest.mark.parametrize("content, words", [
     (b"", "empty"),
-    (b"these are words, not pixels", "not a readable image"),
-    (png((1, 2, 3))[:60], "not a readable image"),  # truncated: PIL opens it lazily, then fails to load
+    (b"these are words, not pixels", "not a kind of image PIL knows"),
+    (png((1, 2, 3))[:60], "Not a readable image"),  # truncated: PIL opens it lazily, then fails to load
 ])
 def test_an_upload_that_is_not_an_image_is_named_in_the_message(content, words):
     fabricate_run(["a", "b"], checkpoint=True)
@@ -342,3 +342,17 @@ def test_a_url_naming_a_failed_run_opens_the_train_page_quietly():
     at.run()
     goto(at, "app_pages/train.py")
     assert not at.error and at.session_state["train.job"] is None if "train.job" in at.session_state else True
+
+
+def test_predict_on_the_cli_refuses_a_fifo_named_like_an_image_instead_of_hanging(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run_id = fabricate_run(["a", "b"], checkpoint=True)
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    env = {**os.environ, "FTLAB_HOME": str(paths.home())}
+    done = subprocess.run([sys.executable, "-m", "ftlab", "predict", "--run", run_id, str(fifo)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 1 and "not a regular file" in done.stderr and "Traceback" not in done.stderr
