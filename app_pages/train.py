@@ -176,6 +176,15 @@ if submitted:
     job = find_job()
     running = is_running(job)
 
+if job is None and (asked := st.query_params.get("run")):  # an address kept from a run this server no longer trains
+    try:
+        kept = resources.store().get(asked)
+    except KeyError:
+        st.info("The address names a run that is not kept here (it may have been deleted). Start a new one above.")
+    else:
+        why = f": {kept.message}" if kept.message else ""
+        st.info(f"Run `{kept.id}` ({explore.record_label(kept, with_id=False)}) is not training here: it "
+                f"{kept.status}{why}. It is on the Runs page.")
 if job is None:
     st.caption("No run in this session yet: set the options and press Start training.")
 else:

@@ -144,7 +144,7 @@ def _check_names(config: TrainConfig) -> list[str]:
 
     problems = []
     names = [d.name for d in data.list_datasets()]
-    if config.dataset.lower() not in names and not Path(config.dataset).expanduser().exists():
+    if config.dataset.lower() not in names and not _path_is(config.dataset, Path.exists):
         problems.append(f"unknown data set {config.dataset!r}: choose one of {', '.join(names)}, or give the path "
                         "of a folder or .zip in class-subfolder layout.")
     try:
@@ -155,7 +155,7 @@ def _check_names(config: TrainConfig) -> list[str]:
         spec = backbones.get_spec(config.backbone)
     except ValueError as err:
         return problems + [str(err) + "."]
-    if config.weights not in ("imagenet", "random") and not Path(config.weights).expanduser().is_file():
+    if config.weights not in ("imagenet", "random") and not _path_is(config.weights, Path.is_file):
         problems.append(f"weights file {config.weights!r} does not exist: give the path of a weights file, or "
                         "choose imagenet or random.")
     if config.weights == "imagenet" and not spec.has_imagenet:
@@ -166,6 +166,15 @@ def _check_names(config: TrainConfig) -> list[str]:
     elif size is not None and size < spec.min_size:
         problems.append(f"{spec.name} needs images of at least {spec.min_size} px (got {size}).")
     return problems
+
+
+def _path_is(text: str, test) -> bool:
+    """``test`` (Path.exists, Path.is_file) of a typed path; False for one the OS cannot even look up
+    (too long, a NUL byte, ``~nobody``) rather than its exception."""
+    try:
+        return test(Path(text).expanduser())
+    except (OSError, ValueError, RuntimeError):
+        return False
 
 
 # A linear probe trains one layer on fixed features and takes large steps well; the more

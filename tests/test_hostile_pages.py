@@ -335,13 +335,32 @@ def test_pages_with_a_failed_run_a_zero_epoch_run_and_a_stopped_one():
     assert not at.exception
 
 
-def test_a_url_naming_a_failed_run_opens_the_train_page_quietly():
-    run_id = fabricate_run(["a", "b"], status="failed", final=False, epochs=0)
+@pytest.mark.parametrize("kind", ["failed", "unknown"])
+def test_a_url_naming_a_run_that_is_not_training_says_where_it_stands(kind):
+    run_id = fabricate_run(["a", "b"], status="failed", final=False, epochs=0) if kind == "failed" else "nope`**x**"
     at = AppTest.from_file(APP, default_timeout=60)
     at.query_params["run"] = run_id
     at.run()
     goto(at, "app_pages/train.py")
     assert not at.error and at.session_state["train.job"] is None if "train.job" in at.session_state else True
+    message = at.info[0].value
+    if kind == "failed":
+        assert run_id in message and "failed: it went wrong" in message and "Runs page" in message
+    else:
+        assert "not kept here" in message and "nope" not in message
+
+
+@pytest.mark.parametrize("field, value", [("weights_file", "w" * 5000), ("weights_file", "~nobody-here/w.pt"),
+                                          ("weights_file", "a\x00b.pt")])
+def test_start_with_a_path_the_os_cannot_look_up_says_so(field, value):
+    at = goto(app(), "app_pages/model.py")
+    at.selectbox(key="cfg.backbone").select("small_cnn").run()
+    at.radio(key="model.weights").set_value("file").run()
+    at.text_input(key=f"model.{field}").input(value).run()
+    goto(at, "app_pages/train.py")
+    at.button(key="train.start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "cannot start" in at.error[0].value and "weights file" in at.error[0].value
 
 
 def test_predict_on_the_cli_refuses_a_fifo_named_like_an_image_instead_of_hanging(tmp_path):
