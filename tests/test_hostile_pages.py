@@ -351,7 +351,7 @@ def test_a_url_naming_a_run_that_is_not_training_says_where_it_stands(kind):
 
 
 @pytest.mark.parametrize("field, value", [("weights_file", "w" * 5000), ("weights_file", "~nobody-here/w.pt"),
-                                          ("weights_file", "a\x00b.pt")])
+                                          ("weights_file", "a\x00b.pt")], ids=["too-long", "no-such-user", "nul"])
 def test_start_with_a_path_the_os_cannot_look_up_says_so(field, value):
     at = goto(app(), "app_pages/model.py")
     at.selectbox(key="cfg.backbone").select("small_cnn").run()
@@ -375,3 +375,13 @@ def test_predict_on_the_cli_refuses_a_fifo_named_like_an_image_instead_of_hangin
     done = subprocess.run([sys.executable, "-m", "ftlab", "predict", "--run", run_id, str(fifo)], env=env,
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 1 and "not a regular file" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("folder", ["x" * 5000, "~nobody-here/pics", "a\x00b"], ids=["too-long", "no-such-user", "nul"])
+def test_a_folder_path_the_os_cannot_look_up_is_an_error_on_the_data_page(folder):
+    at = goto(app(), "app_pages/data.py")
+    at.radio(key="data.source").set_value("Folder on this machine").run()
+    at.text_input(key="data.folder").input(folder).run()
+    at.button(key="data.use_folder").click().run()
+    assert not at.exception, [e.value[:200] for e in at.exception]
+    assert "Unknown data set" in at.error[0].value and at.session_state["data.dataset"] == "digits"

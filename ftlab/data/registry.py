@@ -81,7 +81,12 @@ def load_dataset(name_or_path: str, *, data_dir: Path | None = None, shapes: Sha
                   else "downloads are turned off" if not download else "")
         request = _Request(data_dir, shapes or ShapesOptions(), download and not paths.offline(), reason)
         return _REGISTRY[key][1](request)
-    path = Path(name_or_path).expanduser()
+    try:  # a path the OS cannot look up (too long, ~nobody) is an unknown data set, not an exception
+        path = Path(name_or_path).expanduser()
+        path.is_dir()
+    except (OSError, ValueError, RuntimeError) as err:
+        raise DataError(f"Unknown data set {str(name_or_path)[:80]!r}: not a path this system can look up "
+                        f"({str(getattr(err, 'strerror', None) or err).rstrip('.')}). Give the path of a folder or .zip.") from None
     if path.is_dir():
         return load_folder(path, str(name_or_path))
     if path.is_file():
