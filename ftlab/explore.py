@@ -116,23 +116,25 @@ def confusion_view(confusion, classes: list[str], normalised: bool = False,
     classes with the most mistakes (as true or as predicted class), and a sentence saying so.
     ``normalised``: each row as shares of its true class (of the whole row, shown or not).
 
-    >>> confusion_view([[5, 1, 0], [0, 6, 0], [3, 0, 2]], ["a", "b", "c"], limit=2)
-    ([[5, 0], [3, 2]], ['a', 'c'], 'The 2 classes with the most mistakes, of 3; the other 1 class has 0 of the 4 mistakes.')
+    >>> shown, labels, note = confusion_view([[5, 1, 0], [0, 6, 0], [3, 0, 2]], ["a", "b", "c"], limit=2)
+    >>> shown, labels
+    ([[5, 0], [3, 2]], ['a', 'c'])
+    >>> note
+    'The 2 classes with the most mistakes, of 3 (1 left out: 1 of the 4 mistakes are not in the matrix).'
     """
     cm = np.asarray(confusion, dtype=np.int64).reshape(len(classes), len(classes))
     diag = np.diag(cm)
-    note = ""
     keep = np.arange(len(classes))
     if len(classes) > limit:
         mistakes = cm.sum(0) + cm.sum(1) - 2 * diag
         keep = np.sort(np.argsort(-mistakes, kind="stable")[:limit])
-        rest = np.setdiff1d(np.arange(len(classes)), keep)
-        total = int(cm.sum() - diag.sum())
-        in_rest = int(cm[rest].sum() - diag[rest].sum())
-        others = f"{len(rest):,} class has" if len(rest) == 1 else f"{len(rest):,} classes have"
-        note = (f"The {limit} classes with the most mistakes, of {len(classes):,}; the other {others} "
-                f"{in_rest:,} of the {total:,} mistakes.")
     shown = cm[np.ix_(keep, keep)]
+    note = ""
+    if len(classes) > limit:
+        total = int(cm.sum() - diag.sum())
+        hidden = total - int(shown.sum() - np.trace(shown))
+        note = (f"The {limit} classes with the most mistakes, of {len(classes):,} ({len(classes) - limit:,} left out: "
+                f"{hidden:,} of the {total:,} mistakes are not in the matrix).")
     if normalised:
         totals = cm[keep].sum(axis=1, keepdims=True).astype(float)
         shown = np.divide(shown, totals, out=np.zeros(shown.shape), where=totals > 0)
@@ -222,7 +224,8 @@ def runs_table(records: list, running: set[str] = frozenset()) -> list[dict]:
         status = r.status
         if status == "running" and r.id not in running:
             status = "running elsewhere"  # the CLI, or another app process (`RunStore.mark_interrupted` tells)
-        rows.append({"run": r.id, "label": record_label(r, with_id=False), "data": display_name(r.dataset), "backbone": r.backbone, "strategy": r.strategy,
+        rows.append({"run": r.id, "label": record_label(r, with_id=False), "data": display_name(r.dataset),
+                     "backbone": r.backbone, "strategy": r.strategy,
                      "trainable params": s.get("trainable_params"), "total params": s.get("total_params"),
                      "best val accuracy": s.get("best_val_accuracy"), "test accuracy": s.get("test_accuracy"),
                      "epochs": s.get("epochs_run"), "train seconds": s.get("train_seconds"), "status": status,

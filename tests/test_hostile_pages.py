@@ -267,7 +267,8 @@ def test_the_confusion_view_keeps_the_most_confused_classes_and_full_row_shares(
     shown, labels, note = explore.confusion_view(cm.tolist(), [str(i) for i in range(40)], normalised=True, limit=4)
     assert labels == ["0", "5", "7", "39"]
     assert shown[3] == [pytest.approx(6 / 16), 0, 0, pytest.approx(10 / 16)]  # shares of the whole row
-    assert note == "The 4 classes with the most mistakes, of 40; the other 36 classes have 0 of the 14 mistakes."
+    assert note == ("The 4 classes with the most mistakes, of 40 (36 left out: 0 of the 14 mistakes are not in the "
+                    "matrix).")
 
 
 # --- item 7: the hardest images when the data are gone ---------------------------------------------

@@ -85,8 +85,9 @@ def load_dataset(name_or_path: str, *, data_dir: Path | None = None, shapes: Sha
         path = Path(name_or_path).expanduser()
         path.is_dir()
     except (OSError, ValueError, RuntimeError) as err:
-        raise DataError(f"Unknown data set {str(name_or_path)[:80]!r}: not a path this system can look up "
-                        f"({str(getattr(err, 'strerror', None) or err).rstrip('.')}). Give the path of a folder or .zip.") from None
+        why = str(getattr(err, "strerror", None) or err).rstrip(".")
+        raise DataError(f"Unknown data set {str(name_or_path)[:80]!r}: not a path this system can look up ({why}). "
+                        "Give the path of a folder or .zip.") from None
     if path.is_dir():
         return load_folder(path, str(name_or_path))
     if path.is_file():
