@@ -386,3 +386,23 @@ def test_a_folder_path_the_os_cannot_look_up_is_an_error_on_the_data_page(folder
     at.button(key="data.use_folder").click().run()
     assert not at.exception, [e.value[:200] for e in at.exception]
     assert "Unknown data set" in at.error[0].value and at.session_state["data.dataset"] == "digits"
+
+
+def test_the_sidebar_follows_a_run_adopted_from_the_url(tmp_path):
+    """A refreshed browser adopts the run its ?run= names; the sidebar says that run's settings at once."""
+    from ui import resources
+
+    notes = tmp_path / "notes.pt"
+    notes.write_text("not weights")  # the job fails at once: what matters is that it is the registry's
+    config = TrainConfig(dataset="shapes", backbone="small_cnn", weights=str(notes), epochs=1)
+    job = resources.registry().start(config, resources.store())
+    deadline = time.monotonic() + 120
+    while job.alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["run"] = job.run_id
+    at.run()
+    goto(at, "app_pages/train.py")
+    assert at.session_state["train.job"] == job.run_id
+    summary = at.sidebar.caption[0].value
+    assert "**Data** shapes" in summary and "small_cnn" in summary, summary
