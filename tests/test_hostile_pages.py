@@ -406,3 +406,16 @@ def test_the_sidebar_follows_a_run_adopted_from_the_url(tmp_path):
     assert at.session_state["train.job"] == job.run_id
     summary = at.sidebar.caption[0].value
     assert "**Data** shapes" in summary and "small_cnn" in summary, summary
+
+
+def test_a_run_named_on_the_cli_is_listed_by_its_name(capsys):
+    from ftlab import cli
+
+    assert cli.main(["train", "--name", "tiny baseline", "--dataset", "digits", "--backbone", "small_cnn",
+                     "--weights", "random", "--epochs", "1", "--image-size", "16", "--json"]) == 0
+    run_id = json.loads(capsys.readouterr().out.splitlines()[-1])["run_id"]
+    assert cli.main(["runs"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(run_id))
+    assert line.endswith("tiny baseline")
+    assert cli.main(["runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] == "tiny baseline"
