@@ -6,6 +6,7 @@ figures a user sees before a run are the figures of the run.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 
@@ -226,8 +227,17 @@ def runs_table(records: list, running: set[str] = frozenset()) -> list[dict]:
             status = "running elsewhere"  # the CLI, or another app process (`RunStore.mark_interrupted` tells)
         rows.append({"run": r.id, "label": record_label(r, with_id=False), "data": display_name(r.dataset),
                      "backbone": r.backbone, "strategy": r.strategy,
-                     "trainable params": s.get("trainable_params"), "total params": s.get("total_params"),
-                     "best val accuracy": s.get("best_val_accuracy"), "test accuracy": s.get("test_accuracy"),
-                     "epochs": s.get("epochs_run"), "train seconds": s.get("train_seconds"), "status": status,
+                     "trainable params": _number(s.get("trainable_params")),
+                     "total params": _number(s.get("total_params")),
+                     "best val accuracy": _number(s.get("best_val_accuracy")),
+                     "test accuracy": _number(s.get("test_accuracy")), "epochs": _number(s.get("epochs_run")),
+                     "train seconds": _number(s.get("train_seconds")), "status": status,
                      "message": r.message})
     return rows
+
+
+def _number(value) -> float | int | None:
+    """A figure of a run's summary as a number, or None where it is missing or is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value

@@ -419,3 +419,14 @@ def test_a_run_named_on_the_cli_is_listed_by_its_name(capsys):
     assert line.endswith("tiny baseline")
     assert cli.main(["runs", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["label"] == "tiny baseline"
+
+
+def test_the_runs_table_shows_a_dash_for_a_figure_that_is_not_a_number():
+    """A summary written by hand or an older version: text, NaN or true where a figure belongs."""
+    fabricate_run(["a", "b"], summary={"test_accuracy": "n/a", "best_val_accuracy": float("nan"),
+                                       "train_seconds": True, "trainable_params": [1]})
+    at = goto(app(), "app_pages/runs.py")
+    assert not at.exception, [e.value for e in at.exception]
+    shown = _displayed(at)
+    for column in ("test accuracy", "best val accuracy", "train seconds", "trainable params"):
+        assert list(shown[column]) == ["–"], column
