@@ -54,8 +54,12 @@ def open_image(source: bytes | str | Path | Image.Image, name: str | None = None
     file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     name = name or (str(source) if isinstance(source, (str, Path)) else "")
     why = ""
-    if isinstance(source, (str, Path)) and not Path(source).is_file():  # a FIFO or a device would block the read
-        why = "no such file" if not Path(source).exists() else "not a regular file"
+    if isinstance(source, (str, Path)):
+        try:
+            if not Path(source).is_file():  # a FIFO or a device would block the read
+                why = "no such file" if not Path(source).exists() else "not a regular file"
+        except (OSError, ValueError) as err:  # too long a name, a NUL byte
+            why = f"not a path this system can look up: {getattr(err, 'strerror', None) or err}"
     elif isinstance(source, (bytes, bytearray)) and not source:
         why = "the file is empty"
     if why:

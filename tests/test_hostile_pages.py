@@ -128,6 +128,8 @@ def test_predict_on_the_cli_names_the_file_and_reads_a_16_bit_png(tmp_path, caps
     assert cli.main(["predict", "--run", run_id, str(junk)]) == 1
     err = capsys.readouterr().err
     assert str(junk) in err and "BytesIO" not in err and "Traceback" not in err
+    assert cli.main(["predict", "--run", run_id, "x" * 5000 + ".png"]) == 1
+    assert "File name too long" in capsys.readouterr().err
 
 
 # --- item 2: run names and labels -------------------------------------------------------------------
