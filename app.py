@@ -25,12 +25,18 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 
-with st.sidebar:
-    st.caption(parts.config_summary(keys.current_config(st.session_state)))
-    running = resources.registry().running()
-    if running:
-        st.caption("Running: " + ", ".join(f"`{j.run_id}`" for j in running))
 
+
+def sidebar(slot) -> None:
+    with slot.container():
+        st.caption(parts.config_summary(keys.current_config(st.session_state)))
+        running = resources.registry().running()
+        if running:
+            st.caption("Running: " + ", ".join(f"`{j.run_id}`" for j in running))
+
+
+summary = st.sidebar.empty()
+sidebar(summary)  # as the session stands, for a page that stops early (st.stop ends the script run)
 if problems := paths.setting_problems():  # the environment is read at start: fixing it means a restart
     parts.problems("ftlab cannot use these environment settings; change them and restart the app:", problems)
     st.stop()
@@ -40,3 +46,4 @@ try:
     page.run()
 except StoreError as err:  # FTLAB_HOME or the run store under it, on any page: a sentence, never a traceback
     parts.store_error(err)
+sidebar(summary)  # again: the page may have chosen a data set or adopted a run

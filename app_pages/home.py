@@ -44,4 +44,4 @@ for job in running:
     c = job.config
     step = snap.last_step
     progress = f"epoch {step.epoch}/{c.epochs}, batch {step.step}/{step.steps}" if step else snap.message
-    st.markdown(f"`{job.run_id}` · {explore.display_name(c.dataset)} · {c.backbone} · {c.strategy} — {progress}")
+    st.markdown(f"`{job.run_id}` · {explore.run_label(c)} — {progress}")

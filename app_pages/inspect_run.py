@@ -1,7 +1,7 @@
 """Inspect & predict: a run's mistakes, its hardest validation images, and a prediction for an image."""
 import streamlit as st
 
-from ftlab import data, explore
+from ftlab import data, explore, predict
 from ftlab.config import TrainConfig
 from ftlab.runs import CheckpointError
 from ui import charts, keys as K, parts, resources
@@ -17,7 +17,7 @@ if not records:
             "epoch has nothing to inspect).")
     st.stop()
 ids = [r.id for r in records]
-label = {r.id: f"{r.id} · {explore.display_name(r.dataset)} · {r.backbone} · {r.strategy}" for r in records}
+label = {r.id: explore.record_label(r) for r in records}
 if state.get(K.INSPECT_RUN) not in ids:
     state[K.INSPECT_RUN] = ids[0]
 run_id = st.selectbox("Run", ids, key=K.INSPECT_RUN, format_func=label.get, persist_state=K.PERSIST)
@@ -46,16 +46,15 @@ with c[1]:
 
 st.subheader("Validation images with the highest loss")
 hard = explore.hardest(run.final["val"], run.classes, HARDEST)
+config = TrainConfig.from_dict(run.config)
 try:
-    ds = resources.dataset(TrainConfig.from_dict(run.config))
-    decoded = data.decode(ds, [h["index"] for h in hard], HARD_PX)
+    images, captions, note = explore.hardest_images(resources.dataset(config), run.classes, hard, HARD_PX)
 except data.DataError as err:
-    st.warning(f"The run's data set cannot be read now, so its images cannot be shown: {err}")
-else:
-    by_index = dict(zip(decoded.indices.tolist(), decoded.images.permute(0, 2, 3, 1).numpy()))
-    shown = [h for h in hard if h["index"] in by_index]
-    st.image([by_index[h["index"]] for h in shown], width=HARD_PX,
-             caption=[f"{ds.classes[ds.labels[h['index']]]} → {h['predicted']} ({h['loss']:.2f})" for h in shown])
+    images, captions, note = [], [], f"The run's data set cannot be read now, so its images cannot be shown: {err}"
+if note:
+    st.warning(f"{note} The run's data set: {config.dataset}.")
+if images:
+    st.image(images, width=HARD_PX, caption=captions)
     st.caption("Each image: true class → predicted class (loss).")
 
 st.subheader("Predict")
@@ -66,12 +65,13 @@ k = st.slider("How many classes to show", 1, max(2, min(10, len(run.classes))), 
               persist_state=K.PERSIST)
 if upload is not None:
     try:
-        prediction = resources.predictor(run_id, str(store.home)).predict(upload.getvalue(), k)
+        image = predict.open_image(upload.getvalue(), upload.name)
+        prediction = resources.predictor(run_id, str(store.home)).predict(image, k)
     except (data.DataError, CheckpointError, KeyError) as err:  # KeyError: the run was deleted meanwhile
         st.error(err.args[0] if isinstance(err, KeyError) else str(err))
     else:
         c = st.columns([1, 2])
-        c[0].image(upload.getvalue(), width=200)
+        c[0].image(predict.preview(image), width=200, caption=upload.name)
         c[0].metric("Prediction", prediction.label, f"{prediction.probability:.1%}", delta_color="off",
                     delta_arrow="off")
         c[1].plotly_chart(charts.top_k(prediction.top), key="inspect.top_k_chart")

@@ -39,7 +39,7 @@ m = st.columns(3)
 m[0].metric("Parameters", f"{sum(params):,}", help=f"with a new head for {num_classes} classes")
 size = f"{spec.fixed_size} px (fixed)" if spec.fixed_size else f"{spec.default_size} px"
 m[1].metric("Default image size", size)
-m[2].metric("ImageNet weights", "none" if not spec.has_imagenet else "here, offline" if offline else "download needed")
+m[2].metric("ImageNet weights", backbones.weights_status(backbone))
 
 kinds = K.WEIGHT_KINDS if spec.has_imagenet else tuple(k for k in K.WEIGHT_KINDS if k != "imagenet")
 if state[K.WEIGHTS] not in kinds:

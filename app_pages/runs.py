@@ -8,11 +8,9 @@ from ui import charts, keys as K, resources
 
 state = st.session_state
 store, registry = resources.store(), resources.registry()
-FORMATS = {"trainable params": st.column_config.NumberColumn(format="localized"),
-           "total params": st.column_config.NumberColumn(format="localized"),
-           "best val accuracy": st.column_config.NumberColumn(format="%.3f"),
-           "test accuracy": st.column_config.NumberColumn(format="%.3f"),
-           "train seconds": st.column_config.NumberColumn(format="%.1f")}
+# a figure a run does not have (no test split, stopped before an epoch) shows as a dash, not "None"
+FORMATS = {"trainable params": "{:,.0f}", "total params": "{:,.0f}", "best val accuracy": "{:.3f}",
+           "test accuracy": "{:.3f}", "epochs": "{:.0f}", "train seconds": "{:.1f}"}
 
 
 def delete(run_id: str) -> None:
@@ -37,10 +35,10 @@ if not records:
     st.stop()
 
 rows = explore.runs_table(records, {j.run_id for j in registry.running()})
-st.dataframe(pd.DataFrame(rows), hide_index=True, column_config=FORMATS, key="runs.table")
+st.dataframe(pd.DataFrame(rows).style.format(FORMATS, na_rep="–"), hide_index=True, key="runs.table")
 
 ids = [r.id for r in records]
-label = {r.id: f"{r.id} · {explore.display_name(r.dataset)} · {r.backbone} · {r.strategy}" for r in records}
+label = {r.id: explore.record_label(r) for r in records}
 
 st.subheader("Compare")
 if K.RUNS_COMPARE in state:

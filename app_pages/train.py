@@ -6,7 +6,7 @@ from dataclasses import replace
 import streamlit as st
 
 from ftlab import explore
-from ftlab.config import TrainConfig, option_type, options, resolved_image_size, resolved_lr, validate
+from ftlab.config import MAX_NAME, TrainConfig, option_type, options, resolved_image_size, resolved_lr, validate
 from ftlab.engine import Job
 from ftlab.jobs import END_STATUSES, JobBusy
 from ftlab.runs import StoreError
@@ -60,8 +60,7 @@ def others_running(job: Job | None) -> None:
     for other in resources.registry().running():
         if job is None or other.run_id != job.run_id:
             cols = st.columns([4, 1])
-            cols[0].info(f"Run `{other.run_id}` ({explore.display_name(other.config.dataset)}, "
-                         f"{other.config.backbone}, {other.config.strategy}) is training in another session.")
+            cols[0].info(f"Run `{other.run_id}` ({explore.run_label(other.config)}) is training in another session.")
             cols[1].button("Watch it", key=K.WATCH.format(other.run_id), on_click=watch, args=(other.run_id,))
 
 
@@ -178,6 +177,9 @@ except ValueError:
 fields = [f for f in options() if f.metadata["section"] == "training" and f.name != "seed"]
 with st.form(K.TRAIN_FORM, border=True):
     st.markdown(f"**Training options** · seed {config.seed} (set on the Data page)")
+    st.text_input("Run name (optional)", key=K.cfg("name"), max_chars=MAX_NAME, persist_state=K.PERSIST,
+                  placeholder=explore.run_label(replace(config, name="")),
+                  help="Tells the run apart on the Runs and Inspect pages; empty: the label shown here.")
     cols, per_col = st.columns(3), math.ceil(len(fields) / 3)
     for i, f in enumerate(fields):
         with cols[i // per_col]:
@@ -188,6 +190,15 @@ if submitted:
     job = find_job()
     running = is_running(job)
 
+if job is None and (asked := st.query_params.get("run")):  # an address kept from a run this server no longer trains
+    try:
+        kept = resources.store().get(asked)
+    except KeyError:
+        st.info("The address names a run that is not kept here (it may have been deleted). Start a new one above.")
+    else:
+        why = f": {kept.message}" if kept.message else ""
+        st.info(f"Run `{kept.id}` ({explore.record_label(kept, with_id=False)}) is not training here: it "
+                f"{kept.status}{why}. It is on the Runs page.")
 if job is None:
     st.caption("No run in this session yet: set the options and press Start training.")
 else:
@@ -211,5 +222,4 @@ else:
     snap = job.snapshot()
     live(job, running, len(snap.epochs))
     figures(job, snap)
-    st.caption(f"Run `{job.run_id}` · {explore.display_name(job.config.dataset)} · {job.config.backbone} · "
-               f"{job.config.strategy}")
+    st.caption(f"Run `{job.run_id}` · {explore.run_label(job.config)}")

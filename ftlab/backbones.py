@@ -251,6 +251,13 @@ def weights_available_offline(name: str) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_file).is_file()
 
 
+def weights_status(name: str) -> str:
+    """Where ``name``'s ImageNet weights stand, in words for a listing."""
+    if not get_spec(name).has_imagenet:
+        return "none (trained from scratch)"
+    return "here, offline" if weights_available_offline(name) else "download needed"
+
+
 # --- block decompositions ---------------------------------------------------------------
 
 def _seq(*modules: nn.Module) -> nn.Sequential:

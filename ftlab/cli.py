@@ -201,13 +201,14 @@ def _backbones(args: argparse.Namespace) -> int:
     for name in backbones.list_backbones():
         spec = backbones.get_spec(name)
         rows.append({"name": name, "description": spec.description, "default_size": spec.default_size,
-                     "imagenet_offline": backbones.weights_available_offline(name)})
+                     "imagenet": spec.has_imagenet, "imagenet_offline": backbones.weights_available_offline(name),
+                     "imagenet_weights": backbones.weights_status(name)})
     if args.json:
         print(json.dumps(rows))
     else:
         for r in rows:
-            offline = "ImageNet weights here" if r["imagenet_offline"] else "ImageNet weights: download"
-            print(f"{r['name']:<20} {r['default_size']:>4} px  {offline:<27} {r['description']}")
+            weights = f"ImageNet weights: {r['imagenet_weights']}"
+            print(f"{r['name']:<20} {r['default_size']:>4} px  {weights:<45} {r['description']}")
     return 0
 
 
@@ -228,13 +229,14 @@ def _runs(args: argparse.Namespace) -> int:
         return 0
     runs = store.list()
     if args.json:
-        print(json.dumps([{"id": r.id, "status": r.status, "dataset": r.dataset, "backbone": r.backbone,
-                           "strategy": r.strategy, **r.summary} for r in runs]))
+        print(json.dumps([{"id": r.id, "label": explore.record_label(r, with_id=False), "status": r.status,
+                           "dataset": r.dataset, "backbone": r.backbone, "strategy": r.strategy, **r.summary}
+                          for r in runs]))
         return 0
     for r in runs:
         best = r.summary.get("best_val_accuracy")
-        best = format(best, ".3f") if isinstance(best, (int, float)) else "none"
-        line = f"{r.id}  {r.status:<11} {r.dataset:<14} {r.backbone:<20} {r.strategy:<13} val {best}"
+        line = (f"{r.id}  {r.status:<11} val {format(best, '.3f') if isinstance(best, (int, float)) else '-    '}  "
+                f"{explore.record_label(r, with_id=False)}")
         print(line.encode("utf-8", "backslashreplace").decode("utf-8"))  # a non-UTF-8 path prints as escapes
     if not runs:
         print("no runs yet: `python -m ftlab train` makes one")

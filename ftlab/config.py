@@ -21,6 +21,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
 CLASS_WEIGHTING = ("none", "balanced")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+MAX_NAME = 80  # characters of a run's name: a label for lists, not a description
 
 
 def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
@@ -31,6 +32,9 @@ def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None =
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # the run
+    name: str = _opt("", "a name for the run in listings (default: data · backbone · strategy · key options)",
+                     section="run")
     # data
     dataset: str = _opt("digits", "registered data set name, or a folder / .zip in class-subfolder layout",
                         section="data")
@@ -171,6 +175,9 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
             problems.append(f"val_fraction ({config.val_fraction:g}) and test_fraction ({config.test_fraction:g}) "
                             "leave nothing to train on: together they must be less than 1.")
         problems += _check_dataset(config.dataset)
+        if len(config.name) > MAX_NAME or not config.name.isprintable():
+            problems.append(f"name must be at most {MAX_NAME} printable characters on one line "
+                            f"(got {config.name!r:.60}).")
         if only is None:
             problems += _check_names(config) + _check_device(config.device)
     return problems + paths.setting_problems()
@@ -203,7 +210,7 @@ def _check_dataset(dataset: str) -> list[str]:
     if not dataset.strip():
         return [f"no data set given: choose one of {some(names)}, or give the path of a folder or .zip in "
                 "class-subfolder layout."]
-    if dataset.lower() not in names and not Path(dataset).expanduser().exists():
+    if dataset.lower() not in names and not _path_is(dataset, Path.exists):
         return [f"unknown data set {dataset!r}: choose one of {some(names)}, or give the path of a folder or .zip "
                 "in class-subfolder layout."]
     return []
@@ -225,7 +232,7 @@ def _check_names(config: TrainConfig) -> list[str]:
         return problems + [str(err) + "."]
     if strategy_known:
         problems += _check_blocks(config)
-    if config.weights not in ("imagenet", "random") and not Path(config.weights).expanduser().is_file():
+    if config.weights not in ("imagenet", "random") and not _path_is(config.weights, Path.is_file):
         problems.append(f"weights file {config.weights!r} does not exist: give the path of a weights file, or "
                         "choose imagenet or random.")
     if config.weights == "imagenet" and not spec.has_imagenet:
@@ -252,6 +259,13 @@ def _check_blocks(config: TrainConfig) -> list[str]:
         return [f"frozen_blocks freezes every block of {config.backbone}, so nothing would train: leave at least "
                 f"one of {some(blocks)} out (the head, usually)."]
     return []
+def _path_is(text: str, test) -> bool:
+    """``test`` (Path.exists, Path.is_file) of a typed path; False for one the OS cannot even look up
+    (too long, a NUL byte, ``~nobody``) rather than its exception."""
+    try:
+        return test(Path(text).expanduser())
+    except (OSError, ValueError, RuntimeError):
+        return False
 
 
 # A linear probe trains one layer on fixed features and takes large steps well; the more

@@ -39,6 +39,8 @@ def most_confused(confusion: Sequence[Sequence[int]], k: int = 5) -> list[tuple[
     [(1, 0, 4), (0, 1, 2)]
     """
     cm = np.asarray(confusion)
-    cells = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
-    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
-    return [(i, j, n) for n, i, j in cells[:k]]
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    i, j = np.nonzero(off > 0)  # row-major: already in (true, predicted) order
+    order = np.argsort(-off[i, j], kind="stable")[:k]  # numpy, not a loop: 2,000 classes are 4M cells
+    return [(int(i[o]), int(j[o]), int(off[i[o], j[o]])) for o in order]

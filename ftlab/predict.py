@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ftlab import backbones, data
 from ftlab.config import TrainConfig, option_type, options
@@ -100,6 +102,53 @@ def model_from_checkpoint(checkpoint: dict) -> backbones.BlockModel:
     return model.eval()
 
 
+PREVIEW_PX = 400  # longest side of the copy of an image a page shows
+
+
+def open_image(source: bytes | str | Path | Image.Image, name: str | None = None) -> Image.Image:
+    """An image to show and to classify: decoded, upright and RGB (16-bit, float and other modes
+    scaled as training data are). Raises `ftlab.data.DataError` naming ``name`` (the file's
+    name; a path names itself) and what is wrong."""
+    from ftlab.data import decoding
+
+    if isinstance(source, Image.Image):
+        return decoding._to_rgb(ImageOps.exif_transpose(source))
+    file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    name = name or (str(source) if isinstance(source, (str, Path)) else "")
+    why = ""
+    if isinstance(source, (str, Path)):
+        try:
+            if not Path(source).is_file():  # a FIFO or a device would block the read
+                why = "no such file" if not Path(source).exists() else "not a regular file"
+        except (OSError, ValueError) as err:  # too long a name, a NUL byte
+            why = f"not a path this system can look up: {getattr(err, 'strerror', None) or err}"
+    elif isinstance(source, (bytes, bytearray)) and not source:
+        why = "the file is empty"
+    if why:
+        raise data.DataError(f"Not a readable image: {name or 'the file'} ({why}).")
+    try:
+        with Image.open(file) as image:
+            w, h = image.size
+            if w * h > decoding.MAX_PIXELS:
+                raise decoding.TooManyPixels(f"{w} x {h} pixels is more than the limit of {decoding.MAX_PIXELS:,} "
+                                             "(setting FTLAB_MAX_PIXELS)")
+            image.load()
+            return decoding._to_rgb(ImageOps.exif_transpose(image))
+    except Exception as e:  # noqa: BLE001 - whatever PIL raises, for the user it means "not an image"
+        # PIL names the file in its message, and a buffer by its repr (<_io.BytesIO object at 0x…>)
+        reason = ("not a kind of image PIL knows" if isinstance(e, UnidentifiedImageError) else
+                  decoding._reason(e).replace(repr(file), "the upload"))
+        raise data.DataError(f"Not a readable image{': ' + name if name else ''} ({reason}). Use a JPEG, PNG, "
+                             "BMP, GIF, TIFF or WebP file.") from None
+
+
+def preview(image: Image.Image, side: int = PREVIEW_PX) -> Image.Image:
+    """A copy of an `open_image` result small enough to send to a browser."""
+    small = image.copy()
+    small.thumbnail((side, side))
+    return small
+
+
 class Predictor:
     """A run's best model, ready to classify images the way its training data was prepared."""
 
@@ -136,9 +185,9 @@ class Predictor:
         """uint8 (N, 3, S, S) -> class probabilities (N, K)."""
         return self.model(self.prep(images, train=False)).softmax(1)
 
-    def predict(self, image, top_k: int = 5) -> Prediction:
-        """``image``: a path, bytes, or a PIL image."""
-        probs = self.probabilities(data.decode_image(image, self.image_size)[None])[0]
+    def predict(self, image, top_k: int = 5, name: str | None = None) -> Prediction:
+        """``image``: a path, bytes, or a PIL image; ``name`` names it in messages."""
+        probs = self.probabilities(data.decode_image(open_image(image, name), self.image_size)[None])[0]
         values, idx = probs.topk(min(top_k, len(self.classes)))
         top = [(self.classes[i], float(v)) for v, i in zip(values, idx)]
         return Prediction(top[0][0], top[0][1], top)

@@ -36,18 +36,21 @@ def problems(title: str, items: Sequence[str]) -> None:
 
 
 def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str, toggle_key: str) -> None:
-    """The confusion matrix with a counts / normalised switch."""
+    """The confusion matrix with a counts / normalised switch; many classes: the most confused."""
     normalised = st.toggle("Normalise rows (share of each true class)", key=toggle_key, persist_state=keys.PERSIST)
-    shown = normalise_rows(matrix) if normalised else matrix
-    st.plotly_chart(charts.confusion(shown, classes, title, normalised), key=f"{toggle_key}.chart")
+    shown, labels, note = explore.confusion_view(matrix, list(classes), normalised)
+    st.plotly_chart(charts.confusion(shown, labels, title, normalised), key=f"{toggle_key}.chart")
+    if note:
+        st.caption(note)
 
 
 def report(report: Mapping[str, Sequence[float]], classes: Sequence[str]) -> None:
-    """Per-class precision, recall, F1 and support as a table."""
-    frame = pd.DataFrame({"class": [str(c) for c in classes], "precision": report["precision"],
-                          "recall": report["recall"], "F1": report["f1"], "support": report["support"]})
-    st.dataframe(frame, hide_index=True, column_config={
+    """Per-class precision, recall, F1 and support as a table; many classes: the weakest."""
+    columns, note = explore.report_rows(report, list(classes))
+    st.dataframe(pd.DataFrame(columns), hide_index=True, column_config={
         c: st.column_config.NumberColumn(format="%.3f") for c in ("precision", "recall", "F1")})
+    if note:
+        st.caption(note)
 
 
 def config_summary(config: TrainConfig) -> str:
@@ -56,5 +59,6 @@ def config_summary(config: TrainConfig) -> str:
     extra = f", long tail ×{config.imbalance_ratio:g}" if config.imbalance_ratio > 1 else ""
     weights = (f"{config.weights} weights" if config.weights in ("imagenet", "random")
                else f"weights from {explore.display_name(config.weights) or 'a file not named yet'}")
-    return (f"**Data** {explore.display_name(config.dataset)}{extra} · **backbone** {config.backbone} "
+    name = f"**Run** {config.name} · " if config.name.strip() else ""
+    return (f"{name}**Data** {explore.display_name(config.dataset)}{extra} · **backbone** {config.backbone} "
             f"({weights}) · **freezing** {strategy}")

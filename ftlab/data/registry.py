@@ -88,7 +88,7 @@ def load_dataset(name_or_path: str, *, data_dir: Path | None = None, shapes: Sha
     try:
         path = Path(name_or_path).expanduser()
         is_dir, is_file, exists = path.is_dir(), path.is_file(), path.exists()
-    except (OSError, RuntimeError) as e:  # a name too long for a path, ~user of no such user
+    except (OSError, ValueError, RuntimeError) as e:  # a name too long for a path, ~user of no such user
         raise DataError(f"{shown[:200]!r} is not a usable path ({getattr(e, 'strerror', None) or e}). Give a "
                         "registered name, or the path of a folder or .zip in class-subfolder layout.") from e
     if is_dir:
