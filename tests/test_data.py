@@ -30,7 +30,6 @@ from ftlab.data import (
 )
 from ftlab.data.dataset import make_dataset
 
-HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hymenoptera"
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 160, 0)
 
 
@@ -457,9 +456,8 @@ def test_archive_already_in_data_dir_needs_no_network(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- the real photos
 
 
-@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="shared hymenoptera photos not present")
-def test_real_hymenoptera_folder():
-    ds = load_dataset(str(HYMENOPTERA))
+def test_real_hymenoptera_folder(hymenoptera):
+    ds = load_dataset(str(hymenoptera))
     assert ds.classes == ("ants", "bees")
 
     def counts(split):
