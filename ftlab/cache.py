@@ -113,7 +113,7 @@ def compute(prefix: nn.Module, images: torch.Tensor, prep: Callable[[torch.Tenso
     for start in range(0, len(images), batch_size):
         if should_stop():
             from ftlab.engine import StopRequested
-            raise StopRequested
+            raise StopRequested("caching", start // batch_size + 1)
         x = prep(images[start:start + batch_size])
         x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
         with torch.autocast(x.device.type, enabled=amp):

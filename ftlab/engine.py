@@ -30,7 +30,12 @@ Emit = Callable[[events.Event], None]
 
 
 class StopRequested(Exception):
-    """The user asked the run to stop; raised between batches."""
+    """The user asked the run to stop; raised between batches. ``phase`` and ``step`` say where:
+    the phase that was running and its batch (1-based) that did not begin."""
+
+    def __init__(self, phase: str = "preparing", step: int = 0):
+        super().__init__(phase, step)
+        self.phase, self.step = phase, step
 
 
 class NonFiniteLoss(Exception):
@@ -77,7 +82,7 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None] = lambda msg: N
             decoded[name] = None
             continue
         if should_stop():
-            raise StopRequested
+            raise StopRequested("preparing")
         say(f"decoding {len(indices):,} {name} images at {size} px")
         try:  # stops between files; refuses a split that lost a class to undecodable files
             decoded[name] = data.decode(ds, indices, size, should_stop=should_stop, split=name)
@@ -183,7 +188,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
     for step, idx in enumerate(order, 1):
         if should_stop():
-            raise StopRequested
+            raise StopRequested("training", step)
         x, y = prep(images[idx], train=True), labels[idx].to(prep.device, non_blocking=True)
         with torch.autocast(device_type, enabled=amp):
             logits = model.forward_from(x, start)
@@ -228,9 +233,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, pr
              should_stop: Callable[[], bool] = lambda: False) -> Evaluation:
     model.eval()
     preds, losses, probs = [], [], []
-    for idx in batches(len(labels), batch_size):
+    for step, idx in enumerate(batches(len(labels), batch_size), 1):
         if should_stop():
-            raise StopRequested
+            raise StopRequested("evaluating", step)
         x, y = prep(images[idx], train=False), labels[idx].to(prep.device)
         with torch.autocast(prep.device.type, enabled=amp):
             logits = model.forward_from(x, start).float()
@@ -310,6 +315,7 @@ class _Trainer:
     summary: dict = field(default_factory=dict)
     shared_cache: cache.FeatureCache = cache.SHARED
     computed: set = field(default_factory=set)  # cache keys this run computed itself
+    stopped_at: StopRequested | None = None  # where a user's stop landed
 
     def run(self) -> dict:
         c = self.config
@@ -327,7 +333,8 @@ class _Trainer:
         try:
             self._setup()
             reason, message = self._train()
-        except StopRequested:
+        except StopRequested as where:
+            self.stopped_at = where
             reason, message = "user", "stopped before training began"
         except Exception as err:  # the run fails, the app and the CLI live on
             return self._fail(err)
@@ -402,7 +409,8 @@ class _Trainer:
             except NonFiniteLoss as err:
                 return "non_finite_loss", (f"Stopped in epoch {epoch + 1}: {err}. Lower the learning rate "
                                            f"(now {resolved_lr(c):g}) or turn on gradient clipping.")
-            except StopRequested:
+            except StopRequested as where:
+                self.stopped_at = where
                 return "user", f"stopped by the user during epoch {epoch + 1}"
             if self.scheduler is not None and not self.per_step:
                 self.scheduler.step()
@@ -410,7 +418,8 @@ class _Trainer:
                 with _threads_for(self.model, inputs.start):
                     ev = evaluate(self.model, inputs.val, d.val.labels, prep=inputs.val_prep, start=inputs.start,
                                   batch_size=2 * c.batch_size, amp=self.amp, should_stop=self.stop.is_set)
-            except StopRequested:
+            except StopRequested as where:
+                self.stopped_at = where
                 return "user", f"stopped by the user while evaluating epoch {epoch + 1}"
             images_seen += result.images
             self.summary["train_seconds"] += result.seconds
@@ -581,7 +590,9 @@ class _Trainer:
         if status == "finished":
             self.emit(events.RunFinished(self.run_id, dict(self.summary)))
         else:
-            self.emit(events.RunStopped(self.run_id, reason, message, dict(self.summary)))
+            at = self.stopped_at
+            self.emit(events.RunStopped(self.run_id, reason, message, dict(self.summary),
+                                        phase=at.phase if at else "", step=at.step if at else 0))
         return self.summary
 
     def _fail(self, err: Exception) -> dict:

@@ -75,6 +75,10 @@ class RunStopped:
     reason: str  # "user", "early_stopping", "non_finite_loss"
     message: str
     summary: dict
+    # where a user's stop landed: the phase (preparing, caching, training, evaluating) and its batch
+    # (1-based) that did not begin; "" and 0 for the other reasons
+    phase: str = ""
+    step: int = 0
 
 
 @dataclass(frozen=True)

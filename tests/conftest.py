@@ -1,7 +1,30 @@
 """Every test runs offline, with its own FTLAB_HOME and an empty feature cache."""
+import os
+from pathlib import Path
+
 import pytest
 
 from ftlab import cache
+
+HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
+
+
+def under_ci() -> bool:
+    """CI sets CI=true (.ci/run does too): there a test must not skip for want of what CI provides."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture
+def hymenoptera() -> Path:
+    """The real ants/bees photos in ../shared/data/hymenoptera. Without them a test is skipped,
+    except under CI, which README says runs these tests: there it fails, saying what is missing."""
+    if not HYMENOPTERA.is_dir():
+        if under_ci():
+            pytest.fail(f"{HYMENOPTERA} is missing: CI runs the tests on the real ants/bees photos, so the "
+                        "shared data folder must be there (../shared/data/hymenoptera beside the repository)",
+                        pytrace=False)
+        pytest.skip(f"{HYMENOPTERA} is missing (the shared ants/bees photos)")
+    return HYMENOPTERA
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -12,12 +13,14 @@ import pytest
 import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from training_gate import hold_training
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 PAGES = ["app_pages/home.py", "app_pages/data.py", "app_pages/model.py", "app_pages/train.py", "app_pages/runs.py",
          "app_pages/inspect_run.py"]
 TIMEOUT = 60
+HANG = 600  # seconds: polls bound a hang only (two runs on a loaded 2-core machine trained 5 images/s)
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +37,26 @@ def _isolated(monkeypatch, tmp_path):
     assert resources.registry().stop_all(timeout=60), "a training job did not stop"
     st.cache_resource.clear()
     st.cache_data.clear()
+
+
+@pytest.fixture
+def held_runs():
+    """Training runs wait after their first step until the test sets this event: a run is still
+    going for as long as the test needs, however fast the machine trains. (Set up after
+    `_isolated`, so it opens the gate before `_isolated` stops the jobs.)"""
+    gate = threading.Event()
+    undo = hold_training(gate.is_set)
+    yield gate
+    gate.set()
+    undo()
+
+
+def wait_for(condition, what: str, timeout: float = HANG) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
 
 
 def app() -> AppTest:
@@ -65,7 +88,7 @@ def start_run(at: AppTest, epochs: int = 1) -> None:
     assert not at.exception and not at.error, [e.value for e in at.error]
 
 
-def poll(at: AppTest, done, timeout: float = 240) -> AppTest:
+def poll(at: AppTest, done, timeout: float = HANG) -> AppTest:
     """Rerun (fragments do not rerun by themselves in AppTest) until ``done(at)``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -177,13 +200,15 @@ def test_toggling_a_block_changes_the_trainable_parameters():
     assert metrics(at)["Trainable parameters"] == before_metric and at.data_editor[0].key != editor.key
 
 
-def test_stop_ends_the_run_and_a_new_session_finds_the_running_job():
+def test_stop_ends_the_run_and_a_new_session_finds_the_running_job(held_runs):
+    """The run is held after its first step (``held_runs``) until Stop was clicked, so it is still
+    going while two more sessions open, on any machine."""
     at = app()
     goto(at, "app_pages/model.py")
-    at.button(key="model.preset.full").click().run()  # no cached features: epochs take long enough to stop one
+    at.button(key="model.preset.full").click().run()  # no feature caching before the first step
     start_run(at, epochs=3)
     run_id = at.session_state["train.job"]
-    poll(at, lambda a: any(p.proto.text.startswith("Epoch") for p in a.get("progress")), timeout=120)
+    poll(at, lambda a: any(p.proto.text.startswith("Epoch") for p in a.get("progress")))
 
     # a refreshed browser: a new session with no job id of its own, but its URL names the run
     fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -199,7 +224,8 @@ def test_stop_ends_the_run_and_a_new_session_finds_the_running_job():
     assert any(run_id in i.value for i in stranger.info) and stranger.button(key=f"train.watch.{run_id}")
 
     at.button(key="train.stop").click().run()
-    poll(at, lambda a: a.warning, timeout=60)
+    held_runs.set()  # after the click: the run's next step must find the stop
+    poll(at, lambda a: a.warning)
     assert "stopped" in at.warning[0].value
     goto(at, "app_pages/runs.py")
     table = at.dataframe[0].value
@@ -267,7 +293,7 @@ def test_a_failed_run_says_why(tmp_path):
     at.radio(key="model.weights").set_value("file").run()
     at.text_input(key="model.weights_file").input(str(not_weights)).run()
     start_run(at)
-    poll(at, lambda a: a.error, timeout=120)
+    poll(at, lambda a: a.error)
     assert "failed" in at.error[0].value and "not a loadable weights file" in at.error[0].value
 
 
@@ -315,9 +341,10 @@ def test_adopting_a_run_restores_its_settings_as_the_session_choices():
     assert keys.current_config(state) == replace(custom, strategy="custom")
 
 
-def test_two_sessions_train_at_once_without_touching_each_other():
+def test_two_sessions_train_at_once_without_touching_each_other(held_runs):
     """Guard: jobs are per session (the registry's owner, the session's job id, the URL's run).
-    Fails if one session's Start, Stop or view reaches the other's run."""
+    Fails if one session's Start, Stop or view reaches the other's run, or if one run waits for
+    the other: both are held after their first step (``held_runs``) until both have taken it."""
     first, second = app(), app()
     goto(second, "app_pages/model.py")
     second.button(key="model.preset.full").click().run()
@@ -326,13 +353,18 @@ def test_two_sessions_train_at_once_without_touching_each_other():
     a, b = first.session_state["train.job"], second.session_state["train.job"]
     assert a != b
     from ui import resources
-    assert {j.run_id for j in resources.registry().running()} <= {a, b}
+    registry = resources.registry()
+    wait_for(lambda: all(registry.get(r).snapshot().last_step for r in (a, b)), "both runs to train a step")
+    assert {j.run_id for j in registry.running()} == {a, b}
+    held_runs.set()
     for at, run_id in ((first, a), (second, b)):
-        poll(at, lambda x: not any(b.key == "train.stop" for b in x.button), timeout=240)
+        poll(at, lambda x: not any(b.key == "train.stop" for b in x.button))
         assert at.session_state["train.job"] == run_id
     store = resources.store()
     assert {r.id: r.status for r in store.list()} == {a: "finished", b: "finished"}
     assert store.get(a).strategy == "linear-probe" and store.get(b).strategy == "full"
+    ra, rb = store.get(a), store.get(b)
+    assert ra.created < rb.updated and rb.created < ra.updated, "the two runs did not overlap"
 
 
 def test_the_server_does_not_collect_garbage_after_every_rerun():

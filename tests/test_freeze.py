@@ -28,16 +28,25 @@ SMALL_CNN_BLOCKS = ["stem", "stage1", "stage2", "stage3", "head"]
 
 
 @pytest.fixture(scope="module")
-def models():
+def built() -> dict[str, nn.Module]:
     """Each backbone built once (random weights) and shared by the tests of this module."""
-    cache: dict[str, nn.Module] = {}
+    return {}
 
+
+@pytest.fixture
+def models(built):
+    """The shared models, handed back after each test as they were built: every block trainable,
+    no gradients, in train mode, whether the test passed or failed half-way."""
     def get(name: str) -> nn.Module:
-        if name not in cache:
+        if name not in built:
             torch.manual_seed(0)
-            cache[name] = create_model(name, K, "random")
-        return cache[name]
-    return get
+            built[name] = create_model(name, K, "random")
+        return built[name]
+    yield get
+    for model in built.values():
+        apply_freeze(model, frozen=set())
+        model.zero_grad(set_to_none=True)
+        model.train()
 
 
 def trainable_by_hand(blocks: list[str], preset: str) -> set[str]:
@@ -118,7 +127,6 @@ def test_presets_freeze_exactly_the_intended_blocks(name, models):
             else:
                 assert all(torch.equal(a, b) for a, b in zip(before[block], after)), (preset, block)
         assert model.head[-1].weight.grad.abs().sum() > 0
-    apply_freeze(model, frozen=set())  # leave the shared model trainable
 
 
 def test_frozen_blocks_compute_what_they_compute_at_evaluation(models):
@@ -134,7 +142,6 @@ def test_frozen_blocks_compute_what_they_compute_at_evaluation(models):
         set_train_mode(model)
         assert model.training and model.layer4.training and not model.layer3.training
         assert torch.equal(prefix(x), expected)
-    apply_freeze(model, frozen=set())
 
 
 def test_bn_frozen_false_lets_frozen_blocks_update_their_statistics():
@@ -296,7 +303,6 @@ def test_param_groups_change_nothing(models):
     assert [m.training for m in model.modules()] == modes
     assert model.frozen_blocks == frozen and count_params(model) == counts
     assert grads.count(False) > 0 and grads.count(True) > 0
-    apply_freeze(model, frozen=set())
 
 
 # --- custom plans and errors --------------------------------------------------------------------

@@ -35,11 +35,26 @@ def _png() -> bytes:
 
 
 def test_a_prediction_ranks_every_class(tmp_path):
+    """Against the model's softmax computed here: the checkpoint's weights on the image's pixels,
+    normalised by hand, so a wrong class order, preprocessing or ranking shows."""
     store = RunStore(tmp_path)
-    prediction = Predictor.for_run(_kept(store), store).predict(_png(), top_k=5)
-    assert [c for c, _ in prediction.top] and len(prediction.top) == 3
-    assert sum(p for _, p in prediction.top) == pytest.approx(1.0, abs=1e-5)
-    assert prediction.top == sorted(prediction.top, key=lambda t: -t[1])
+    rid = _kept(store)
+    checkpoint = _checkpoint()  # the same weights as the kept one: _checkpoint seeds its model
+    predictor = Predictor.for_run(rid, store)
+    prediction = predictor.predict(_png(), top_k=5)
+
+    model = backbones.create_model("small_cnn", 3, "random")
+    model.load_state_dict(checkpoint["model"])
+    # the PNG is one colour at any size; small_cnn normalises with mean 0.5 and std 0.25
+    pixel = (torch.tensor([200.0, 20.0, 20.0]) / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        probs = model.eval()(pixel.view(1, 3, 1, 1).expand(1, 3, 16, 16)).softmax(1)[0].tolist()
+    expected = sorted(zip("abc", probs), key=lambda t: -t[1])
+    assert min(abs(a[1] - b[1]) for a, b in zip(expected, expected[1:])) > 1e-4  # the order is not a tie
+    assert [c for c, _ in prediction.top] == [c for c, _ in expected]
+    assert [p for _, p in prediction.top] == pytest.approx([p for _, p in expected], abs=1e-5)
+    assert (prediction.label, prediction.probability) == prediction.top[0]
+    assert predictor.predict(_png(), top_k=2).top == prediction.top[:2]
 
 
 def test_a_checkpoint_for_another_class_count_is_refused(tmp_path):

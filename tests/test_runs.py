@@ -1,6 +1,7 @@
 """The run store: records survive, checkpoints are whole or absent, nothing is unpickled."""
 import os
 import pickle
+import select
 import subprocess
 import sys
 import textwrap
@@ -75,34 +76,45 @@ def test_checkpoint_replaced_whole(tmp_path):
 
 
 def test_a_killed_writer_leaves_the_previous_checkpoint(tmp_path):
-    """Guard: save_checkpoint writes a temporary file and renames it. Writing in place would leave
-    a truncated best.pt here after the SIGKILL."""
+    """Guard: save_checkpoint writes a temporary file and renames it. The writer is held half-way
+    through torch.save (no race with the disk's speed) and killed there: the half-written bytes must
+    be in a file of their own, and best.pt still the previous epoch. Writing in place would leave a
+    truncated best.pt."""
     store = RunStore(tmp_path)
     rid = new_run_id()
     store.save_checkpoint(rid, {"model": {"w": torch.zeros(4)}, "backbone": "small_cnn", "epoch": 1})
     writer = textwrap.dedent(f"""
-        import sys, torch
+        import io, sys, torch
         from ftlab.runs import RunStore
+
+        real_save = torch.save
+
+        def half_then_hang(obj, fh):
+            buf = io.BytesIO()
+            real_save(obj, buf)
+            fh.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+            fh.flush()
+            print("half written", flush=True)
+            sys.stdin.readline()  # until the test kills this process
+
+        torch.save = half_then_hang
         store = RunStore({str(tmp_path)!r})
-        big = {{"model": {{"w": torch.randn(64_000_000)}}, "backbone": "small_cnn", "epoch": 2}}
-        print("writing", flush=True)
-        store.save_checkpoint({rid!r}, big)
+        store.save_checkpoint({rid!r}, {{"model": {{"w": torch.ones(100_000)}}, "backbone": "small_cnn", "epoch": 2}})
         print("done", flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert proc.stdout.readline().strip() == "writing"
-    tmp_files = lambda: [p for p in store.run_dir(rid).iterdir() if p.name != "best.pt"]  # noqa: E731
-    import time
-    deadline = time.time() + 60
-    while not tmp_files() and time.time() < deadline:  # wait until the write is under way
-        time.sleep(0.005)
-    proc.kill()
-    proc.wait()
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready and proc.stdout.readline().strip() == "half written", "the writer never reached torch.save"
+        others = [p for p in store.run_dir(rid).iterdir() if p.name != "best.pt"]
+        assert len(others) == 1 and others[0].stat().st_size > 0, "the half-written bytes went into best.pt"
+        assert store.load_checkpoint(rid)["epoch"] == 1
+    finally:
+        proc.kill()
+        proc.wait()
     loaded = store.load_checkpoint(rid)
-    assert loaded["epoch"] in (1, 2)
-    if loaded["epoch"] == 1:
-        assert torch.equal(loaded["model"]["w"], torch.zeros(4))
+    assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], torch.zeros(4))
 
 
 class Exploit:

@@ -88,6 +88,11 @@ def long_tail_indices(labels: np.ndarray, indices: np.ndarray, ratio: float, see
 
     Classes are ranked by their current count; the largest is kept whole, each class keeps at
     least one item, and no class can grow. Returns sorted indices.
+
+    >>> labels = np.repeat([0, 1, 2], 10)
+    >>> kept = long_tail_indices(labels, np.arange(30), ratio=10)
+    >>> np.bincount(labels[kept]).tolist(), bool(np.all(np.diff(kept) > 0))
+    ([10, 3, 1], True)
     """
     if ratio < 1:
         raise DataError(f"The imbalance ratio is max/min class count, so at least 1; got {ratio}.")
