@@ -1,0 +1,230 @@
+"""What README promises, each held by a test that can fail: the training options through an actual run
+(early stopping, class weighting, balanced sampling, gradient clipping, label smoothing, random crop and
+colour jitter), `runs --delete`, `train --help`, FTLAB_MAX_PIXELS, and in the app the Runs page downloads,
+the imbalance simulator and suggestions (applied only on click), the Watch button, the normalised confusion
+matrix and the top-N and gradual presets. Every run is digits (or a few generated images) on small_cnn."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ftlab import backbones, cli, data, engine, events
+from ftlab import config as cfg
+from ftlab.config import TrainConfig
+from ftlab.runs import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(dataset="digits", backbone="small_cnn", weights="random", strategy="full", image_size=16,
+            batch_size=64, epochs=1, lr=3e-3)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(tmp_path / "home")
+
+
+def collect(config: TrainConfig, store: RunStore) -> tuple[dict, list]:
+    seen: list = []
+    return engine.run(config, store=store, emit=seen.append), seen
+
+
+def spy_epochs(monkeypatch) -> list[dict]:
+    """The arguments of every `engine.train_one_epoch` call of the runs that follow."""
+    calls: list[dict] = []
+    real = engine.train_one_epoch
+
+    def spy(model, images, labels, order, **kw):
+        calls.append({"labels": labels.clone(), **kw})
+        return real(model, images, labels, order, **kw)
+
+    monkeypatch.setattr(engine, "train_one_epoch", spy)
+    return calls
+
+
+def train_labels_of(store: RunStore, run_id: str) -> np.ndarray:
+    """The labels of the run's training split, from its record and the data set (not from the engine)."""
+    split = store.get(run_id).split
+    return data.load_dataset("digits").labels[np.asarray(split["train"], dtype=np.int64)]
+
+
+# --- early stopping -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("patience, stops_after, reason", [(2, 4, "early_stopping"), (3, 6, "completed")])
+def test_early_stopping_stops_at_the_epoch_its_patience_predicts(store, monkeypatch, patience, stops_after, reason):
+    """Val accuracy scripted per epoch: best at epoch 2; epoch 3 only equals it (not better), epoch 4 is worse,
+    epoch 5 is better again. Patience 2 stops after epoch 4; patience 3 reaches epoch 5 and runs to the end."""
+    script = [0.5, 0.7, 0.7, 0.6, 0.9, 0.9]
+    real = engine.evaluate
+    epoch = iter(range(len(script)))
+
+    def scripted(*a, **kw):
+        return dataclasses.replace(real(*a, **kw), accuracy=script[next(epoch)])
+
+    monkeypatch.setattr(engine, "evaluate", scripted)
+    config = TrainConfig(**{**FAST, "epochs": 6, "strategy": "linear-probe"}, early_stopping=patience)
+    summary, seen = collect(config, store)
+    assert summary["epochs_run"] == stops_after and summary["stopped_reason"] == reason
+    assert [e.epoch for e in seen if isinstance(e, events.EpochEnded)] == list(range(1, stops_after + 1))
+    record = store.get(summary["run_id"])
+    assert record.status == "finished" and len(store.epochs(summary["run_id"])) == stops_after
+    if reason == "early_stopping":
+        assert summary["best_epoch"] == 2 and "no better val accuracy for 2 epochs" in record.message
+        assert store.load_checkpoint(summary["run_id"])["epoch"] == 2  # the best checkpoint, not the last
+
+
+# --- class weighting, balanced sampling -------------------------------------------------
+
+def test_class_weighting_weights_the_loss_by_inverse_class_frequency(store, monkeypatch):
+    calls = spy_epochs(monkeypatch)
+    summary, _ = collect(TrainConfig(**FAST, imbalance_ratio=8.0, class_weighting="balanced"), store)
+    assert summary["stopped_reason"] == "completed"
+    labels = train_labels_of(store, summary["run_id"])
+    counts = np.bincount(labels, minlength=10)
+    assert counts.max() / counts.min() >= 7  # a long tail, so the weights are far from equal
+    by_formula = len(labels) / (10 * counts)  # N / (K n_k)
+    weight = calls[0]["loss_fn"].weight
+    assert weight is not None
+    np.testing.assert_allclose(weight.cpu().numpy(), by_formula, rtol=1e-6)
+
+    summary, _ = collect(TrainConfig(**FAST, imbalance_ratio=8.0), store)
+    assert calls[-1]["loss_fn"].weight is None  # off by default
+
+
+def test_balanced_sampling_draws_classes_about_equally_from_a_long_tail(store, monkeypatch):
+    drawn: list[list[torch.Tensor]] = []
+    real = engine.batches
+
+    def spy(n, batch_size, *, generator=None, sample_weights=None):
+        out = list(real(n, batch_size, generator=generator, sample_weights=sample_weights))
+        if generator is not None:  # the training batches (evaluation goes in order, without a generator)
+            drawn.append(out)
+        return iter(out)
+
+    monkeypatch.setattr(engine, "batches", spy)
+    calls = spy_epochs(monkeypatch)
+    config = TrainConfig(**{**FAST, "strategy": "linear-probe"}, imbalance_ratio=10.0, balanced_sampling=True, seed=3)
+    summary, _ = collect(config, store)
+    labels = calls[0]["labels"].numpy()
+    data_counts = np.bincount(labels, minlength=10)
+    assert data_counts.max() / data_counts.min() >= 9
+    sampled = np.bincount(labels[torch.cat(drawn[0]).numpy()], minlength=10)
+    assert sampled.sum() == len(labels)  # as many draws per epoch as training images
+    assert sampled.max() / sampled.min() < 1.8, sampled  # the data's 10x tail is gone
+    first = [i.clone() for i in drawn[0]]
+
+    drawn.clear()
+    collect(config, store)  # seeded: the same draws again
+    assert all(torch.equal(a, b) for a, b in zip(first, drawn[0])) and len(first) == len(drawn[0])
+
+    drawn.clear()
+    collect(dataclasses.replace(config, balanced_sampling=False), store)
+    plain = np.bincount(labels[torch.cat(drawn[0]).numpy()], minlength=10)
+    assert np.array_equal(plain, data_counts)  # without it, each image once per epoch: the tail stays
+
+
+# --- gradient clipping, label smoothing -------------------------------------------------
+
+def grad_norms_at_each_step(monkeypatch) -> list[float]:
+    """The total gradient norm the optimiser steps with (after any clipping), step by step."""
+    norms: list[float] = []
+    real = engine.make_optimizer
+
+    def spy(config, groups):
+        optimizer = real(config, groups)
+
+        def before_step(opt, args, kwargs):
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+        optimizer.register_step_pre_hook(before_step)
+        return optimizer
+
+    monkeypatch.setattr(engine, "make_optimizer", spy)
+    return norms
+
+
+def test_gradient_clipping_bounds_the_norm_the_optimiser_steps_with(store, monkeypatch):
+    norms = grad_norms_at_each_step(monkeypatch)
+    collect(TrainConfig(**FAST), store)
+    unclipped = list(norms)
+    assert len(unclipped) == 23 and min(unclipped) > 0.2  # 1437 training images / 64; every step well above
+    norms.clear()
+    summary, _ = collect(TrainConfig(**FAST, grad_clip=0.2), store)
+    assert summary["stopped_reason"] == "completed" and len(norms) == len(unclipped)
+    assert max(norms) <= 0.2 * (1 + 1e-5), max(norms)
+    assert min(norms) >= 0.2 * 0.999  # clipped to the limit, not zeroed
+
+
+def test_label_smoothing_is_the_loss_the_run_optimises(store, monkeypatch):
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    real = engine.train_one_epoch
+
+    def spy(model, images, labels, order, *, loss_fn, **kw):
+        def recorded(logits, y):
+            loss = loss_fn(logits, y)
+            seen.append((logits.detach().clone(), y.clone(), loss.detach().clone()))
+            return loss
+        return real(model, images, labels, order, loss_fn=recorded, **kw)
+
+    monkeypatch.setattr(engine, "train_one_epoch", spy)
+    summary, _ = collect(TrainConfig(**FAST, label_smoothing=0.3), store)
+    assert summary["stopped_reason"] == "completed" and len(seen) == 23
+    for step, (logits, y, loss) in enumerate(seen):
+        assert torch.allclose(loss, F.cross_entropy(logits, y, label_smoothing=0.3), rtol=1e-5, atol=1e-6)
+        if step:  # at the random start the logits are nearly uniform, where smoothing changes nothing
+            assert loss - F.cross_entropy(logits, y) > 0.1  # confident, right predictions cost more with it
+
+
+# --- augmentation through a run ---------------------------------------------------------
+
+@pytest.mark.parametrize("augment", [{"random_crop": True}, {"color_jitter": 0.5}])
+def test_augmentation_changes_what_the_model_sees_and_bypasses_the_feature_cache(store, monkeypatch, augment):
+    """A linear probe would train on cached features; with random augmentation it cannot (each epoch's images
+    differ), and the run says why. The training batches the model sees are not the undisturbed images."""
+    seen: list[tuple[torch.Tensor, bool, torch.Tensor]] = []
+    real = engine.Preprocess.__call__
+
+    def spy(self, images, train):
+        out = real(self, images, train)
+        seen.append((images.clone(), train, out.clone()))
+        return out
+
+    monkeypatch.setattr(engine.Preprocess, "__call__", spy)
+    spec = backbones.get_spec("small_cnn")
+    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
+    undisturbed = lambda x: (x.float() / 255 - mean) / std  # noqa: E731 - what Preprocess does without augmentation
+
+    config = TrainConfig(**{**FAST, "strategy": "linear-probe"}, **augment)
+    summary, emitted = collect(config, store)
+    assert summary["stopped_reason"] == "completed"
+    reason = "not caching: augmentation changes every image every epoch and augment_views is 0"
+    assert summary["feature_cache"].startswith(reason)
+    assert any(isinstance(e, events.Preparing) and e.message.startswith(reason) for e in emitted)
+    train_batches = [(x, out) for x, train, out in seen if train]
+    assert len(train_batches) == 23  # every training batch went through the augmentation, none from a cache
+    changed = [not torch.allclose(out[i], undisturbed(x[i:i + 1])[0], atol=1e-5)
+               for x, out in train_batches for i in range(len(x))]
+    assert sum(changed) / len(changed) > 0.95
+    for x, train, out in seen:
+        if not train:  # validation images are not augmented
+            assert torch.allclose(out, undisturbed(x), atol=1e-5)
+
+    seen.clear()
+    summary, _ = collect(TrainConfig(**{**FAST, "strategy": "linear-probe"}), store)
+    assert "on cached features" in summary["feature_cache"]  # the same run without augmentation caches
+    assert not [s for s in seen if s[1]]
