@@ -228,3 +228,66 @@ def test_augmentation_changes_what_the_model_sees_and_bypasses_the_feature_cache
     summary, _ = collect(TrainConfig(**{**FAST, "strategy": "linear-probe"}), store)
     assert "on cached features" in summary["feature_cache"]  # the same run without augmentation caches
     assert not [s for s in seen if s[1]]
+
+
+# --- the command line: runs --delete, train --help ------------------------------------
+
+def test_runs_delete_removes_the_run_and_its_checkpoint_and_keeps_the_others(capsys):
+    store = RunStore()  # FTLAB_HOME, as the CLI finds it
+    ids = ["20260101-000000-aaaaaa", "20260101-000001-bbbbbb"]
+    for n, run_id in enumerate(ids):
+        store.create(run_id, TrainConfig(**FAST).to_dict())
+        store.add_epoch(run_id, 1, {"epoch": 1, "val_accuracy": 0.5 + n})
+        store.save_checkpoint(run_id, {"model": {"w": torch.full((2,), float(n))}, "backbone": "small_cnn"})
+        store.finish(run_id, "finished", {"epochs_run": 1})
+    gone, kept = ids
+    assert cli.main(["runs", "--delete", gone]) == 0
+    assert f"deleted {gone}" in capsys.readouterr().out
+    with pytest.raises(KeyError):
+        store.get(gone)
+    assert store.epochs(gone) == [] and not store.run_dir(gone).exists()
+    assert store.get(kept).status == "finished" and store.epochs(kept)[0]["val_accuracy"] == 1.5
+    assert torch.equal(store.load_checkpoint(kept)["model"]["w"], torch.ones(2))
+    assert cli.main(["runs", "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [kept]
+    assert cli.main(["runs", "--delete", gone]) == 1  # a second time: no such run, said so
+    assert gone in capsys.readouterr().err and store.get(kept)
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """`--flag` -> the words of its entry in argparse's help (the entry's lines, joined)."""
+    entries: dict[str, str] = {}
+    name = None
+    for line in text[text.index("options:"):].splitlines()[1:]:
+        if re.match(r"^  -", line):
+            name = re.match(r"^  (-[-\w]+)", line).group(1)
+            entries[name] = line.strip()
+        elif name:
+            entries[name] += " " + line.strip()
+    return entries
+
+
+def test_train_help_lists_every_option_with_its_default_and_range(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as done:
+        cli.main(["train", "--help"])
+    assert done.value.code == 0
+    entries = _help_entries(capsys.readouterr().out)
+    for f in cfg.options():
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in entries, f"{flag} is not in train --help"
+        words = entries[flag]
+        assert f.metadata["help"].split("(")[0].strip() in words
+        if f.default is not None:
+            assert f"default: {f.default}" in words, words
+        else:
+            assert "default" in words, words  # what leaving it out means
+        if f.metadata["lo"] is not None:
+            shown = re.search(r"range ([-\d.,e+]+) to ([-\d.,e+]+)", words)
+            assert shown, words
+            assert [float(v.replace(",", "")) for v in shown.groups()] == [f.metadata["lo"], f.metadata["hi"]]
+        for choice in f.metadata["choices"] or ():
+            assert choice in words
+    # and the defaults the parser uses are the dataclass's own
+    args = cli._parser().parse_args(["train"])
+    assert TrainConfig(**{f.name: getattr(args, f.name) for f in cfg.options()}) == TrainConfig()
