@@ -291,3 +291,34 @@ def test_train_help_lists_every_option_with_its_default_and_range(capsys, monkey
     # and the defaults the parser uses are the dataclass's own
     args = cli._parser().parse_args(["train"])
     assert TrainConfig(**{f.name: getattr(args, f.name) for f in cfg.options()}) == TrainConfig()
+
+
+# --- FTLAB_MAX_PIXELS -----------------------------------------------------------------
+
+def test_ftlab_max_pixels_skips_and_counts_an_image_over_it_and_keeps_one_under(tmp_path, monkeypatch):
+    """The setting is read by a fresh process (`python -m ftlab train`), as a user sets it: this holds whether
+    ftlab reads it at import or when it decodes."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pics"
+    for k, name in enumerate(("cats", "dogs")):
+        (folder / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), np.uint8) // 2 + 100 * k).save(folder / name / f"{i}.png")
+    Image.new("RGB", (101, 100), "white").save(folder / "cats" / "over.png")  # 10,100 pixels
+    Image.new("RGB", (99, 100), "white").save(folder / "cats" / "under.png")  # 9,900 pixels
+
+    monkeypatch.delenv("FTLAB_MAX_PIXELS", raising=False)  # the default limit keeps both
+    ds = data.load_dataset(str(folder))
+    assert len(ds) == 18 and data.decode(ds, np.arange(len(ds)), 16).skipped == ()
+
+    monkeypatch.setenv("FTLAB_MAX_PIXELS", "10000")
+    result = subprocess.run(
+        [sys.executable, "-m", "ftlab", "train", "--dataset", str(folder), "--backbone", "small_cnn", "--weights",
+         "random", "--strategy", "full", "--epochs", "1", "--image-size", "16", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["skipped_files"] == 1
+    assert "over.png" in result.stderr and "limit of 10,000" in result.stderr and "FTLAB_MAX_PIXELS" in result.stderr
+    sizes = re.search(r"2 classes \(train (\d+), val (\d+)\)", result.stderr)
+    assert sizes and int(sizes[1]) + int(sizes[2]) == 17  # every image but over.png: under.png was kept
