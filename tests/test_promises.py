@@ -322,3 +322,172 @@ def test_ftlab_max_pixels_skips_and_counts_an_image_over_it_and_keeps_one_under(
     assert "over.png" in result.stderr and "limit of 10,000" in result.stderr and "FTLAB_MAX_PIXELS" in result.stderr
     sizes = re.search(r"2 classes \(train (\d+), val (\d+)\)", result.stderr)
     assert sizes and int(sizes[1]) + int(sizes[2]) == 17  # every image but over.png: under.png was kept
+
+
+# --- the app ------------------------------------------------------------------------------
+
+APP = str(ROOT / "app.py")
+TIMEOUT = 60
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path):
+    """Data under tmp_path (runs are under conftest's FTLAB_HOME); no job or cache left for the next test."""
+    import streamlit as st
+
+    monkeypatch.setenv("FTLAB_DATA", str(tmp_path / "data"))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    from ui import resources
+
+    assert resources.registry().stop_all(timeout=60), "a training job did not stop"
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def app():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def goto(at, page: str):
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def poll(at, done, timeout: float = 240):
+    """Rerun (fragments do not rerun by themselves in AppTest) until ``done(at)``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        if done(at):
+            return at
+    raise AssertionError(f"timed out; progress {[p.proto.text for p in at.get('progress')]}")
+
+
+def config_of(at) -> TrainConfig:
+    from ui import keys
+
+    return keys.current_config(at.session_state)
+
+
+# Runs page downloads ---------------------------------------------------------------------
+
+@pytest.fixture
+def media(monkeypatch) -> list:
+    """The media file managers AppTest makes (one per script run): the store the download buttons' bytes go to."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    from streamlit.testing.v1 import app_test
+
+    made: list = []
+
+    class Recording(MediaFileManager):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(app_test, "MediaFileManager", Recording)
+    return made
+
+
+def downloaded(at, media: list, key: str) -> bytes:
+    """What the browser gets when the user clicks the download button ``key`` (a deferred one generates it now)."""
+    proto = at.download_button(key=key).proto
+    manager = media[-1]
+    url = proto.url or manager.execute_deferred(proto.deferred_file_id)
+    return manager._storage.get_file(url.rsplit("/", 1)[-1]).content
+
+
+def test_runs_page_downloads_the_selected_runs_checkpoint_and_metrics(app_env, media):
+    from ui import keys as K
+
+    store = RunStore()
+    runs = {}
+    for seed, epochs in ((1, 2), (2, 3)):
+        summary, seen = collect(TrainConfig(**{**FAST, "epochs": epochs}, seed=seed), store)
+        runs[summary["run_id"]] = (summary, [e for e in seen if isinstance(e, events.EpochEnded)])
+    digits = data.load_dataset("digits")
+    spec = backbones.get_spec("small_cnn")
+    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
+
+    at = goto(app(), "app_pages/runs.py")
+    for run_id, (summary, ended) in runs.items():
+        at.selectbox(key=K.RUNS_SELECTED).select(run_id).run()
+        assert not at.exception
+
+        checkpoint = torch.load(io.BytesIO(downloaded(at, media, K.DOWNLOAD_CHECKPOINT)), weights_only=True)
+        record = store.get(run_id)
+        assert checkpoint["epoch"] == summary["best_epoch"] and checkpoint["classes"] == record.classes
+        model = backbones.create_model("small_cnn", 10, "random")
+        model.load_state_dict(checkpoint["model"])
+        val = data.decode(digits, np.asarray(record.split["val"]), 16)
+        with torch.no_grad():
+            predicted = model.eval()((val.images.float() / 255 - mean) / std).argmax(1).numpy()
+        agree = (predicted == np.asarray(record.final["val"]["predictions"])).mean()
+        assert agree > 0.99, agree  # this run's best weights: they predict what the run recorded for them
+
+        table = pd.read_csv(io.BytesIO(downloaded(at, media, K.DOWNLOAD_METRICS)))
+        assert list(table["epoch"]) == list(range(1, summary["epochs_run"] + 1)) == [e.epoch for e in ended]
+        for column in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+            np.testing.assert_allclose(table[column], [getattr(e, column) for e in ended], rtol=1e-9)
+
+
+# Data page: the imbalance simulator and the suggestions ----------------------------------
+
+def test_the_imbalance_simulator_and_suggestions_change_the_run_only_when_clicked(app_env):
+    from ftlab import diversity
+    from ui import keys as K
+
+    at = goto(app(), "app_pages/data.py")
+    untouched = config_of(at)
+    before = charts(at)[0]  # class counts per split
+    train_before = next(t for t in before["data"] if t["name"] == "train")["y"]
+
+    # balanced digits: the suggestion is a larger rate and fewer epochs; nothing changes until its button
+    tips = diversity.suggestions(train_before)
+    i = next(n for n, t in enumerate(tips) if "lr_factor" in t.setting)
+    for _ in range(2):
+        at.run()
+    assert config_of(at) == untouched and untouched.lr is None and untouched.epochs == 5
+    at.button(key=K.SUGGESTION.format(i)).click().run()
+    applied = config_of(at)
+    assert applied.lr == pytest.approx(2 * cfg.resolved_lr(untouched)) and applied.epochs == round(5 * 0.75)
+    assert dataclasses.replace(applied, lr=None, epochs=5) == untouched  # that and nothing else
+
+    # the simulator shows the tail before it is applied
+    at.select_slider(key=K.SIM_RATIO).set_value(20.0).run()
+    expected_tail = diversity.long_tail_counts(train_before, 20.0)
+    tail = charts(at)[1]
+    assert any(t["y"] == expected_tail for t in tail["data"]), tail["data"]
+    assert float(metrics(at)["Entropy after (bits)"]) == pytest.approx(
+        diversity.distribution(expected_tail).entropy_bits, abs=1e-3)
+    assert config_of(at).imbalance_ratio == 1.0 and charts(at)[0] == before  # the run's data are unchanged
+    assert float(metrics(at)["Imbalance ratio"]) == pytest.approx(max(train_before) / min(train_before), abs=0.01)
+
+    at.toggle(key=K.SIM_APPLY).set_value(True).run()
+    assert config_of(at).imbalance_ratio == 20.0
+    train_after = next(t for t in charts(at)[0]["data"] if t["name"] == "train")["y"]
+    assert train_after == expected_tail and float(metrics(at)["Imbalance ratio"]) == pytest.approx(20, rel=0.05)
+
+    # now the skewed split suggests weighting the loss: applied on its click only
+    tips = diversity.suggestions(train_after)
+    i = next(n for n, t in enumerate(tips) if "class_weighting" in t.setting)
+    at.run()
+    assert config_of(at).class_weighting == "none"
+    at.button(key=K.SUGGESTION.format(i)).click().run()
+    assert config_of(at) == dataclasses.replace(applied, imbalance_ratio=20.0, class_weighting="balanced")
