@@ -491,3 +491,63 @@ def test_the_imbalance_simulator_and_suggestions_change_the_run_only_when_clicke
     assert config_of(at).class_weighting == "none"
     at.button(key=K.SUGGESTION.format(i)).click().run()
     assert config_of(at) == dataclasses.replace(applied, imbalance_ratio=20.0, class_weighting="balanced")
+
+
+def start_small_cnn_run(at, epochs: int = 1, preset: str | None = None) -> str:
+    """Start a small_cnn run on digits at 32 px from the Model and Train pages; returns its id."""
+    from ui import keys as K
+
+    goto(at, "app_pages/model.py")
+    at.selectbox(key="cfg.backbone").select("small_cnn").run()
+    if preset:
+        at.button(key=K.PRESET_BUTTON.format(preset)).click().run()
+    goto(at, "app_pages/train.py")
+    at.number_input(key="cfg.image_size").set_value(32)
+    at.number_input(key="cfg.epochs").set_value(epochs)
+    at.number_input(key="cfg.batch_size").set_value(64)
+    at.button(key=K.START).click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    return at.session_state[K.JOB]
+
+
+# Train page: Watch ---------------------------------------------------------------------
+
+def test_watch_opens_another_sessions_run_without_taking_it_over(app_env, monkeypatch):
+    """The run waits in its data preparation until the test lets it go, so it is surely still going when the
+    second session looks (no race with the training speed)."""
+    from ui import keys as K, resources
+
+    gate = threading.Event()
+    real = engine.prepare_data
+
+    def held(*a, **kw):
+        gate.wait(timeout=120)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine, "prepare_data", held)
+    try:
+        owner = app()
+        run_id = start_small_cnn_run(owner)
+        registry = resources.registry()
+        assert registry.is_running(run_id)
+
+        watcher = goto(app(), "app_pages/train.py")
+        assert K.JOB not in watcher.session_state and "run" not in watcher.query_params
+        assert any(run_id in i.value and "another session" in i.value for i in watcher.info)
+        watcher.button(key=K.WATCH.format(run_id)).click().run()
+        assert not watcher.exception
+        assert watcher.session_state[K.JOB] == run_id and watcher.query_params["run"] in (run_id, [run_id])
+        assert any(f"Run `{run_id}` is getting ready" in i.value for i in watcher.info)
+        assert config_of(watcher).backbone == "small_cnn"  # it shows the run's settings
+
+        # not taken over: the run still belongs to the session that started it, which still shows and stops it
+        assert registry._owners[run_id] == owner.session_state[K.OWNER] != watcher.session_state[K.OWNER]
+        owner.run()
+        assert owner.session_state[K.JOB] == run_id and owner.button(key=K.STOP)
+        assert not [i for i in owner.info if "another session" in i.value]
+    finally:
+        gate.set()
+    owner.button(key=K.STOP).click().run()
+    poll(owner, lambda a: not registry.is_running(run_id), timeout=120)
+    poll(watcher, lambda a: a.warning or a.success)  # the watcher sees the end of the same run
+    assert any(run_id in w.value for w in [*watcher.warning, *watcher.success])
