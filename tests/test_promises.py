@@ -551,3 +551,96 @@ def test_watch_opens_another_sessions_run_without_taking_it_over(app_env, monkey
     poll(owner, lambda a: not registry.is_running(run_id), timeout=120)
     poll(watcher, lambda a: a.warning or a.success)  # the watcher sees the end of the same run
     assert any(run_id in w.value for w in [*watcher.warning, *watcher.success])
+
+
+# Confusion matrix, counts or normalised ---------------------------------------------------
+
+def heatmap(at) -> list[list[float]]:
+    return next(t["z"] for s in charts(at) for t in s["data"] if t["type"] == "heatmap")
+
+
+def test_the_normalised_confusion_matrix_has_rows_that_sum_to_one(app_env):
+    from ui import keys as K
+
+    summary, _ = collect(TrainConfig(**FAST), RunStore())
+    at = goto(app(), "app_pages/inspect_run.py")
+    counts = np.asarray(heatmap(at))
+    assert counts.tolist() == RunStore().get(summary["run_id"]).final["val"]["confusion"]
+    at.toggle(key=K.INSPECT_CM_NORMALISED).set_value(True).run()
+    shares = np.asarray(heatmap(at))
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0, rtol=1e-9)  # every digit has val images
+    np.testing.assert_allclose(shares, counts / counts.sum(axis=1, keepdims=True), rtol=1e-9)
+
+
+def test_a_class_without_samples_is_a_row_of_zeros_when_normalised():
+    """The piece both pages draw, with a class that has no images in the split."""
+    from streamlit.testing.v1 import AppTest
+
+    def page():
+        from ui import parts
+
+        parts.confusion([[3, 1, 0], [0, 0, 0], [2, 2, 4]], ["a", "b", "c"], "confusion", "cm")
+
+    at = AppTest.from_function(page, default_timeout=TIMEOUT).run()
+    assert heatmap(at) == [[3, 1, 0], [0, 0, 0], [2, 2, 4]]
+    at.toggle(key="cm").set_value(True).run()
+    assert not at.exception
+    assert heatmap(at) == [[0.75, 0.25, 0.0], [0.0, 0.0, 0.0], [0.25, 0.25, 0.5]]
+
+
+# Model page presets: top-N, gradual -----------------------------------------------------
+
+def block_params() -> dict[str, int]:
+    """small_cnn's parameters per block with a 10-class head, counted here on a fresh model."""
+    model = backbones.create_model("small_cnn", 10, "random")
+    return {name: sum(p.numel() for p in block.parameters()) for name, block in model.named_children()
+            if any(True for _ in block.parameters())}
+
+
+def test_the_top_n_preset_freezes_all_but_the_last_n_blocks_and_the_run_trains_those(app_env):
+    from ui import keys as K
+
+    params = block_params()
+    assert list(params) == ["stem", "stage1", "stage2", "stage3", "head"]
+    at = app()
+    goto(at, "app_pages/model.py")
+    at.selectbox(key="cfg.backbone").select("small_cnn").run()
+    at.number_input(key=K.TOP_N).set_value(2).run()
+    at.button(key=K.PRESET_BUTTON.format("top_n")).click().run()
+    table = at.data_editor[0].value
+    assert dict(zip(table["block"], table["train"])) == {"stem": False, "stage1": False, "stage2": True,
+                                                         "stage3": True, "head": True}
+    expected = params["stage2"] + params["stage3"] + params["head"]
+    assert metrics(at)["Trainable parameters"] == f"{expected:,}"
+
+    run_id = start_small_cnn_run(at)
+    poll(at, lambda a: a.success or a.error or a.warning)
+    assert at.success, [e.value for e in [*at.error, *at.warning]]
+    record = RunStore().get(run_id)
+    assert record.strategy == "top-2" and record.summary["trainable_params"] == expected
+    assert store_epochs(run_id) == [expected]
+
+
+def store_epochs(run_id: str) -> list[int]:
+    return [m["trainable_params"] for m in RunStore().epochs(run_id)]
+
+
+def test_the_gradual_preset_unfreezes_one_more_block_every_k_epochs(app_env):
+    from ui import keys as K
+
+    params = block_params()
+    at = app()
+    goto(at, "app_pages/model.py")
+    at.selectbox(key="cfg.backbone").select("small_cnn").run()
+    at.number_input(key="cfg.gradual_every").set_value(1).run()
+    at.button(key=K.PRESET_BUTTON.format("gradual")).click().run()
+    table = at.data_editor[0].value
+    assert [b for b, t in zip(table["block"], table["train"]) if t] == ["head"]  # the first epoch: head only
+    assert any("stage3 → stage2 → stage1 → stem" in c.value for c in at.caption)
+
+    run_id = start_small_cnn_run(at, epochs=3)
+    poll(at, lambda a: a.success or a.error or a.warning)
+    assert at.success, [e.value for e in [*at.error, *at.warning]]
+    assert RunStore().get(run_id).strategy == "gradual"
+    head, stage3, stage2 = params["head"], params["stage3"], params["stage2"]
+    assert store_epochs(run_id) == [head, head + stage3, head + stage3 + stage2]
