@@ -644,3 +644,18 @@ def test_the_gradual_preset_unfreezes_one_more_block_every_k_epochs(app_env):
     assert RunStore().get(run_id).strategy == "gradual"
     head, stage3, stage2 = params["head"], params["stage3"], params["stage2"]
     assert store_epochs(run_id) == [head, head + stage3, head + stage3 + stage2]
+
+
+def test_a_suggested_learning_rate_stays_in_the_options_range(app_env):
+    """Doubling a learning rate of 8 gives 16, above the option's 10: the Train page's widget then silently
+    showed (and a run would have used) its minimum, 1e-07. The suggestion stops at the limit instead."""
+    from ui import keys as K
+
+    at = app()
+    at.session_state[K.cfg("lr")] = 8.0  # what the Train page's form commits
+    goto(at, "app_pages/data.py")
+    at.button(key=K.SUGGESTION.format(0)).click().run()  # balanced digits: learning rate x2, epochs x0.75
+    hi = next(f.metadata["hi"] for f in cfg.options() if f.name == "lr")
+    assert at.session_state[K.cfg("lr")] == hi
+    goto(at, "app_pages/train.py")
+    assert at.number_input(key=K.cfg("lr")).value == hi and config_of(at).lr == hi
