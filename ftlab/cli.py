@@ -185,7 +185,7 @@ def _runs(args: argparse.Namespace) -> int:
 
     store = RunStore()
     store.mark_interrupted()  # runs whose process died show as interrupted, not running forever
-    if args.delete:
+    if args.delete is not None:  # `--delete ""` too: it names no run, and must not list them as if it did
         try:
             store.delete(args.delete)
         except KeyError as err:

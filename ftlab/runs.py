@@ -159,7 +159,10 @@ class RunStore:
 
     def get(self, run_id: str) -> RunRecord:
         with self._tx() as con:
-            row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            try:
+                row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            except UnicodeEncodeError:  # an undecodable byte from the command line: no run has that id
+                row = None
         if row is None:
             raise KeyError(f"no run {run_id!r} in {self.home}; `python -m ftlab runs` lists them")
         return self._record(row)

@@ -659,3 +659,14 @@ def test_a_suggested_learning_rate_stays_in_the_options_range(app_env):
     assert at.session_state[K.cfg("lr")] == hi
     goto(at, "app_pages/train.py")
     assert at.number_input(key=K.cfg("lr")).value == hi and config_of(at).lr == hi
+
+
+@pytest.mark.parametrize("bad_id", ["", "\udcff\udcfe", "x'; DROP TABLE runs;--"])
+def test_runs_delete_of_an_id_that_names_no_run_says_so_and_deletes_nothing(capsys, bad_id):
+    """`--delete ""` listed the runs and exited 0 as if nothing was asked; an undecodable byte in the id (a str
+    with surrogates, as Python passes it from argv) was a UnicodeEncodeError traceback from sqlite."""
+    store = RunStore()
+    store.create("20260101-000000-aaaaaa", TrainConfig(**FAST).to_dict())
+    assert cli.main(["runs", "--delete", bad_id]) == 1
+    assert "no run" in capsys.readouterr().err
+    assert [r.id for r in store.list()] == ["20260101-000000-aaaaaa"]
