@@ -29,8 +29,9 @@ from ftlab.config import TrainConfig
 from ftlab.runs import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
+# on the CPU wherever the tests run: exact comparisons (a checkpoint's predictions against the run's) hold there
 FAST = dict(dataset="digits", backbone="small_cnn", weights="random", strategy="full", image_size=16,
-            batch_size=64, epochs=1, lr=3e-3)
+            batch_size=64, epochs=1, lr=3e-3, device="cpu")
 
 
 @pytest.fixture
