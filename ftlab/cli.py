@@ -53,15 +53,28 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for f in cfg.options():
         flag = "--" + f.name.replace("_", "-")
         kind, meta = cfg.option_type(f), f.metadata
-        help_text = meta["help"] + ("" if f.default is None else f" (default: {f.default})")
+        help_text = meta["help"] + _default_and_range(f, kind)
         if kind is bool:
-            parser.add_argument(flag, action=_FlagOnce, default=f.default, help=meta["help"])
+            parser.add_argument(flag, action=_FlagOnce, default=f.default, help=help_text)
         elif f.name == "frozen_blocks":
             parser.add_argument(flag, type=lambda s: tuple(b.strip() for b in s.split(",") if b.strip()),
-                                action=_Once, default=None, metavar="BLOCK,BLOCK", help=meta["help"])
+                                action=_Once, default=None, metavar="BLOCK,BLOCK", help=help_text)
         else:
             parser.add_argument(flag, type=kind, action=_Once, default=f.default, choices=meta["choices"],
                                 help=help_text)
+
+
+def _default_and_range(f: dataclasses.Field, kind: type) -> str:
+    """What `train --help` adds to an option's own words, e.g. " (default: 0.2; range 0.05 to 0.5)"."""
+    meta, shown = f.metadata, []
+    if f.default is not None:
+        shown.append(f"default: {f.default}")
+    elif "default" not in meta["help"]:  # lr and image size say themselves what an empty value means
+        shown.append("default: none")
+    if meta["lo"] is not None:
+        fmt = "{:,}" if kind is int else "{:g}"
+        shown.append(f"range {fmt.format(meta['lo'])} to {fmt.format(meta['hi'])}")
+    return f" ({'; '.join(shown)})" if shown else ""
 
 
 def _parser() -> argparse.ArgumentParser:

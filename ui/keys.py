@@ -161,11 +161,18 @@ def apply_suggestion(state: MutableMapping, setting: dict, config: TrainConfig) 
         if name == "strategy":
             set_preset(state, value)
         elif name == "lr_factor":
-            state[cfg("lr")] = float(f"{resolved_lr(config) * value:.3g}")
+            state[cfg("lr")] = _within("lr", float(f"{resolved_lr(config) * value:.3g}"))
         elif name == "epochs_factor":
-            state[cfg("epochs")] = max(1, round(config.epochs * value))
+            state[cfg("epochs")] = _within("epochs", round(config.epochs * value))
         elif cfg(name) in state:
             state[cfg(name)] = value
+
+
+def _within(name: str, value: float) -> float:
+    """``value`` moved into the option's range: a widget given a value outside it silently shows its minimum
+    instead (a learning rate of 8 doubled became 1e-07)."""
+    meta = next(f.metadata for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return type(value)(min(max(value, meta["lo"]), meta["hi"]))
 
 
 def describe_setting(setting: dict) -> str:
