@@ -129,8 +129,8 @@ def open_image(source: bytes | str | Path | Image.Image, name: str | None = None
     try:
         with Image.open(file) as image:
             w, h = image.size
-            if w * h > decoding.MAX_PIXELS:
-                raise decoding.TooManyPixels(f"{w} x {h} pixels is more than the limit of {decoding.MAX_PIXELS:,} "
+            if w * h > (limit := decoding.max_pixels()):
+                raise decoding.TooManyPixels(f"{w} x {h} pixels is more than the limit of {limit:,} "
                                              "(setting FTLAB_MAX_PIXELS)")
             image.load()
             return decoding._to_rgb(ImageOps.exif_transpose(image))
