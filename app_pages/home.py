@@ -5,7 +5,7 @@ import streamlit as st
 
 from ftlab import explore
 from ftlab.engine import pick_device
-from ui import resources
+from ui import parts, resources
 
 st.title("ftlab — the Fine-Tuning Lab")
 st.markdown(
@@ -44,4 +44,4 @@ for job in running:
     c = job.config
     step = snap.last_step
     progress = f"epoch {step.epoch}/{c.epochs}, batch {step.step}/{step.steps}" if step else snap.message
-    st.markdown(f"`{job.run_id}` · {explore.run_label(c)} — {progress}")
+    st.markdown(f"`{job.run_id}` · {parts.plain(explore.run_label(c))} — {progress}")

@@ -60,7 +60,8 @@ def others_running(job: Job | None) -> None:
     for other in resources.registry().running():
         if job is None or other.run_id != job.run_id:
             cols = st.columns([4, 1])
-            cols[0].info(f"Run `{other.run_id}` ({explore.run_label(other.config)}) is training in another session.")
+            cols[0].info(f"Run `{other.run_id}` ({parts.plain(explore.run_label(other.config))}) is training in "
+                         "another session.")
             cols[1].button("Watch it", key=K.WATCH.format(other.run_id), on_click=watch, args=(other.run_id,))
 
 
@@ -197,7 +198,7 @@ if job is None and (asked := st.query_params.get("run")):  # an address kept fro
         st.info("The address names a run that is not kept here (it may have been deleted). Start a new one above.")
     else:
         why = f": {kept.message}" if kept.message else ""
-        st.info(f"Run `{kept.id}` ({explore.record_label(kept, with_id=False)}) is not training here: it "
+        st.info(f"Run `{kept.id}` ({parts.plain(explore.record_label(kept, with_id=False))}) is not training here: it "
                 f"{kept.status}{why}. It is on the Runs page.")
 if job is None:
     st.caption("No run in this session yet: set the options and press Start training.")
@@ -222,4 +223,4 @@ else:
     snap = job.snapshot()
     live(job, running, len(snap.epochs))
     figures(job, snap)
-    st.caption(f"Run `{job.run_id}` · {explore.run_label(job.config)}")
+    st.caption(f"Run `{job.run_id}` · {parts.plain(explore.run_label(job.config))}")

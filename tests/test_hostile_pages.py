@@ -429,3 +429,14 @@ def test_the_runs_table_shows_a_dash_for_a_figure_that_is_not_a_number():
     shown = _displayed(at)
     for column in ("test accuracy", "best val accuracy", "train seconds", "trainable params"):
         assert list(shown[column]) == ["–"], column
+
+
+def test_a_run_name_is_shown_as_typed_never_as_markdown():
+    """Every session of a server sees the others' runs: a name must not become a link or emphasis."""
+    at = goto(app(), "app_pages/train.py")
+    at.text_input(key="cfg.name").input("[log in again](http://evil.example) **now**")
+    at.number_input(key="cfg.image_size").set_value(16)  # Start refuses: the name is still the session's
+    at.button(key="train.start").click().run()
+    summary = at.sidebar.caption[0].value
+    assert r"\[log in again\](http\://evil.example) \*\*now\*\*" in summary
+    assert "[log in again](" not in summary

@@ -1,6 +1,7 @@
 """Small pieces of page that more than one page draws."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -31,6 +32,17 @@ def _move_aside() -> None:
         st.session_state[keys.STORE_FLASH] = ("error", str(err))
 
 
+# enough to stop links, emphasis, code, HTML, maths, and Streamlit's :colour[...] and :emoji: directives;
+# a bare URL may still autolink, but then the text of the link is the URL itself
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|~:$])")
+
+
+def plain(text: str) -> str:
+    """User-typed text (a run's name, a folder path) for markdown: shown as typed, never as a link,
+    emphasis, colour or emoji directive (a run's name is seen by every session of the server)."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
+
+
 def problems(title: str, items: Sequence[str]) -> None:
     st.error(title + "\n" + "\n".join(f"- {p}" for p in items))
 
@@ -58,7 +70,7 @@ def config_summary(config: TrainConfig) -> str:
     strategy = config.strategy if config.frozen_blocks is None else f"custom ({len(config.frozen_blocks)} frozen)"
     extra = f", long tail ×{config.imbalance_ratio:g}" if config.imbalance_ratio > 1 else ""
     weights = (f"{config.weights} weights" if config.weights in ("imagenet", "random")
-               else f"weights from {explore.display_name(config.weights) or 'a file not named yet'}")
-    name = f"**Run** {config.name} · " if config.name.strip() else ""
-    return (f"{name}**Data** {explore.display_name(config.dataset)}{extra} · **backbone** {config.backbone} "
+               else f"weights from {plain(explore.display_name(config.weights)) or 'a file not named yet'}")
+    name = f"**Run** {plain(config.name.strip())} · " if config.name.strip() else ""
+    return (f"{name}**Data** {plain(explore.display_name(config.dataset))}{extra} · **backbone** {config.backbone} "
             f"({weights}) · **freezing** {strategy}")
