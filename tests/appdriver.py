@@ -35,15 +35,19 @@ def healthy(url: str) -> bool:
         return False
 
 
-def serve(env: dict, log, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+def serve(env: dict, log, timeout: float = 60, hold: Path | None = None) -> tuple[subprocess.Popen, str]:
     """`streamlit run app.py` on 127.0.0.1 with ``env``, its output to ``log``; returns once it answers.
-    Raises RuntimeError (the server stopped again) when it does not come up within ``timeout`` seconds."""
+    Raises RuntimeError (the server stopped again) when it does not come up within ``timeout`` seconds.
+    With ``hold``, the server's training runs wait after their first step until that file exists."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
-         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    argv = ["run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless",
+            "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    command = [sys.executable, "-m", "streamlit", *argv]
+    if hold is not None:
+        here = str(Path(__file__).resolve().parent)
+        command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); import training_gate; "
+                   f"training_gate.serve_held({str(hold)!r}, {argv!r})"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
     while not healthy(url):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -28,13 +28,19 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(chromium, tmp_path_factory):  # no browser, no server
+def gate(tmp_path_factory) -> Path:
+    """The server's training runs wait after their first step until this file exists."""
+    return tmp_path_factory.mktemp("gate") / "open"
+
+
+@pytest.fixture(scope="module")
+def server(chromium, gate, tmp_path_factory):  # no browser, no server
     """`streamlit run app.py` on 127.0.0.1, offline, with its runs and data in a temporary folder."""
     tmp = tmp_path_factory.mktemp("browser")
     env = {**os.environ, "FTLAB_HOME": str(tmp / "home"), "FTLAB_DATA": str(tmp / "data"), "FTLAB_OFFLINE": "1"}
     log = (tmp / "streamlit.log").open("w")
     try:
-        proc, url = serve(env, log)
+        proc, url = serve(env, log, hold=gate)
     except RuntimeError as err:
         log.close()
         pytest.fail(f"{err}:\n{(tmp / 'streamlit.log').read_text()[-3000:]}")
@@ -103,7 +109,7 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
-def test_main_path_in_a_browser(server, page):
+def test_main_path_in_a_browser(server, gate, page):
     t0 = time.monotonic()
 
     def lap(what: str) -> None:
@@ -146,9 +152,8 @@ def test_main_path_in_a_browser(server, page):
     lap(f"Train page: run {run_id} started")
     expect(keyed(page, "train.stop")).to_be_visible()
 
-    # A refresh while it runs: a new browser session, which finds the run still going. Done before the first
-    # epoch ends (the backbone's features of every image are being computed), the one window whose length does
-    # not depend on how fast the machine runs the epochs on cached features.
+    # A refresh while it runs: a new browser session, which finds the run still going. The server holds the
+    # run after its first step until the gate opens (tests/training_gate.py), so on any machine it is.
     page.reload()
     expect(shown(page.get_by_text(RUN_ID))).to_contain_text(run_id)
     expect(keyed(page, "train.stop")).to_be_visible()
@@ -158,6 +163,7 @@ def test_main_path_in_a_browser(server, page):
     still = shown(page.get_by_test_id("stAlert")).filter(has_text=going)
     expect(still).to_be_visible()
     lap(f"refreshed: the run is still going ({still.inner_text()[:60]}…)")
+    gate.touch()
 
     # the refreshed page follows the run live: curves and confusion matrix from its first epoch on
     curves = "d.length === 2 && d.every(t => t.x.length >= 1)"  # train and val

@@ -49,5 +49,9 @@ def test_ended_jobs_are_pruned_beyond_the_limit(registry, store):
     jobs = [registry.start(bad, store) for _ in range(3)]
     for job in jobs:
         assert job.join(timeout=60) and job.snapshot().status == "failed"
-    registry.start(bad, store).join(timeout=60)
+    last = registry.start(bad, store)
+    last.join(timeout=60)
+    # the newest ended job is kept, the oldest are dropped ("<= 1" alone held for a registry that kept none)
+    assert registry.get(last.run_id) is last
+    assert registry.get(jobs[0].run_id) is None and registry.get(jobs[1].run_id) is None
     assert sum(registry.get(j.run_id) is not None for j in jobs) <= 1
