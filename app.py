@@ -37,12 +37,12 @@ def sidebar(slot) -> None:
 
 summary = st.sidebar.empty()
 sidebar(summary)  # as the session stands, for a page that stops early (st.stop ends the script run)
-if problems := paths.setting_problems():  # the environment is read at start: fixing it means a restart
-    parts.problems("ftlab cannot use these environment settings; change them and restart the app:", problems)
-    st.stop()
 if flash := st.session_state.pop(keys.STORE_FLASH, None):
     getattr(st, flash[0])(flash[1])
 try:
+    if problems := paths.setting_problems():  # the environment is read at start: fixing it means a restart
+        parts.problems("ftlab cannot use these environment settings; change them and restart the app:", problems)
+        st.stop()
     page.run()
 except StoreError as err:  # FTLAB_HOME or the run store under it, on any page: a sentence, never a traceback
     parts.store_error(err)

@@ -208,7 +208,7 @@ def _check_dataset(dataset: str) -> list[str]:
 
     names = [d.name for d in data.list_datasets()]
     if not dataset.strip():
-        return [f"no data set given: choose one of {some(names)}, or give the path of a folder or .zip in "
+        return [f"no data set given (the name is empty): choose one of {some(names)}, or give the path of a folder or .zip in "
                 "class-subfolder layout."]
     if dataset.lower() not in names and not _path_is(dataset, Path.exists):
         return [f"unknown data set {dataset!r}: choose one of {some(names)}, or give the path of a folder or .zip "

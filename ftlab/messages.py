@@ -2,6 +2,7 @@
 2,000 classes stays a sentence (it was 26 KB)."""
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 
 
@@ -23,13 +24,22 @@ def some(items: Iterable[object], shown: int = 10) -> str:
 
 
 def printable(text: str) -> str:
-    r"""``text`` with bytes that are not UTF-8 written as escapes.
+    """``text`` as valid UTF-8 that any terminal or page can show: bytes of a file name that are not
+    UTF-8 become ``\\xff`` escapes, control characters (newlines, ESC) ``\\n``, ``\\x1b``.
 
-    >>> printable("caf\udce9"), printable("ok")
-    ('caf\\xe9', 'ok')
+    >>> printable("caf\\udcff"), printable("a\\nb"), printable("Bienen 🐝")
+    ('caf\\\\xff', 'a\\\\nb', 'Bienen 🐝')
     """
+    # On POSIX the bytes of a name that are not UTF-8 arrive as lone surrogates (surrogateescape)
     try:
-        raw = text.encode("utf-8", "surrogateescape")  # the bytes a file name had on disk
-    except UnicodeEncodeError:  # a lone surrogate that no decoding made
-        raw = text.encode("utf-8", "backslashreplace")
-    return raw.decode("utf-8", "backslashreplace")
+        decoded = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name makes: shown as its escape
+        decoded = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if decoded.isprintable():
+        return decoded
+    return "".join(c.encode("unicode_escape").decode("ascii") if _hidden(c) else c for c in decoded)
+
+
+def _hidden(c: str) -> bool:
+    """Control and format characters (newline, ESC, right-to-left override), the emoji joiner excepted."""
+    return unicodedata.category(c) in ("Cc", "Cf", "Cs") and c not in (" ", "\u200d")

@@ -111,6 +111,6 @@ def setting_problems() -> list[str]:
     for read in (data_dir, offline, max_pixels, zip_limits):
         try:
             read()
-        except (SettingError, StoreError) as err:  # an empty FTLAB_HOME is one too
+        except SettingError as err:
             problems.append(str(err))
     return problems

@@ -106,7 +106,7 @@ def test_a_given_val_whose_files_all_fail_is_a_message(tmp_path, store):
 
 
 def test_decode_names_lost_classes_briefly_among_many(tmp_path):
-    """Guard: few() keeps the message short when many classes lose their images."""
+    """Guard: messages.some() keeps the message short when many classes lose their images."""
     layout = {"ok": 3, **{f"c{k:04d}/{i}.png": b"x" for k in range(300) for i in range(2)}}
     ds = load_dataset(str(write_set(tmp_path / "set", layout)))
     with pytest.raises(DataError) as e:

@@ -672,5 +672,5 @@ def test_runs_delete_of_an_id_that_names_no_run_says_so_and_deletes_nothing(caps
     store = RunStore()
     store.create("20260101-000000-aaaaaa", TrainConfig(**FAST).to_dict())
     assert cli.main(["runs", "--delete", bad_id]) == 1
-    assert "no run" in capsys.readouterr().err
+    assert "is not a run id" in capsys.readouterr().err  # none has the form the store gives its runs
     assert [r.id for r in store.list()] == ["20260101-000000-aaaaaa"]

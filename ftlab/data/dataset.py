@@ -1,46 +1,12 @@
 """What a loaded data set is: class names, labels, given splits, and where the pixels come from."""
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
 
+
 SPLIT_NAMES = ("train", "val", "test")
-NAMED = 5  # how many names a message lists before it gives only the count
-
-
-def printable(text: str) -> str:
-    """``text`` as valid UTF-8 that any terminal or page can show: bytes of a file name that are not
-    UTF-8 become ``\\xff`` escapes, control characters (newlines, ESC) ``\\n``, ``\\x1b``.
-
-    >>> printable("caf\\udcff"), printable("a\\nb"), printable("Bienen 🐝")
-    ('caf\\\\xff', 'a\\\\nb', 'Bienen 🐝')
-    """
-    # On POSIX the bytes of a name that are not UTF-8 arrive as lone surrogates (surrogateescape)
-    try:
-        decoded = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate no file name makes: shown as its escape
-        decoded = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if decoded.isprintable():
-        return decoded
-    return "".join(c.encode("unicode_escape").decode("ascii") if _hidden(c) else c for c in decoded)
-
-
-def _hidden(c: str) -> bool:
-    """Control and format characters (newline, ESC, right-to-left override), the emoji joiner excepted."""
-    return unicodedata.category(c) in ("Cc", "Cf", "Cs") and c not in (" ", "\u200d")
-
-
-def few(names: list[str] | tuple[str, ...], n: int = NAMED) -> str:
-    """The first ``n`` of ``names`` and how many more, for a message that stays short.
-
-    >>> few(["a", "b"]), few([str(i) for i in range(9)], 3)
-    ('a, b', '0, 1, 2 and 6 more')
-    """
-    names = list(names)
-    shown = ", ".join(names[:n])
-    return shown if len(names) <= n else f"{shown} and {len(names) - n:,} more"
 
 
 class DataError(ValueError):

@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ftlab import paths
-from ftlab.data.dataset import DataError, Dataset, few, printable
+from ftlab.messages import printable, some
+from ftlab.data.dataset import DataError, Dataset
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +92,7 @@ def check_decoded(ds: Dataset, indices: np.ndarray, kept: np.ndarray, skipped: l
                         "Replace these files with JPEG, PNG, BMP, GIF, TIFF or WebP images.")
     lost = sorted(set(ds.labels[indices].tolist()) - set(ds.labels[kept].tolist()))
     if lost:
-        names = few([repr(ds.classes[k]) for k in lost])
+        names = some([repr(ds.classes[k]) for k in lost])
         raise DataError(f"The {split} split has no readable image left of {len(lost):,} class(es): {names}; "
                         f"{examples}. Replace these files, or remove the class folders.")
 

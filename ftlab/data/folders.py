@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ftlab import paths
-from ftlab.data.dataset import DataError, Dataset, few, make_dataset, printable
+from ftlab.messages import printable, some
+from ftlab.data.dataset import DataError, Dataset, make_dataset
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # Folder names read as given splits (lower-cased), and the split each one means.
@@ -99,13 +100,13 @@ def _scan(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
         beside = [repr(printable(d.name)) for d in _subdirs(root) if d not in split_dirs]
         if beside:
             notes.append(f"{len(beside):,} folder(s) beside {', '.join(d.name + '/' for d in split_dirs)} "
-                         f"are not read: {few(beside)}. Move them into a split folder to use them.")
+                         f"are not read: {some(beside)}. Move them into a split folder to use them.")
         class_dirs = [(SPLIT_FOLDERS[s.name.lower()], d) for s in split_dirs for d in _subdirs(s)]
         loose = [(root, _loose_images(root))] + [(s, _loose_images(s)) for s in split_dirs]
     for folder, files in loose:
         if files:
             notes.append(f"{len(files):,} image file(s) directly in {printable(str(folder))} are in no class "
-                         f"folder and are not read: {few(files)}.")
+                         f"folder and are not read: {some(files)}.")
     items, names = [], {}
     for split, d in class_dirs:
         files = _image_files(d)
@@ -119,7 +120,7 @@ def _scan(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
             empty.append(repr(printable(f"{d.parent.name}/{d.name}" if split else d.name)))
         items.extend((f, name, split) for f in files)
     if empty:
-        notes.append(f"{len(empty):,} folder(s) hold no image files and are not classes: {few(empty)}.")
+        notes.append(f"{len(empty):,} folder(s) hold no image files and are not classes: {some(empty)}.")
     return items, notes
 
 
@@ -131,7 +132,7 @@ def check_classes(classes: tuple[str, ...], labels: np.ndarray, where: str) -> N
     counts = np.bincount(labels, minlength=len(classes))
     small = [f"{c!r} ({n})" for c, n in zip(classes, counts) if n < 2]
     if small:
-        raise DataError(f"{where}: each class needs at least 2 images; too few in {few(small)}. "
+        raise DataError(f"{where}: each class needs at least 2 images; too few in {some(small)}. "
                         "Add images to these classes or remove their folders.")
 
 
@@ -284,7 +285,7 @@ def _check_members(archive: str, members: list[zipfile.ZipInfo]) -> None:
     both = sorted("/".join(p) for p in files & folders)
     if both:
         raise DataError(f"{archive}: refused, it holds a file and a folder of the same name: "
-                        f"{few([repr(printable(b)) for b in both])}. {RECREATE}")
+                        f"{some([repr(printable(b)) for b in both])}. {RECREATE}")
 
 
 def extract_zip(archive: Path, dest: Path) -> None:

@@ -9,7 +9,8 @@ from typing import Callable
 import numpy as np
 
 from ftlab import paths
-from ftlab.data.dataset import DataError, Dataset, DatasetInfo, few, make_dataset, printable
+from ftlab.messages import printable, some
+from ftlab.data.dataset import DataError, Dataset, DatasetInfo, make_dataset
 from ftlab.data.downloads import load_hymenoptera, load_torchvision
 from ftlab.data.folders import LAYOUT_HELP, load_folder, load_zip
 from ftlab.data.shapes import ShapesOptions, make_shapes
@@ -100,5 +101,5 @@ def load_dataset(name_or_path: str, *, data_dir: Path | None = None, shapes: Sha
     if exists:  # a named pipe, socket or device: never opened, it could block for ever
         raise DataError(f"{shown} is neither a folder nor a regular file. Give a folder or a .zip. {LAYOUT_HELP}")
     raise DataError(f"Unknown data set {shown[:200]!r}: not a registered name and no such file or folder. "
-                    f"Choose one of {few(list(_REGISTRY))}, or give the path of a folder or .zip in "
+                    f"Choose one of {some(list(_REGISTRY))}, or give the path of a folder or .zip in "
                     "class-subfolder layout.")

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftlab import diversity
-from ftlab.data.dataset import DataError, Dataset, few
+from ftlab.messages import some
+from ftlab.data.dataset import DataError, Dataset
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,7 +48,7 @@ def make_split(ds: Dataset, *, val_fraction: float = 0.2, test_fraction: float =
         raise DataError(f"{ds.name}: no training images (only val/test given). Add a train/ folder.")
     untrained = sorted(set(ds.labels[np.concatenate([val, test])].tolist()) - set(ds.labels[pool].tolist()))
     if untrained:
-        names = few([repr(ds.classes[k]) for k in untrained])
+        names = some([repr(ds.classes[k]) for k in untrained])
         raise DataError(f"{ds.name}: {len(untrained):,} class(es) have val/test images but no training images: "
                         f"{names}. Add them to train/, or remove them from val/ and test/.")
     return Split(np.sort(pool), np.sort(val), np.sort(test), seed)
