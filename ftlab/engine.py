@@ -555,7 +555,12 @@ class _Trainer:
             split = getattr(self.data, name)
             if split is None:
                 continue
-            ev = self.best_val if name == "val" else self._evaluate_split(name)
+            try:
+                ev = self.best_val if name == "val" else self._evaluate_split(name)
+            except StopRequested as where:  # a Stop, now or during training: the checkpoint is kept, unevaluated
+                self.stopped_at = self.stopped_at or where
+                self._say(f"stopped: the best checkpoint was not evaluated on the {name} split")
+                break
             final[name] = {"accuracy": ev.accuracy, "loss": ev.loss, "indices": split.indices.tolist(),
                            "losses": ev.losses.tolist(), "predictions": ev.predictions.tolist(),
                            **metrics.classification_figures(split.labels.numpy(), ev.predictions, len(self.classes))}
@@ -582,6 +587,9 @@ class _Trainer:
             final = self._final_evaluation()
         except Exception as err:
             return self._fail(err)
+        if self.stop.is_set() and reason in ("completed", "early_stopping"):  # Stop during the final evaluation
+            reason, message = "user", "stopped during the final evaluation; the best checkpoint is kept"
+            self.summary["stopped_reason"] = reason
         status = "finished" if reason in ("completed", "early_stopping") else "stopped"
         try:
             self.store.finish(self.run_id, status, self.summary, final, message)

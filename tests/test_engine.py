@@ -289,6 +289,33 @@ def test_stop_during_evaluation(store, monkeypatch):
     assert store.get(job.run_id).status == "stopped"
 
 
+@pytest.mark.parametrize("when", ["after the first epoch", "during the final evaluation"])
+def test_a_stop_is_a_stopped_run_never_a_failed_one(store, monkeypatch, when):
+    """Guard: the final evaluation caches the test split's frozen features, and that caching honours
+    the stop flag. A Stop after an epoch (flag still set) or during the final evaluation raised
+    there, inside the run's last step, and the run was recorded as failed with a StopRequested."""
+    stop = threading.Event()
+    if when == "during the final evaluation":
+        real = engine._Trainer._final_evaluation
+
+        def stop_then_evaluate(self):
+            stop.set()
+            return real(self)
+
+        monkeypatch.setattr(engine._Trainer, "_final_evaluation", stop_then_evaluate)
+
+    def emit(event):
+        if when == "after the first epoch" and isinstance(event, events.EpochEnded):
+            stop.set()
+
+    config = TrainConfig(**{**FAST, "strategy": "linear-probe", "epochs": 3, "test_fraction": 0.2})
+    summary = engine.run(config, store=store, emit=emit, stop=stop)
+    record = store.get(summary["run_id"])
+    assert (summary["stopped_reason"], record.status) == ("user", "stopped"), record.message
+    assert summary["epochs_run"] >= 1 and store.checkpoint_path(summary["run_id"]).is_file()
+    assert summary["test_accuracy"] is None  # not evaluated, and not claimed
+
+
 def test_a_batch_larger_than_the_training_set_is_explained_not_fatal(store, tmp_path):
     from PIL import Image
     for k, name in enumerate(["ants", "bees"]):
