@@ -14,6 +14,7 @@ import threading
 
 from ftlab import config as cfg
 from ftlab import events, explore
+from ftlab.messages import printable
 
 EXIT_BAD_INPUT = 2
 # the TrainConfig fields that decide a data set's split, and so its figures
@@ -67,7 +68,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 def _default_and_range(f: dataclasses.Field, kind: type) -> str:
     """What `train --help` adds to an option's own words, e.g. " (default: 0.2; range 0.05 to 0.5)"."""
     meta, shown = f.metadata, []
-    if f.default is not None:
+    if f.default not in (None, ""):
         shown.append(f"default: {f.default}")
     elif "default" not in meta["help"]:  # lr and image size say themselves what an empty value means
         shown.append("default: none")
@@ -187,7 +188,7 @@ def _print_summary(s: dict) -> None:
     test = "none" if s.get("test_accuracy") is None else f"{s['test_accuracy']:.3f}"
     best = "none" if s.get("best_val_accuracy") is None else f"{s['best_val_accuracy']:.3f}"
     caching = f" (and {explore.format_duration(s['cache_seconds'])} caching)" if s.get("cache_seconds") else ""
-    print(f"run {s['run_id']}: {s['stopped_reason']} after {s['epochs_run']} epochs; best val accuracy {best}, "
+    print(f"run {s['run_id']}: {s['stopped_reason']} after {s['epochs_run']} epoch{'' if s['epochs_run'] == 1 else 's'}; best val accuracy {best}, "
           f"test accuracy {test}; {explore.format_duration(s['train_seconds'])} training{caching}, "
           f"{s['images_per_second']:.0f} img/s")
 
@@ -250,7 +251,7 @@ def _runs(args: argparse.Namespace) -> int:
         best = r.summary.get("best_val_accuracy")
         line = (f"{r.id}  {r.status:<11} val {format(best, '.3f') if isinstance(best, (int, float)) else '-    '}  "
                 f"{explore.record_label(r, with_id=False)}")
-        print(line.encode("utf-8", "backslashreplace").decode("utf-8"))  # a non-UTF-8 path prints as escapes
+        print(printable(line))  # a non-UTF-8 path prints as escapes
     if not runs:
         print("no runs yet: `python -m ftlab train` makes one")
     return 0
@@ -309,5 +310,5 @@ def _predict(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(prediction)))
     else:
         for label, p in prediction.top:
-            print(f"{p:7.3f}  {label}".encode("utf-8", "backslashreplace").decode("utf-8"))  # a non-UTF-8 name
+            print(f"{p:7.3f}  {printable(label)}")  # a non-UTF-8 class name prints as escapes
     return 0

@@ -14,6 +14,7 @@ import numpy as np
 
 from ftlab import data, diversity
 from ftlab.config import TrainConfig
+from ftlab.messages import printable
 from ftlab.metrics import most_confused
 
 SPLITS = ("train", "val", "test")
@@ -71,8 +72,13 @@ def format_duration(seconds: float) -> str:
 
 
 def display_name(dataset: str) -> str:
-    """A registered name as it is; a folder or .zip path by its last part."""
-    return os.path.basename(dataset.rstrip("/\\")) or dataset
+    r"""A registered name as it is; a folder or .zip path by its last part, printable (a byte that
+    is not UTF-8 as ``\xff``).
+
+    >>> display_name("/data/bienen" + chr(0xDCFF) + "/"), display_name("digits")
+    ('bienen\\xff', 'digits')
+    """
+    return printable(os.path.basename(dataset.rstrip("/\\")) or dataset)
 
 
 def run_label(config: TrainConfig | dict) -> str:
@@ -85,11 +91,12 @@ def run_label(config: TrainConfig | dict) -> str:
     """
     c = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
     if str(c.get("name") or "").strip():
-        return str(c["name"]).strip()
+        return printable(str(c["name"]).strip())
     default = TrainConfig().to_dict()
     frozen = c.get("frozen_blocks")
     strategy = f"custom ({len(frozen)} frozen)" if isinstance(frozen, (list, tuple)) else str(c.get("strategy", "?"))
-    options = [f"{c.get('epochs', default['epochs'])} epochs"]
+    epochs = c.get("epochs", default["epochs"])
+    options = [f"{epochs} epoch{'' if epochs == 1 else 's'}"]
     for name in LABEL_OPTIONS:
         value = c.get(name, default[name])
         if value == default[name] or value is None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ftlab import paths, safeload
+from ftlab.messages import printable
 from ftlab.paths import StoreError  # noqa: F401  (raised here; callers import it from ftlab.runs)
 
 _SCHEMA = """
@@ -148,7 +149,7 @@ def _heartbeat() -> None:
 def _text(value: object) -> str:
     """``value`` as text SQLite can store: a file name's bytes that are not UTF-8 become escapes
     (the exact value stays in the JSON columns, which escape it themselves)."""
-    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return printable(str(value))
 
 
 def new_run_id() -> str:
