@@ -37,3 +37,20 @@ def isolated_home(tmp_path, monkeypatch):
     budget = cache.SHARED.budget
     yield
     cache.SHARED.budget = budget
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path):
+    """For tests that run the app: data under tmp_path (runs are under FTLAB_HOME above), and no
+    Streamlit cache or training job left for the next test."""
+    import streamlit as st
+
+    monkeypatch.setenv("FTLAB_DATA", str(tmp_path / "data"))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    from ui import resources
+
+    assert resources.registry().stop_all(timeout=60), "a training job did not stop"
+    st.cache_resource.clear()
+    st.cache_data.clear()

@@ -24,19 +24,8 @@ HANG = 600  # seconds: polls bound a hang only (two runs on a loaded 2-core mach
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    """Runs and data under tmp_path, no network, and no job or cache left for the next test."""
-    monkeypatch.setenv("FTLAB_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FTLAB_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("FTLAB_OFFLINE", "1")
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-    from ui import resources
-
-    assert resources.registry().stop_all(timeout=60), "a training job did not stop"
-    st.cache_resource.clear()
-    st.cache_data.clear()
+def _isolated(app_env):
+    """Every test here runs the app: conftest's app_env (its own data, no cache or job left over)."""
 
 
 @pytest.fixture

@@ -190,7 +190,7 @@ def test_main_path_in_a_browser(server, gate, page):
     nav(page, "Runs")
     expect(page).to_have_url(re.compile(r"/runs$"))
     expect(page.get_by_test_id("stDataFrame")).to_be_visible()
-    expect(keyed(page, "runs.selected").get_by_role("combobox")).to_have_value(re.compile("^" + run_id))
+    expect(keyed(page, "runs.selected").get_by_role("combobox")).to_have_value(re.compile(re.escape(run_id)))  # label — id
     expect(keyed(page, "runs.compare")).to_contain_text(run_id)  # overlaid on the compare charts
     expect(keyed(page, "runs.overlay_accuracy").locator(".js-plotly-plot")).to_be_visible()
     lap("Runs page lists the run")

@@ -332,22 +332,6 @@ APP = str(ROOT / "app.py")
 TIMEOUT = 60
 
 
-@pytest.fixture
-def app_env(monkeypatch, tmp_path):
-    """Data under tmp_path (runs are under conftest's FTLAB_HOME); no job or cache left for the next test."""
-    import streamlit as st
-
-    monkeypatch.setenv("FTLAB_DATA", str(tmp_path / "data"))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-    from ui import resources
-
-    assert resources.registry().stop_all(timeout=60), "a training job did not stop"
-    st.cache_resource.clear()
-    st.cache_data.clear()
-
-
 def app():
     from streamlit.testing.v1 import AppTest
 
