@@ -611,6 +611,7 @@ def test_the_runs_listing_prints_under_a_strict_utf8_stdout(home):
     done = subprocess.run([sys.executable, "-m", "ftlab", "runs"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "FTLAB_HOME": str(home)})
     assert done.returncode == 0 and rid in done.stdout and "Traceback" not in done.stderr, done.stderr
+    assert "caf\\xe9" in done.stdout  # the byte that is not UTF-8, as an escape
 
 
 def test_another_machines_run_is_deletable_once_its_heartbeat_stops(home):
@@ -654,4 +655,4 @@ def test_predict_prints_a_non_utf8_class_name_under_a_strict_utf8_stdout(home, t
     done = subprocess.run([sys.executable, "-m", "ftlab", "predict", "--run", rid, _image(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True,
                           env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "FTLAB_HOME": str(home)})
-    assert done.returncode == 0 and "caf\\udce9" in done.stdout, done.stderr
+    assert done.returncode == 0 and "caf\\xe9" in done.stdout, done.stderr

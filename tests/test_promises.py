@@ -560,9 +560,11 @@ def test_the_normalised_confusion_matrix_has_rows_that_sum_to_one(app_env):
     np.testing.assert_allclose(shares, counts / counts.sum(axis=1, keepdims=True), rtol=1e-9)
 
 
-def test_a_class_without_samples_is_a_row_of_zeros_when_normalised():
+def test_a_class_without_samples_is_a_row_of_zeros_when_normalised(monkeypatch):
     """The piece both pages draw, with a class that has no images in the split."""
     from streamlit.testing.v1 import AppTest
+
+    monkeypatch.syspath_prepend(str(ROOT))  # the function runs as a script of its own: `ui` is found from the root
 
     def page():
         from ui import parts
