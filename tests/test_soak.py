@@ -16,6 +16,16 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+# Memory is compared once every configuration of the loop (4 strategies x 3 seeds) has run: until
+# then the feature cache legitimately gains entries (12, within its budget), and how much of that
+# shows in the RSS depends on what earlier tests left free in the process (whole suite: 1.14 -> 1.39 GB
+# over the 20 runs once, 1.44 -> 1.52 GB another time, flat from run 10 on; alone: 1.15 -> 1.22 GB).
+# A leaked run (its decoded images, model, optimiser and features) adds its size again every run:
+# keeping 8 MB a run failed this check with 72 MB.
+WARM = 12
+LEAK_MB = 32
+
+
 @pytest.mark.slow
 def test_twenty_runs_started_stopped_and_finished_leave_a_consistent_store(tmp_path):
     """Guard: every end of a run (finish, stop in any phase) writes exactly one final status.
@@ -48,8 +58,9 @@ def test_twenty_runs_started_stopped_and_finished_leave_a_consistent_store(tmp_p
             assert store.load_checkpoint(job.run_id)["epoch"] == record.summary["best_epoch"]
         finished_ids.append(job.run_id)
         gc.collect()
-        if i == 0:
+        if i == WARM - 1:
             baseline = rss_bytes()
     import threading
-    assert rss_bytes() <= 1.2 * baseline, (rss_bytes(), baseline, [t.name for t in threading.enumerate()])
+    grown = (rss_bytes() - baseline) / 2**20
+    assert grown <= LEAK_MB, (f"{grown:.0f} MB more after the last {20 - WARM} runs", [t.name for t in threading.enumerate()])
     assert {r.id for r in store.list()} == set(finished_ids)
