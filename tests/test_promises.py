@@ -328,42 +328,8 @@ def test_ftlab_max_pixels_skips_and_counts_an_image_over_it_and_keeps_one_under(
 
 # --- the app ------------------------------------------------------------------------------
 
-APP = str(ROOT / "app.py")
-TIMEOUT = 60
-
-
-def app():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def goto(at, page: str):
-    at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def charts(at) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-
-
-def metrics(at) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
-
-
-def poll(at, done, timeout: float = 240):
-    """Rerun (fragments do not rerun by themselves in AppTest) until ``done(at)``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(1)
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        if done(at):
-            return at
-    raise AssertionError(f"timed out; progress {[p.proto.text for p in at.get('progress')]}")
+# the app's test helpers (test_app.py), not its autouse fixture: these tests ask for conftest's app_env
+from test_app import TIMEOUT, app, charts, goto, metrics, poll  # noqa: E402
 
 
 def config_of(at) -> TrainConfig:
@@ -536,7 +502,7 @@ def test_watch_opens_another_sessions_run_without_taking_it_over(app_env, monkey
     finally:
         gate.set()
     owner.button(key=K.STOP).click().run()
-    poll(owner, lambda a: not registry.is_running(run_id), timeout=120)
+    poll(owner, lambda a: not registry.is_running(run_id))
     poll(watcher, lambda a: a.warning or a.success)  # the watcher sees the end of the same run
     assert any(run_id in w.value for w in [*watcher.warning, *watcher.success])
 
