@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from appdriver import CHROMIUM, CHROMIUM_ARGS, ROOT, RUN_ID, choose, fill, key, keyed, nav, serve, shown, stop
+from conftest import under_ci
 from playwright.sync_api import expect, sync_playwright
 
 EPOCHS, IMAGE_SIZE = 10, 64  # a linear probe at 64 px: the curves have some shape, and digits reach about 0.9
@@ -56,7 +57,7 @@ def server(chromium, gate, tmp_path_factory):  # no browser, no server
 def chromium() -> Path:
     """Debian's Chromium; without it the test is skipped, but not under CI, where it must run."""
     if not CHROMIUM.exists():
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail(f"{CHROMIUM} is missing: CI must install Debian's chromium (see .ci/run)", pytrace=False)
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium chromium-driver)")
     return CHROMIUM
