@@ -396,8 +396,12 @@ class _Trainer:
                 self._say(f"epoch {epoch + 1}: training {', '.join(b for b in self.plan.blocks if b not in frozen)}")
             lr = self.optimizer.param_groups[-1]["lr"]
             try:
+                began = time.perf_counter()
                 inputs = self._inputs(epoch)
-                on_step = self._step_reporter(epoch, started, images_seen)  # its clocks start after caching
+                # preparing the inputs (the caching pass, looking features up) is not training: the clocks
+                # of progress and time left leave it out
+                started += time.perf_counter() - began
+                on_step = self._step_reporter(epoch, started, images_seen)
                 with _threads_for(self.model, inputs.start):
                     result = train_one_epoch(
                         self.model, inputs.train, d.train.labels,
@@ -518,7 +522,7 @@ class _Trainer:
         epoch_start = time.perf_counter()
 
         def on_step(step: int, loss: float, seen: int) -> None:
-            elapsed = time.perf_counter() - started - self.summary.get("cache_seconds", 0.0)
+            elapsed = time.perf_counter() - started
             rate = seen / max(time.perf_counter() - epoch_start, 1e-9)
             left = elapsed / (done_before + step) * (total_steps - done_before - step)
             self.emit(events.Step(self.run_id, epoch + 1, step, self.steps, loss, rate, left))
