@@ -329,14 +329,15 @@ def test_headers_that_overstate_the_packed_size_do_not_hide_a_bomb(tmp_path):
     with zipfile.ZipFile(archive) as zf:
         assert zf.getinfo("a/zeros.png").compress_size == 1 << 30
     with pytest.raises(DataError, match="zip bombs"):
-        folders._check_bomb("liar.zip", zipfile.ZipFile(archive).infolist(), archive.stat().st_size)
+        folders._check_bomb("liar.zip", zipfile.ZipFile(archive).infolist(), archive.stat().st_size,
+                            folders.zip_limits())
 
 
 def test_bytes_actually_written_are_counted_against_the_budget(tmp_path):
     """Guard: _write_members counts what it writes (the budget _check_bomb returns), not the headers."""
     archive = make_zip(tmp_path / "ok.zip", two_classes())
     with zipfile.ZipFile(archive) as zf, pytest.raises(DataError, match="more than it may"):
-        folders._write_members(zf, "ok.zip", zf.infolist(), tmp_path / "out", budget=10)
+        folders._write_members(zf, "ok.zip", zf.infolist(), tmp_path / "out", budget=10, max_mb=4096)
 
 
 # --- 7. partial files and folders ------------------------------------------------------------
@@ -576,8 +577,9 @@ def test_a_zip_limit_setting_that_is_not_a_number_is_named(tmp_path, monkeypatch
     """Guard: _limit refuses what is not a number >= 0. Before, 'abc' was silently the default and 'nan'
     turned the total-size guard off."""
     monkeypatch.setenv("FTLAB_ZIP_MAX_MB", value)
-    with pytest.raises(DataError, match="FTLAB_ZIP_MAX_MB"):
+    with pytest.raises(DataError, match="FTLAB_ZIP_MAX_MB") as caught:
         load_dataset(str(make_zip(tmp_path / "ok.zip", two_classes())), data_dir=tmp_path / "data")
+    assert "not a readable .zip" not in str(caught.value)  # the setting is at fault, not the archive
 
 
 def test_the_data_page_warns_of_folders_beside_train(tmp_path, monkeypatch):

@@ -295,17 +295,21 @@ def extract_zip(archive: Path, dest: Path) -> None:
     complete or does not exist, also when two sessions unpack the same upload at once.
     """
     name = printable(str(archive))
+    try:  # before the archive is opened: a setting it cannot use is not a damaged zip
+        limits = zip_limits()
+    except paths.SettingError as e:
+        raise DataError(str(e)) from e
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
             _check_members(name, members)
-            budget = _check_bomb(name, members, archive.stat().st_size)
+            budget = _check_bomb(name, members, archive.stat().st_size, limits)
             dest.parent.mkdir(parents=True, exist_ok=True)
             clean_partials(dest.parent)
             _check_space(name, members, dest.parent)
             tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=partial_prefix(dest.name)))
             try:
-                _write_members(zf, name, members, tmp, budget)
+                _write_members(zf, name, members, tmp, budget, limits["max_total_mb"])
                 try:
                     tmp.rename(dest)
                 except OSError:
@@ -323,9 +327,8 @@ def extract_zip(archive: Path, dest: Path) -> None:
                         "write to (setting FTLAB_DATA).") from e
 
 
-def _check_bomb(archive: str, members: list[zipfile.ZipInfo], packed: int) -> int:
+def _check_bomb(archive: str, members: list[zipfile.ZipInfo], packed: int, limits: dict[str, float]) -> int:
     """Refuse what the headers show to be too much; return how many bytes unpacking may write."""
-    limits = zip_limits()
     if len(members) > limits["max_members"]:
         raise DataError(f"{archive} has {len(members):,} files; the limit is {limits['max_members']:,.0f} "
                         "(setting FTLAB_ZIP_MAX_FILES). Upload a smaller selection.")
@@ -361,7 +364,7 @@ class _Unreadable(Exception):
 
 
 def _write_members(zf: zipfile.ZipFile, archive: str, members: list[zipfile.ZipInfo], root: Path,
-                   budget: int) -> None:
+                   budget: int, max_mb: float) -> None:
     """Write every member under ``root``, counting the bytes actually written against ``budget``
     (zipfile checks each member against its header, but the headers are what a crafted archive lies in)."""
     for m in members:
@@ -387,7 +390,7 @@ def _write_members(zf: zipfile.ZipFile, archive: str, members: list[zipfile.ZipI
             raise DataError(f"{archive}: refused, member {_shown(m)} cannot be unpacked: {why}. "
                             f"{RECREATE}") from e
         if budget < 0:
-            raise DataError(f"{archive}: refused, it unpacks to more than it may ({zip_limits()['max_total_mb']:,.0f} "
+            raise DataError(f"{archive}: refused, it unpacks to more than it may ({max_mb:,.0f} "
                             "MB, setting FTLAB_ZIP_MAX_MB, and FTLAB_ZIP_MAX_RATIO times its size): that is how "
                             "zip bombs look, not images.")
 
