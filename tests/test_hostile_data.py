@@ -582,6 +582,15 @@ def test_a_zip_limit_setting_that_is_not_a_number_is_named(tmp_path, monkeypatch
     assert "not a readable .zip" not in str(caught.value)  # the setting is at fault, not the archive
 
 
+def test_huge_zip_limits_unpack_as_no_limit(tmp_path, monkeypatch):
+    """Guard: _check_bomb's budget is a float. Before, FTLAB_ZIP_MAX_MB=1e308 with as large a ratio made it
+    infinite and int() raised OverflowError."""
+    for name in ("FTLAB_ZIP_MAX_MB", "FTLAB_ZIP_MAX_RATIO", "FTLAB_ZIP_MAX_FILES"):
+        monkeypatch.setenv(name, "1e308")
+    ds = load_dataset(str(make_zip(tmp_path / "ok.zip", two_classes())), data_dir=tmp_path / "data")
+    assert len(ds.classes) == 2
+
+
 def test_the_data_page_warns_of_folders_beside_train(tmp_path, monkeypatch):
     """Guard: the Data page draws Dataset.notes as warnings."""
     root = write_set(tmp_path / "set", {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1, "dogs": 3})

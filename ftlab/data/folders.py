@@ -327,7 +327,7 @@ def extract_zip(archive: Path, dest: Path) -> None:
                         "write to (setting FTLAB_DATA).") from e
 
 
-def _check_bomb(archive: str, members: list[zipfile.ZipInfo], packed: int, limits: dict[str, float]) -> int:
+def _check_bomb(archive: str, members: list[zipfile.ZipInfo], packed: int, limits: dict[str, float]) -> float:
     """Refuse what the headers show to be too much; return how many bytes unpacking may write."""
     if len(members) > limits["max_members"]:
         raise DataError(f"{archive} has {len(members):,} files; the limit is {limits['max_members']:,.0f} "
@@ -348,7 +348,7 @@ def _check_bomb(archive: str, members: list[zipfile.ZipInfo], packed: int, limit
     # members, or headers that lie about the packed sizes, do not get round it
     if total > RATIO_FLOOR and total > ratio * max(packed, 1):
         raise DataError(f"{archive}: refused, it unpacks {total / max(packed, 1):,.0f} {bomb}")
-    return int(min(max_total, max(RATIO_FLOOR, ratio * packed)))
+    return min(max_total, max(RATIO_FLOOR, ratio * packed))  # a float: huge limits make it inf, not an OverflowError
 
 
 def _check_space(archive: str, members: list[zipfile.ZipInfo], folder: Path) -> None:
@@ -364,7 +364,7 @@ class _Unreadable(Exception):
 
 
 def _write_members(zf: zipfile.ZipFile, archive: str, members: list[zipfile.ZipInfo], root: Path,
-                   budget: int, max_mb: float) -> None:
+                   budget: float, max_mb: float) -> None:
     """Write every member under ``root``, counting the bytes actually written against ``budget``
     (zipfile checks each member against its header, but the headers are what a crafted archive lies in)."""
     for m in members:
@@ -395,7 +395,7 @@ def _write_members(zf: zipfile.ZipFile, archive: str, members: list[zipfile.ZipI
                             "zip bombs look, not images.")
 
 
-def _write_member(zf: zipfile.ZipFile, m: zipfile.ZipInfo, target: Path, budget: int) -> int:
+def _write_member(zf: zipfile.ZipFile, m: zipfile.ZipInfo, target: Path, budget: float) -> float:
     """Copy one member to ``target``; return the budget left (negative: stopped, over it)."""
     try:
         src = zf.open(m)
