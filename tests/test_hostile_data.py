@@ -528,6 +528,15 @@ def test_an_odd_upload_name_is_kept_safely(tmp_path, name, kept):
     assert len(path.name.encode()) < 255
 
 
+def test_a_huge_upload_name_is_cut_at_once(tmp_path):
+    """Guard: _upload_name cuts the encoded name once. Before, it dropped one character per encode, so a
+    name of 500,000 characters took minutes."""
+    start = time.monotonic()
+    path = data.save_upload("é" * 500_000 + ".zip", b"PK" + bytes(20), tmp_path / "data")
+    assert time.monotonic() - start < 5
+    assert path.name == "é" * 90 + ".zip"
+
+
 # --- the app, as tests/test_app.py drives it -------------------------------------------------
 
 def _app(monkeypatch, tmp_path):

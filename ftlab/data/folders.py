@@ -420,8 +420,7 @@ def _upload_name(filename: str) -> str:
     hidden, and short enough for any file system."""
     name = printable(re.split(r"[\\/]", filename)[-1])  # its last part; NUL and newlines shown as escapes
     stem, suffix = name[:-4].lstrip(". "), name[-4:]  # the caller checked that it ends in .zip
-    while len(stem.encode()) > 180:
-        stem = stem[:-1]
+    stem = stem.encode()[:180].decode(errors="ignore")  # at most 180 bytes, never half a character
     return (stem or "upload") + suffix
 
 
