@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import importlib.util
-import math
 import os
 import re
 import shutil
