@@ -528,6 +528,14 @@ def test_an_odd_upload_name_is_kept_safely(tmp_path, name, kept):
     assert len(path.name.encode()) < 255
 
 
+@pytest.mark.parametrize("name", ["", ".", "..", "a/", "x.zip.png"])
+def test_an_upload_name_without_zip_is_refused_by_a_sentence(tmp_path, name):
+    """Guard: save_upload's suffix check; an empty name is said to be one (the message began with a space)."""
+    with pytest.raises(DataError, match=r"^\S.* is not a \.zip file"):
+        data.save_upload(name, b"PK" + bytes(20), tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_huge_upload_name_is_cut_at_once(tmp_path):
     """Guard: _upload_name cuts the encoded name once. Before, it dropped one character per encode, so a
     name of 500,000 characters took minutes."""

@@ -432,7 +432,7 @@ def save_upload(filename: str, content: bytes, data_dir: Path) -> Path:
     their own bytes, and an interrupted write never looks like an upload.
     """
     if not filename.lower().endswith(".zip"):
-        raise DataError(f"{printable(filename)} is not a .zip file. {LAYOUT_HELP}")
+        raise DataError(f"{printable(filename) or 'A file with no name'} is not a .zip file. {LAYOUT_HELP}")
     files = Path(data_dir) / "uploads" / "files"
     target = files / hashlib.sha256(content).hexdigest()[:16] / _upload_name(filename)
     if target.is_file():
