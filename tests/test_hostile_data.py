@@ -591,7 +591,7 @@ def test_a_data_folder_that_cannot_be_written_is_a_message(tmp_path):
 
 @pytest.mark.parametrize("value", ["abc", "nan", "-5"])
 def test_a_zip_limit_setting_that_is_not_a_number_is_named(tmp_path, monkeypatch, value):
-    """Guard: _limit refuses what is not a number >= 0. Before, 'abc' was silently the default and 'nan'
+    """Guard: paths.number, read by extract_zip before the archive is opened, refuses what is not a number > 0. Before, 'abc' was silently the default and 'nan'
     turned the total-size guard off."""
     monkeypatch.setenv("FTLAB_ZIP_MAX_MB", value)
     with pytest.raises(DataError, match="FTLAB_ZIP_MAX_MB") as caught:
