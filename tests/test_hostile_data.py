@@ -329,14 +329,15 @@ def test_headers_that_overstate_the_packed_size_do_not_hide_a_bomb(tmp_path):
     with zipfile.ZipFile(archive) as zf:
         assert zf.getinfo("a/zeros.png").compress_size == 1 << 30
     with pytest.raises(DataError, match="zip bombs"):
-        folders._check_bomb("liar.zip", zipfile.ZipFile(archive).infolist(), archive.stat().st_size)
+        folders._check_bomb("liar.zip", zipfile.ZipFile(archive).infolist(), archive.stat().st_size,
+                            folders.zip_limits())
 
 
 def test_bytes_actually_written_are_counted_against_the_budget(tmp_path):
     """Guard: _write_members counts what it writes (the budget _check_bomb returns), not the headers."""
     archive = make_zip(tmp_path / "ok.zip", two_classes())
     with zipfile.ZipFile(archive) as zf, pytest.raises(DataError, match="more than it may"):
-        folders._write_members(zf, "ok.zip", zf.infolist(), tmp_path / "out", budget=10)
+        folders._write_members(zf, "ok.zip", zf.infolist(), tmp_path / "out", budget=10, max_mb=4096)
 
 
 # --- 7. partial files and folders ------------------------------------------------------------
@@ -527,6 +528,23 @@ def test_an_odd_upload_name_is_kept_safely(tmp_path, name, kept):
     assert len(path.name.encode()) < 255
 
 
+@pytest.mark.parametrize("name", ["", ".", "..", "a/", "x.zip.png"])
+def test_an_upload_name_without_zip_is_refused_by_a_sentence(tmp_path, name):
+    """Guard: save_upload's suffix check; an empty name is said to be one (the message began with a space)."""
+    with pytest.raises(DataError, match=r"^\S.* is not a \.zip file"):
+        data.save_upload(name, b"PK" + bytes(20), tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_huge_upload_name_is_cut_at_once(tmp_path):
+    """Guard: _upload_name cuts the encoded name once. Before, it dropped one character per encode, so a
+    name of 500,000 characters took minutes."""
+    start = time.monotonic()
+    path = data.save_upload("é" * 500_000 + ".zip", b"PK" + bytes(20), tmp_path / "data")
+    assert time.monotonic() - start < 5
+    assert path.name == "é" * 90 + ".zip"
+
+
 # --- the app, as tests/test_app.py drives it -------------------------------------------------
 
 def _app(monkeypatch, tmp_path):
@@ -573,11 +591,21 @@ def test_a_data_folder_that_cannot_be_written_is_a_message(tmp_path):
 
 @pytest.mark.parametrize("value", ["abc", "nan", "-5"])
 def test_a_zip_limit_setting_that_is_not_a_number_is_named(tmp_path, monkeypatch, value):
-    """Guard: _limit refuses what is not a number >= 0. Before, 'abc' was silently the default and 'nan'
+    """Guard: paths.number, read by extract_zip before the archive is opened, refuses what is not a number > 0. Before, 'abc' was silently the default and 'nan'
     turned the total-size guard off."""
     monkeypatch.setenv("FTLAB_ZIP_MAX_MB", value)
-    with pytest.raises(DataError, match="FTLAB_ZIP_MAX_MB"):
+    with pytest.raises(DataError, match="FTLAB_ZIP_MAX_MB") as caught:
         load_dataset(str(make_zip(tmp_path / "ok.zip", two_classes())), data_dir=tmp_path / "data")
+    assert "not a readable .zip" not in str(caught.value)  # the setting is at fault, not the archive
+
+
+def test_huge_zip_limits_unpack_as_no_limit(tmp_path, monkeypatch):
+    """Guard: _check_bomb's budget is a float. Before, FTLAB_ZIP_MAX_MB=1e308 with as large a ratio made it
+    infinite and int() raised OverflowError."""
+    for name in ("FTLAB_ZIP_MAX_MB", "FTLAB_ZIP_MAX_RATIO", "FTLAB_ZIP_MAX_FILES"):
+        monkeypatch.setenv(name, "1e308")
+    ds = load_dataset(str(make_zip(tmp_path / "ok.zip", two_classes())), data_dir=tmp_path / "data")
+    assert len(ds.classes) == 2
 
 
 def test_the_data_page_warns_of_folders_beside_train(tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import importlib.util
-import math
 import os
 import re
 import shutil
@@ -295,17 +294,21 @@ def extract_zip(archive: Path, dest: Path) -> None:
     complete or does not exist, also when two sessions unpack the same upload at once.
     """
     name = printable(str(archive))
+    try:  # before the archive is opened: a setting it cannot use is not a damaged zip
+        limits = zip_limits()
+    except paths.SettingError as e:
+        raise DataError(str(e)) from e
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
             _check_members(name, members)
-            budget = _check_bomb(name, members, archive.stat().st_size)
+            budget = _check_bomb(name, members, archive.stat().st_size, limits)
             dest.parent.mkdir(parents=True, exist_ok=True)
             clean_partials(dest.parent)
             _check_space(name, members, dest.parent)
             tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=partial_prefix(dest.name)))
             try:
-                _write_members(zf, name, members, tmp, budget)
+                _write_members(zf, name, members, tmp, budget, limits["max_total_mb"])
                 try:
                     tmp.rename(dest)
                 except OSError:
@@ -323,9 +326,8 @@ def extract_zip(archive: Path, dest: Path) -> None:
                         "write to (setting FTLAB_DATA).") from e
 
 
-def _check_bomb(archive: str, members: list[zipfile.ZipInfo], packed: int) -> int:
+def _check_bomb(archive: str, members: list[zipfile.ZipInfo], packed: int, limits: dict[str, float]) -> float:
     """Refuse what the headers show to be too much; return how many bytes unpacking may write."""
-    limits = zip_limits()
     if len(members) > limits["max_members"]:
         raise DataError(f"{archive} has {len(members):,} files; the limit is {limits['max_members']:,.0f} "
                         "(setting FTLAB_ZIP_MAX_FILES). Upload a smaller selection.")
@@ -345,7 +347,7 @@ def _check_bomb(archive: str, members: list[zipfile.ZipInfo], packed: int) -> in
     # members, or headers that lie about the packed sizes, do not get round it
     if total > RATIO_FLOOR and total > ratio * max(packed, 1):
         raise DataError(f"{archive}: refused, it unpacks {total / max(packed, 1):,.0f} {bomb}")
-    return int(min(max_total, max(RATIO_FLOOR, ratio * packed)))
+    return min(max_total, max(RATIO_FLOOR, ratio * packed))  # a float: huge limits make it inf, not an OverflowError
 
 
 def _check_space(archive: str, members: list[zipfile.ZipInfo], folder: Path) -> None:
@@ -361,7 +363,7 @@ class _Unreadable(Exception):
 
 
 def _write_members(zf: zipfile.ZipFile, archive: str, members: list[zipfile.ZipInfo], root: Path,
-                   budget: int) -> None:
+                   budget: float, max_mb: float) -> None:
     """Write every member under ``root``, counting the bytes actually written against ``budget``
     (zipfile checks each member against its header, but the headers are what a crafted archive lies in)."""
     for m in members:
@@ -387,12 +389,12 @@ def _write_members(zf: zipfile.ZipFile, archive: str, members: list[zipfile.ZipI
             raise DataError(f"{archive}: refused, member {_shown(m)} cannot be unpacked: {why}. "
                             f"{RECREATE}") from e
         if budget < 0:
-            raise DataError(f"{archive}: refused, it unpacks to more than it may ({zip_limits()['max_total_mb']:,.0f} "
+            raise DataError(f"{archive}: refused, it unpacks to more than it may ({max_mb:,.0f} "
                             "MB, setting FTLAB_ZIP_MAX_MB, and FTLAB_ZIP_MAX_RATIO times its size): that is how "
                             "zip bombs look, not images.")
 
 
-def _write_member(zf: zipfile.ZipFile, m: zipfile.ZipInfo, target: Path, budget: int) -> int:
+def _write_member(zf: zipfile.ZipFile, m: zipfile.ZipInfo, target: Path, budget: float) -> float:
     """Copy one member to ``target``; return the budget left (negative: stopped, over it)."""
     try:
         src = zf.open(m)
@@ -417,8 +419,7 @@ def _upload_name(filename: str) -> str:
     hidden, and short enough for any file system."""
     name = printable(re.split(r"[\\/]", filename)[-1])  # its last part; NUL and newlines shown as escapes
     stem, suffix = name[:-4].lstrip(". "), name[-4:]  # the caller checked that it ends in .zip
-    while len(stem.encode()) > 180:
-        stem = stem[:-1]
+    stem = stem.encode()[:180].decode(errors="ignore")  # at most 180 bytes, never half a character
     return (stem or "upload") + suffix
 
 
@@ -431,7 +432,7 @@ def save_upload(filename: str, content: bytes, data_dir: Path) -> Path:
     their own bytes, and an interrupted write never looks like an upload.
     """
     if not filename.lower().endswith(".zip"):
-        raise DataError(f"{printable(filename)} is not a .zip file. {LAYOUT_HELP}")
+        raise DataError(f"{printable(filename) or 'A file with no name'} is not a .zip file. {LAYOUT_HELP}")
     files = Path(data_dir) / "uploads" / "files"
     target = files / hashlib.sha256(content).hexdigest()[:16] / _upload_name(filename)
     if target.is_file():
