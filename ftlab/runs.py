@@ -108,7 +108,8 @@ def _alive(owner: str, run_id: str | None = None, updated: object = None) -> boo
     """Whether the process named by ``owner`` (host:pid[:start]) is still training ``run_id``.
     Another machine's process cannot be asked: its run is alive while its heartbeat is recent."""
     host, pid, start = (owner.split(":") + ["", ""])[:3]
-    if host != socket.gethostname() or not pid.isdigit():
+    # a pid as ps writes it: not 0 (the caller's own group), not "²" or 20 digits (no int, no C pid_t)
+    if host != socket.gethostname() or not re.fullmatch(r"[1-9][0-9]{0,8}", pid):
         if host == "" or host == socket.gethostname():
             return False
         return not isinstance(updated, (int, float)) or time.time() - updated < STALE_S

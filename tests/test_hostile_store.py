@@ -320,6 +320,18 @@ def test_a_reused_pid_does_not_keep_a_run_undeletable(home):
     store.delete(rid)
 
 
+@pytest.mark.parametrize("pid", ["0", "99999999999999999999", "\u00b2", "-1", " 1", "1.0", ""])
+def test_an_odd_owner_pid_on_this_machine_is_not_alive(home, pid):
+    store = RunStore(home)
+    rid = new_run_id()
+    store.create(rid, CONFIG)
+    store.release(rid)
+    with _db(home) as con:  # pid 0 would ask this process's own group; the others are no pid at all
+        con.execute("UPDATE runs SET owner = ? WHERE id = ?", (f"{socket.gethostname()}:{pid}:1", rid))
+    assert store.mark_interrupted() == 1
+    store.delete(rid)
+
+
 def test_a_run_deleted_anyway_fails_with_a_sentence(home):
     store = RunStore(home)
     rid = new_run_id()
