@@ -381,9 +381,11 @@ class RunStore:
         check_run_id(run_id)
         rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
         if not rows:
-            raise KeyError(f"unknown run {run_id}: there is no such run in {self.home}; `python -m ftlab runs` "
-                           "lists them")
+            raise self._unknown(run_id)
         return self._record(rows[0])
+
+    def _unknown(self, run_id: str) -> KeyError:
+        return KeyError(f"unknown run {run_id}: there is no such run in {self.home}; `python -m ftlab runs` lists them")
 
     def exists(self, run_id: str) -> bool:
         try:
@@ -408,8 +410,7 @@ class RunStore:
         with self._tx(write=True) as con:
             row = con.execute("SELECT status, owner, updated FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
-                raise KeyError(f"unknown run {run_id}: there is no such run in {self.home}; `python -m ftlab runs` "
-                               "lists them")
+                raise self._unknown(run_id)
             if row["status"] == "running" and _alive(str(row["owner"] or ""), run_id, row["updated"]):
                 raise StoreError(f"run {run_id} is still training; stop it first (Stop on the Train page, or "
                                  "Ctrl-C where it runs), then delete it", "training")
