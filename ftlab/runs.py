@@ -161,7 +161,8 @@ def check_run_id(run_id: object) -> str:
     """``run_id`` if it has the form `new_run_id` makes; a KeyError saying so otherwise. A run is
     found by its id in the store, never by a path: no id names a folder outside the store."""
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-        shown = ascii(run_id)[:60] if isinstance(run_id, str) else type(run_id).__name__
+        shown = ascii(run_id) if isinstance(run_id, str) else type(run_id).__name__
+        shown = shown if len(shown) <= 60 else shown[:56] + "...'"  # a huge value, cut with its quote closed
         raise KeyError(f"{shown} is not a run id: run ids look like 20250101-120000-a1b2c3; "
                        "`python -m ftlab runs` lists them")
     return run_id

@@ -332,6 +332,13 @@ def test_an_odd_owner_pid_on_this_machine_is_not_alive(home, pid):
     store.delete(rid)
 
 
+def test_a_huge_run_id_is_named_short_and_quoted(home):
+    with pytest.raises(KeyError) as caught:
+        RunStore(home).get("x" * 100_000)
+    shown = str(caught.value.args[0]).split(" is not a run id")[0]
+    assert shown == "'" + "x" * 55 + "...'"
+
+
 def test_a_run_deleted_anyway_fails_with_a_sentence(home):
     store = RunStore(home)
     rid = new_run_id()
