@@ -407,7 +407,7 @@ class RunStore:
 
     def delete(self, run_id: str) -> None:
         """Delete a run's record, epochs and checkpoint; refused while it trains, in any process."""
-        check_run_id(run_id)
+        self.get(run_id)  # an unknown run is said before any write: a missing store is not made for it
         with self._tx(write=True) as con:
             row = con.execute("SELECT status, owner, updated FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:

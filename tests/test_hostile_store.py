@@ -341,6 +341,12 @@ def test_a_huge_run_id_is_named_short_and_quoted(home):
     assert shown == "'" + "x" * 55 + "...'"
 
 
+def test_deleting_an_unknown_run_makes_no_store(home):
+    with pytest.raises(KeyError, match="unknown run"):
+        RunStore(home).delete("20250101-120000-a1b2c3")
+    assert not (home / "runs.db").exists()
+
+
 def test_a_run_deleted_anyway_fails_with_a_sentence(home):
     store, rid = _training(home)
     with _db(home) as con:
