@@ -108,7 +108,8 @@ def _alive(owner: str, run_id: str | None = None, updated: object = None) -> boo
     """Whether the process named by ``owner`` (host:pid[:start]) is still training ``run_id``.
     Another machine's process cannot be asked: its run is alive while its heartbeat is recent."""
     host, pid, start = (owner.split(":") + ["", ""])[:3]
-    if host != socket.gethostname() or not pid.isdigit():
+    # a pid as ps writes it: not 0 (the caller's own group), not "²" or 20 digits (no int, no C pid_t)
+    if host != socket.gethostname() or not re.fullmatch(r"[1-9][0-9]{0,8}", pid):
         if host == "" or host == socket.gethostname():
             return False
         return not isinstance(updated, (int, float)) or time.time() - updated < STALE_S
@@ -160,7 +161,8 @@ def check_run_id(run_id: object) -> str:
     """``run_id`` if it has the form `new_run_id` makes; a KeyError saying so otherwise. A run is
     found by its id in the store, never by a path: no id names a folder outside the store."""
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-        shown = ascii(run_id)[:60] if isinstance(run_id, str) else type(run_id).__name__
+        shown = ascii(run_id) if isinstance(run_id, str) else type(run_id).__name__
+        shown = shown if len(shown) <= 60 else shown[:56] + "...'"  # a huge value, cut with its quote closed
         raise KeyError(f"{shown} is not a run id: run ids look like 20250101-120000-a1b2c3; "
                        "`python -m ftlab runs` lists them")
     return run_id
@@ -380,9 +382,11 @@ class RunStore:
         check_run_id(run_id)
         rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
         if not rows:
-            raise KeyError(f"unknown run {run_id}: there is no such run in {self.home}; `python -m ftlab runs` "
-                           "lists them")
+            raise self._unknown(run_id)
         return self._record(rows[0])
+
+    def _unknown(self, run_id: str) -> KeyError:
+        return KeyError(f"unknown run {run_id}: there is no such run in {self.home}; `python -m ftlab runs` lists them")
 
     def exists(self, run_id: str) -> bool:
         try:
@@ -403,12 +407,11 @@ class RunStore:
 
     def delete(self, run_id: str) -> None:
         """Delete a run's record, epochs and checkpoint; refused while it trains, in any process."""
-        check_run_id(run_id)
+        self.get(run_id)  # an unknown run is said before any write: a missing store is not made for it
         with self._tx(write=True) as con:
             row = con.execute("SELECT status, owner, updated FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
-                raise KeyError(f"unknown run {run_id}: there is no such run in {self.home}; `python -m ftlab runs` "
-                               "lists them")
+                raise self._unknown(run_id)
             if row["status"] == "running" and _alive(str(row["owner"] or ""), run_id, row["updated"]):
                 raise StoreError(f"run {run_id} is still training; stop it first (Stop on the Train page, or "
                                  "Ctrl-C where it runs), then delete it", "training")

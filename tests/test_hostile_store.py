@@ -52,6 +52,14 @@ def _image(tmp_path: Path) -> str:
     return str(path)
 
 
+def _training(home: Path) -> tuple[RunStore, str]:
+    """A store holding one run that this process is training."""
+    store = RunStore(home)
+    rid = new_run_id()
+    store.create(rid, CONFIG)
+    return store, rid
+
+
 @contextmanager
 def _db(home: Path):
     """The store's database opened by hand, committed and closed (an open connection keeps its -wal file)."""
@@ -302,9 +310,7 @@ def test_a_run_training_in_another_process_cannot_be_deleted(home, capsys):
 
 
 def test_a_run_of_this_process_is_deletable_once_its_trainer_ended(home):
-    store = RunStore(home)
-    rid = new_run_id()
-    store.create(rid, CONFIG)
+    store, rid = _training(home)
     with pytest.raises(StoreError, match="still training"):
         store.delete(rid)
     store.release(rid)  # the trainer ended without recording it (a crash): not undeletable forever
@@ -312,18 +318,37 @@ def test_a_run_of_this_process_is_deletable_once_its_trainer_ended(home):
 
 
 def test_a_reused_pid_does_not_keep_a_run_undeletable(home):
-    store = RunStore(home)
-    rid = new_run_id()
-    store.create(rid, CONFIG)
+    store, rid = _training(home)
     with _db(home) as con:  # pid 1 is alive, but it started long before this owner
         con.execute("UPDATE runs SET owner = ? WHERE id = ?", (f"{socket.gethostname()}:1:1", rid))
     store.delete(rid)
 
 
+@pytest.mark.parametrize("pid", ["0", "99999999999999999999", "\u00b2", "-1", " 1", "1.0", ""])
+def test_an_odd_owner_pid_on_this_machine_is_not_alive(home, pid):
+    store, rid = _training(home)
+    store.release(rid)
+    with _db(home) as con:  # pid 0 would ask this process's own group; the others are no pid at all
+        con.execute("UPDATE runs SET owner = ? WHERE id = ?", (f"{socket.gethostname()}:{pid}:1", rid))
+    assert store.mark_interrupted() == 1
+    store.delete(rid)
+
+
+def test_a_huge_run_id_is_named_short_and_quoted(home):
+    with pytest.raises(KeyError) as caught:
+        RunStore(home).get("x" * 100_000)
+    shown = str(caught.value.args[0]).split(" is not a run id")[0]
+    assert shown == "'" + "x" * 55 + "...'"
+
+
+def test_deleting_an_unknown_run_makes_no_store(home):
+    with pytest.raises(KeyError, match="unknown run"):
+        RunStore(home).delete("20250101-120000-a1b2c3")
+    assert not (home / "runs.db").exists()
+
+
 def test_a_run_deleted_anyway_fails_with_a_sentence(home):
-    store = RunStore(home)
-    rid = new_run_id()
-    store.create(rid, CONFIG)
+    store, rid = _training(home)
     with _db(home) as con:
         con.execute("DELETE FROM runs WHERE id = ?", (rid,))
     with pytest.raises(StoreError, match="deleted from the store"):
@@ -615,9 +640,7 @@ def test_the_runs_listing_prints_under_a_strict_utf8_stdout(home):
 
 
 def test_another_machines_run_is_deletable_once_its_heartbeat_stops(home):
-    store = RunStore(home)
-    rid = new_run_id()
-    store.create(rid, CONFIG)
+    store, rid = _training(home)
     with _db(home) as con:
         con.execute("UPDATE runs SET owner = 'another-machine:4242:1', updated = ? WHERE id = ?", (time.time(), rid))
     with pytest.raises(StoreError, match="still training"):
@@ -630,9 +653,7 @@ def test_another_machines_run_is_deletable_once_its_heartbeat_stops(home):
 
 
 def test_a_training_process_marks_its_runs_alive(home):
-    store = RunStore(home)
-    rid = new_run_id()
-    store.create(rid, CONFIG)
+    store, rid = _training(home)
     with _db(home) as con:
         con.execute("UPDATE runs SET updated = 0 WHERE id = ?", (rid,))
     runs.beat()
@@ -645,9 +666,7 @@ def test_a_training_process_marks_its_runs_alive(home):
 
 
 def test_predict_prints_a_non_utf8_class_name_under_a_strict_utf8_stdout(home, tmp_path):
-    store = RunStore(home)
-    rid = new_run_id()
-    store.create(rid, CONFIG)
+    store, rid = _training(home)
     checkpoint = _checkpoint()
     checkpoint["classes"] = ["caf\udce9", "b", "c"]  # a class folder whose name is not UTF-8
     store.save_checkpoint(rid, checkpoint)
