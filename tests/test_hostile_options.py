@@ -372,3 +372,9 @@ def test_a_folder_setting_the_os_cannot_look_up_is_named_not_a_traceback(capsys,
     assert cli.main(["runs" if name == "FTLAB_HOME" else "stats"]) in (1, 2)
     err = capsys.readouterr().err
     assert f"{name} (" in err and "cannot be used as a path" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, shown", [("a" * 81, repr("a" * 60) + "…"), ("a\nb", repr("a\nb"))])
+def test_a_refused_name_is_quoted_whole_or_cut_with_an_ellipsis(name, shown):
+    problems = validate(TrainConfig(**{**FAST, "name": name}))
+    assert any(p.startswith("name must be at most 80") and p.endswith(f"(got {shown}).") for p in problems)
