@@ -15,6 +15,7 @@ import threading
 from ftlab import config as cfg
 from ftlab import events, explore
 from ftlab.messages import printable
+from ftlab.paths import SettingError, StoreError
 
 EXIT_BAD_INPUT = 2
 # the TrainConfig fields that decide a data set's split, and so its figures
@@ -109,11 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ftlab.paths import StoreError
-
     args = _parser().parse_args(argv)
-    from ftlab.paths import SettingError
-
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
                 "stats": _stats, "predict": _predict}[args.command](args)

@@ -176,8 +176,8 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
                             "leave nothing to train on: together they must be less than 1.")
         problems += _check_dataset(config.dataset)
         if len(config.name) > MAX_NAME or not config.name.isprintable():
-            problems.append(f"name must be at most {MAX_NAME} printable characters on one line "
-                            f"(got {config.name!r:.60}).")
+            shown = repr(config.name[:60]) + ("…" if len(config.name) > 60 else "")
+            problems.append(f"name must be at most {MAX_NAME} printable characters on one line (got {shown}).")
         if only is None:
             problems += _check_names(config) + _check_device(config.device)
     return problems + paths.setting_problems()

@@ -37,7 +37,23 @@ def home() -> Path:
     if not value.strip():  # Path("") is the current folder: runs.db would land wherever ftlab starts
         raise StoreError("FTLAB_HOME is set but empty: set it to the folder for ftlab's runs (e.g. "
                          "FTLAB_HOME=$HOME/.ftlab), or unset it to use ./.ftlab", "home")
-    return Path(value).expanduser()
+    try:
+        return _looked_up(value)
+    except SettingError as err:
+        raise StoreError(f"FTLAB_HOME {err}: set it to the folder for ftlab's runs, or unset it to use ./.ftlab",
+                         "home") from None
+
+
+def _looked_up(value: str) -> Path:
+    """``value`` as a path the OS can look up; SettingError (saying why) for one it refuses outright
+    (a name too long, ``~nobody``), which would otherwise be a traceback wherever it is first used."""
+    try:
+        path = Path(value).expanduser()
+        path.exists()
+    except (OSError, RuntimeError) as err:
+        raise SettingError(f"({value[:60]!r}{'…' if len(value) > 60 else ''}) cannot be used as a path "
+                           f"({getattr(err, 'strerror', None) or err})") from None
+    return path
 
 
 def data_dir() -> Path:
@@ -45,7 +61,11 @@ def data_dir() -> Path:
     env = os.environ.get("FTLAB_DATA")
     if not env:
         return home() / "data"
-    path = Path(env).expanduser()
+    try:
+        path = _looked_up(env)
+    except SettingError as err:
+        raise SettingError(f"FTLAB_DATA {err}: it takes the folder for downloaded and unpacked data sets "
+                           "(default FTLAB_HOME/data). Set it to a folder or unset it.") from None
     if not env.strip() or (path.exists() and not path.is_dir()):
         what = "is not a folder" if env.strip() else "is blank"
         raise SettingError(f"FTLAB_DATA={env!r} {what}: it takes the folder for downloaded and unpacked data sets "

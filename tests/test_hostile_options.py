@@ -381,3 +381,19 @@ def test_the_app_names_a_setting_it_cannot_use_instead_of_raising(monkeypatch, t
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     assert not at.exception, at.exception
     assert any("FTLAB_ZIP_MAX_RATIO='lots'" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("name", ["FTLAB_HOME", "FTLAB_DATA"])
+@pytest.mark.parametrize("value", ["/tmp/" + "x" * 5000, "~nobody-ftlab-test/runs"])
+def test_a_folder_setting_the_os_cannot_look_up_is_named_not_a_traceback(capsys, tmp_path, monkeypatch, name, value):
+    monkeypatch.setenv("FTLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(name, value)
+    assert cli.main(["runs" if name == "FTLAB_HOME" else "stats"]) in (1, 2)
+    err = capsys.readouterr().err
+    assert f"{name} (" in err and "cannot be used as a path" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, shown", [("a" * 81, repr("a" * 60) + "…"), ("a\nb", repr("a\nb"))])
+def test_a_refused_name_is_quoted_whole_or_cut_with_an_ellipsis(name, shown):
+    problems = validate(TrainConfig(**{**FAST, "name": name}))
+    assert any(p.startswith("name must be at most 80") and p.endswith(f"(got {shown}).") for p in problems)
