@@ -9,7 +9,6 @@ import streamlit as st
 
 from ftlab import explore
 from ftlab.config import TrainConfig
-from ftlab.metrics import normalise_rows
 from ui import charts, keys, resources
 
 
