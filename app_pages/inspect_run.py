@@ -9,6 +9,7 @@ from ui import charts, keys as K, parts, resources
 state = st.session_state
 store = resources.store()
 HARDEST, HARD_PX = 12, 96
+PREVIEW_WIDTH = 200  # px of the uploaded image beside its prediction
 
 st.title("Inspect & predict")
 records = [r for r in store.list() if r.final]
@@ -71,7 +72,8 @@ if upload is not None:
         st.error(err.args[0] if isinstance(err, KeyError) else str(err))
     else:
         c = st.columns([1, 2])
-        c[0].image(predict.preview(image), width=200, caption=upload.name)
+        # the preview at the width it is shown: Streamlit shrinking a wider one makes a 20000 × 1 image 0 px high
+        c[0].image(predict.preview(image, PREVIEW_WIDTH), width=PREVIEW_WIDTH, caption=upload.name)
         c[0].metric("Prediction", prediction.label, f"{prediction.probability:.1%}", delta_color="off",
                     delta_arrow="off")
         c[1].plotly_chart(charts.top_k(prediction.top), key="inspect.top_k_chart")

@@ -441,3 +441,26 @@ def test_a_run_name_is_shown_as_typed_never_as_markdown():
     summary = at.sidebar.caption[0].value
     assert r"\[log in again\](http\://evil.example) \*\*now\*\*" in summary
     assert "[log in again](" not in summary
+
+
+def test_a_run_name_typed_with_a_newline_stays_on_one_line_in_the_sidebar():
+    """The field refuses a newline at Start, but the sidebar shows the session's name before that:
+    "x\\n# Heading" must not start a heading (or a list) there."""
+    at = goto(app(), "app_pages/train.py")
+    at.text_input(key="cfg.name").input("x\n# Heading\n- item")
+    at.button(key="train.start").click().run()
+    assert not at.exception and "printable characters on one line" in at.error[0].value
+    summary = at.sidebar.caption[0].value
+    assert "\n" not in summary and r"x\\n# Heading\\n- item" in summary
+
+
+def test_a_very_wide_upload_is_shown_and_classified():
+    """A 20000 × 1 image: Streamlit shrinking a preview wider than its display width made it 0 px high
+    ("height and width must be > 0")."""
+    fabricate_run(["a", "b"], checkpoint=True)
+    at = inspect(app())
+    buf = io.BytesIO()
+    Image.new("RGB", (20000, 1), (200, 10, 10)).save(buf, "PNG")
+    at.file_uploader(key="inspect.image").upload("panorama.png", buf.getvalue(), "image/png").run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert metrics(at)["Prediction"] in ("a", "b")

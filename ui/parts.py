@@ -9,7 +9,7 @@ import streamlit as st
 
 from ftlab import explore
 from ftlab.config import TrainConfig
-from ftlab.metrics import normalise_rows
+from ftlab.messages import printable
 from ui import charts, keys, resources
 
 
@@ -39,8 +39,9 @@ _MARKDOWN = re.compile(r"([\\`*_\[\]<>|~:$])")
 
 def plain(text: str) -> str:
     """User-typed text (a run's name, a folder path) for markdown: shown as typed, never as a link,
-    emphasis, colour or emoji directive (a run's name is seen by every session of the server)."""
-    return _MARKDOWN.sub(r"\\\1", str(text))
+    emphasis, colour or emoji directive, and on one line (`printable`: a newline as ``\\n``, so a name
+    typed with one cannot start a heading or a list in the sidebar; a run's name is seen by every session)."""
+    return _MARKDOWN.sub(r"\\\1", printable(str(text)))
 
 
 def problems(title: str, items: Sequence[str]) -> None:
