@@ -259,6 +259,8 @@ def _check_blocks(config: TrainConfig) -> list[str]:
         return [f"frozen_blocks freezes every block of {config.backbone}, so nothing would train: leave at least "
                 f"one of {some(blocks)} out (the head, usually)."]
     return []
+
+
 def _path_is(text: str, test) -> bool:
     """``test`` (Path.exists, Path.is_file) of a typed path; False for one the OS cannot even look up
     (too long, a NUL byte, ``~nobody``) rather than its exception."""
