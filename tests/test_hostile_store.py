@@ -288,8 +288,9 @@ def test_a_full_disk_fails_the_run_cleanly_even_when_the_failure_cannot_be_recor
 
 # --- item 2: no delete from under a training run ---------------------------------------------------
 
-def test_a_run_training_in_another_process_cannot_be_deleted(home, capsys):
-    rid = new_run_id()
+@contextmanager
+def _training_elsewhere(home: Path, rid: str):
+    """Another process that has created run ``rid`` in ``home`` and trains it (holds it) until the block ends."""
     trainer = subprocess.Popen(
         [sys.executable, "-c", f"import sys; from ftlab.runs import RunStore; "
                                f"RunStore({str(home)!r}).create({rid!r}, {CONFIG!r}); print('made', flush=True); "
@@ -297,14 +298,20 @@ def test_a_run_training_in_another_process_cannot_be_deleted(home, capsys):
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert trainer.stdout.readline().strip() == "made"
+        yield
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+
+def test_a_run_training_in_another_process_cannot_be_deleted(home, capsys):
+    rid = new_run_id()
+    with _training_elsewhere(home, rid):
         with pytest.raises(StoreError, match=f"run {rid} is still training; stop it first"):
             RunStore(home).delete(rid)
         code, out, err = _cli(capsys, "runs", "--delete", rid)
         assert code == 1 and "still training" in err
         assert RunStore(home).get(rid).status == "running"
-    finally:
-        trainer.kill()
-        trainer.wait()
     code, out, err = _cli(capsys, "runs", "--delete", rid)  # its process is gone: interrupted, then deletable
     assert code == 0 and f"deleted {rid}" in out
 
@@ -555,22 +562,13 @@ def test_a_deleted_run_opened_by_its_url_says_it_was_deleted(app_home):
 
 def test_the_runs_page_refuses_to_delete_a_run_training_in_another_process(app_home):
     rid = new_run_id()
-    trainer = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; from ftlab.runs import RunStore; "
-                               f"RunStore({str(app_home)!r}).create({rid!r}, {CONFIG!r}); print('made', flush=True); "
-                               "sys.stdin.read()"],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert trainer.stdout.readline().strip() == "made"
+    with _training_elsewhere(app_home, rid):
         at = _page("app_pages/runs.py")
         at.button(key="runs.delete").click().run()
         at.button(key="runs.delete_confirm").click().run()
         assert not at.exception
         assert any("still training" in i.value for i in at.info), [i.value for i in at.info]
         assert RunStore(app_home).get(rid).status == "running"
-    finally:
-        trainer.kill()
-        trainer.wait()
 
 
 def test_the_train_page_says_a_read_only_home_cannot_be_written(app_home):
