@@ -99,7 +99,7 @@ try:
     given = sorted(set(ds.given_split.tolist()) - {""})
     if given:
         st.caption(f"The data set brings its own {', '.join(given)} split(s); they are used as given.")
-    split = explore.split_for(config, ds)
+    split = data.split_for(config, ds)
     counts = explore.split_counts(ds, split)
 except data.DataError as err:
     st.error(str(err))
@@ -117,8 +117,8 @@ m[3].metric("Effective classes", f"{figures.effective_classes:.2f}", help="e^H: 
 m[4].metric("Imbalance ratio", f"{figures.imbalance_ratio:.2f}", help="largest / smallest class")
 
 st.subheader("Samples")
-base = explore.split_for(replace(config, imbalance_ratio=1.0), ds)
-sample_key = f"{config.dataset}|{explore.shapes_options(config)}|{config.val_fraction}|{config.test_fraction}"
+base = data.split_for(replace(config, imbalance_ratio=1.0), ds)
+sample_key = f"{data.identity(config)}|{config.val_fraction}|{config.test_fraction}"
 grid = resources.samples(sample_key, ds, base.train, SAMPLES_PER_CLASS, SAMPLE_PX)
 for cls, images in grid.items():
     label, pics = st.columns([1, 6])

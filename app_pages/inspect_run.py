@@ -3,7 +3,7 @@ import streamlit as st
 
 from ftlab import data, explore, predict
 from ftlab.config import TrainConfig
-from ftlab.runs import CheckpointError
+from ftlab.checkpoints import CheckpointError
 from ui import charts, keys as K, parts, resources
 
 state = st.session_state

@@ -7,7 +7,7 @@ import streamlit as st
 
 from ftlab import explore
 from ftlab.config import MAX_NAME, TrainConfig, option_type, options, resolved_image_size, resolved_lr, validate
-from ftlab.engine import Job
+from ftlab.jobs import Job
 from ftlab.jobs import END_STATUSES, JobBusy
 from ftlab.runs import StoreError
 from ui import charts, keys as K, parts, resources

@@ -20,7 +20,7 @@ its own process (so that peak RSS is each one's own and no cache survives betwee
 Both build the model with ``ftlab.backbones.create_model`` (same architecture, weights and
 seed) and train it with the same optimiser, learning rate, batch size and epochs. Wall time
 is end to end: from nothing loaded (after the imports) to the best val accuracy known.
-Finally the same configuration runs through the background runner (``engine.Job``, polled
+Finally the same configuration runs through the background runner (``jobs.Job``, polled
 the way the app polls it) and in the foreground, alternately, to compare their images/s.
 """
 from __future__ import annotations
@@ -182,7 +182,7 @@ def ceiling(job: dict) -> dict:
 
 def foreground_background(job: dict) -> dict:
     """The same config in the foreground (``engine.run``) and through ``engine.Job``, alternately."""
-    from ftlab import cache, engine
+    from ftlab import cache, engine, jobs
     from ftlab.runs import RunStore
 
     config = ftlab_config(job)
@@ -195,7 +195,7 @@ def foreground_background(job: dict) -> dict:
                 if mode == "foreground":
                     summary = engine.run(config, store=store)
                 else:
-                    j = engine.Job(config, store).start()
+                    j = jobs.Job(config, store).start()
                     while j.alive:  # the app's page reads a snapshot about once a second
                         j.snapshot()
                         j.join(1.0)

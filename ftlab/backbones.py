@@ -8,6 +8,8 @@ uniform structure whatever the architecture.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import urllib.error
 import warnings
 from collections import OrderedDict
@@ -42,8 +44,65 @@ class BackboneSpec:
     fixed_size: int | None = None  # models whose input size cannot change (ViT's position embeddings)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # evaluation crop ratio of the weights: the shorter side is resized to size / crop_pct and
+    # the centre size x size kept (1.0: the whole shorter side)
+    crop_pct: float = 1.0
     has_imagenet: bool = True
     weights_file: str = ""  # file name of the ImageNet weights, for messages and the offline check
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's starting weights come from: ``imagenet``, ``random`` or a ``file``.
+
+    >>> Weights.parse("imagenet").kind, Weights.parse("random").pretrained, Weights.parse("/w/best.pt").path
+    ('imagenet', False, '/w/best.pt')
+    >>> str(Weights.parse("/w/best.pt")), Weights.parse("random").describe()
+    ('/w/best.pt', 'random weights')
+    """
+
+    kind: str  # imagenet | random | file
+    path: str = ""  # the file, for kind "file"
+
+    KINDS = ("imagenet", "random", "file")
+
+    @classmethod
+    def parse(cls, text: str) -> "Weights":
+        """A config's ``weights``: the two names, or else the path of a file."""
+        return cls(text, "") if text in ("imagenet", "random") else cls("file", text)
+
+    def __str__(self) -> str:
+        return self.path if self.kind == "file" else self.kind
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind == "imagenet"
+
+    def describe(self) -> str:
+        """In words, for labels and summaries (a file by its name)."""
+        from ftlab.messages import printable
+
+        return {"imagenet": "ImageNet weights", "random": "random weights"}.get(
+            self.kind, f"weights {printable(os.path.basename(self.path.rstrip('/')) or self.path)}")
+
+    def identity(self, seed: int) -> str:
+        """What determines the starting tensors, for cache keys: a file by its content, random
+        weights by the seed that drew them."""
+        if self.kind == "file":
+            st = os.stat(self.path)
+            return f"file sha256 {_file_digest(os.path.realpath(self.path), st.st_size, st.st_mtime_ns)}"
+        return f"random seed {seed}" if self.kind == "random" else "imagenet"
+
+
+@functools.lru_cache(maxsize=32)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The file's SHA-256, hashed once per (path, size, mtime): the key is the content, the
+    stat only saves rehashing an unchanged file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -83,12 +142,27 @@ def freezable_blocks(name: str) -> tuple[str, ...]:
 
 
 class BlockModel(nn.Sequential):
-    """A classifier as named blocks run in order; the last one is ``head``."""
+    """A classifier as named blocks run in order; the last one is ``head``.
+
+    It declares which blocks are frozen and its BatchNorm rule (`ftlab.freeze.apply_freeze`
+    sets both): with ``bn_frozen``, ``train()`` leaves the frozen blocks in eval mode, so their
+    BatchNorm layers keep their pretrained statistics and compute what they compute at evaluation.
+    """
 
     def __init__(self, backbone: str, blocks: "OrderedDict[str, nn.Module]", num_classes: int):
         super().__init__(blocks)
         self.backbone = backbone
         self.num_classes = num_classes
+        self.frozen_blocks: frozenset[str] = frozenset()
+        self.bn_frozen = True
+
+    def train(self, mode: bool = True) -> "BlockModel":
+        super().train(mode)
+        if mode and self.bn_frozen:
+            for name, block in self.named_children():
+                if name in self.frozen_blocks:
+                    block.eval()
+        return self
 
     def __getitem__(self, idx):
         # a slice of blocks is a plain Sequential: a prefix to cache, or the part that trains
@@ -125,14 +199,14 @@ def make_head(in_features: int, num_classes: int, hidden: int = 0, dropout: floa
 def create_model(name: str, num_classes: int, weights: str = "imagenet", *,
                  hidden: int = 0, dropout: float = 0.0) -> BlockModel:
     """Build ``name`` with ``weights`` ("imagenet", "random" or a file path) and a new head."""
-    spec = get_spec(name)
-    if weights == "imagenet" and not spec.has_imagenet:
+    spec, source = get_spec(name), Weights.parse(weights)
+    if source.pretrained and not spec.has_imagenet:
         raise WeightsUnavailable(f"{name} has no ImageNet weights; use --weights random or a file.")
-    blocks = spec.blocks(weights == "imagenet")
+    blocks = spec.blocks(source.pretrained)
     blocks["head"] = make_head(spec.head_in_features, num_classes, hidden, dropout)
     model = BlockModel(name, blocks, num_classes)
-    if weights not in ("imagenet", "random"):
-        load_weights_file(model, Path(weights))
+    if source.kind == "file":
+        load_weights_file(model, Path(source.path))
     return model
 
 

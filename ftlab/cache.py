@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ftlab.errors import StopRequested
+
 
 def free_memory_bytes() -> int | None:
     """Physical memory free now, or None where the OS does not say."""
@@ -37,11 +39,13 @@ def default_budget_bytes() -> int:
 
 @dataclass(frozen=True)
 class CacheKey:
+    """Everything that determines a cached tensor: two keys are equal only when their tensors are."""
+
     backbone: str
-    weights: str  # "imagenet", "random:<seed>" or "<file>:<mtime>"
+    weights: str  # `Weights.identity`: imagenet, the seed of random weights, a file's content hash
     boundary: str  # the first block that is NOT cached (it reads the cached tensors)
-    image_size: int
-    dataset: str  # the data set and whatever changes its images (shapes options)
+    inputs: str  # `Preprocess.identity`: resize, crop, mean, std, every augmentation op and its strength
+    dataset: str  # `ftlab.data.identity`: the data set's files or generating options
     split: str
     indices: str  # digest of the dataset indices, in order
     view: int  # 0: the image as decoded; v > 0: the v-th augmented view
@@ -82,10 +86,13 @@ class FeatureCache:
     def fits(self, nbytes: int, budget: int | None = None) -> bool:
         return nbytes <= (self.budget if budget is None else budget)
 
-    def put(self, key: CacheKey, tensor: torch.Tensor) -> None:
+    def put(self, key: CacheKey, tensor: torch.Tensor, budget: int | None = None) -> None:
+        """Keep ``tensor``, dropping the least recently used entries until all fit in ``budget``
+        (a run's own; default the cache's)."""
+        budget = self.budget if budget is None else budget
         with self._lock:
             self._entries.pop(key, None)
-            while self._entries and self._used() + _nbytes(tensor) > self.budget:
+            while self._entries and self._used() + _nbytes(tensor) > budget:
                 self._entries.popitem(last=False)
             self._entries[key] = tensor
             self.peak_bytes = max(self.peak_bytes, self._used())
@@ -112,7 +119,6 @@ def compute(prefix: nn.Module, images: torch.Tensor, prep: Callable[[torch.Tenso
     out = []
     for start in range(0, len(images), batch_size):
         if should_stop():
-            from ftlab.engine import StopRequested
             raise StopRequested("caching", start // batch_size + 1)
         x = prep(images[start:start + batch_size])
         x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x

@@ -262,8 +262,8 @@ def _stats(args: argparse.Namespace) -> int:
     if problems:
         return _fail("\n  ".join(["the figures cannot be computed:"] + problems))
     try:
-        ds = explore.load_for(config)
-        split = explore.split_for(config, ds)
+        ds = data.load_for(config)
+        split = data.split_for(config, ds)
     except data.DataError as err:
         return _fail(str(err))
     for note in ds.notes:
@@ -294,7 +294,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from ftlab import data
     from ftlab.predict import Predictor
-    from ftlab.runs import CheckpointError
+    from ftlab.checkpoints import CheckpointError
 
     problems = cfg.validate(cfg.PredictOptions(args.run, args.image, args.top_k))
     if problems:

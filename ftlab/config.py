@@ -232,10 +232,11 @@ def _check_names(config: TrainConfig) -> list[str]:
         return problems + [str(err) + "."]
     if strategy_known:
         problems += _check_blocks(config)
-    if config.weights not in ("imagenet", "random") and not _path_is(config.weights, Path.is_file):
-        problems.append(f"weights file {config.weights!r} does not exist: give the path of a weights file, or "
+    weights = backbones.Weights.parse(config.weights)
+    if weights.kind == "file" and not _path_is(weights.path, Path.is_file):
+        problems.append(f"weights file {weights.path!r} does not exist: give the path of a weights file, or "
                         "choose imagenet or random.")
-    if config.weights == "imagenet" and not spec.has_imagenet:
+    if weights.pretrained and not spec.has_imagenet:
         problems.append(f"{spec.name} has no ImageNet weights: choose weights random (or a file).")
     size = config.image_size
     if size is not None and spec.fixed_size and size != spec.fixed_size:

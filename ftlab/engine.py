@@ -1,5 +1,6 @@
 """The training loop: ``train_one_epoch``, ``evaluate``, and ``run``, which ties them to data,
-a freeze plan, checkpoints and events. ``Job`` runs the same ``run`` in a background thread.
+a freeze plan, checkpoints and events. ``ftlab.jobs.Job`` runs the same ``run`` in a background
+thread.
 
 Images live in memory as decoded uint8 tensors; each batch is indexed, moved to the
 device, augmented and normalised there, so no epoch decodes a file again.
@@ -7,8 +8,6 @@ device, augmented and normalised there, so no epoch decodes a file again.
 from __future__ import annotations
 
 import math
-import os
-import queue
 import threading
 import time
 import traceback
@@ -21,25 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab import backbones, cache, data, events, explore, freeze, metrics
-from ftlab.native import release_idle_openmp_threads
+from ftlab import backbones, cache, checkpoints, data, events, freeze, metrics
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
+from ftlab.errors import NonFiniteLoss, StopRequested
+from ftlab.objectives import Batch, CrossEntropy, Objective, class_weights
+from ftlab.records import EpochRecord, RunSummary
 from ftlab.runs import RunStore, StoreError, new_run_id
+from ftlab.transforms import FeaturePrep, Preprocess, Preprocessing
 
 Emit = Callable[[events.Event], None]
-
-
-class StopRequested(Exception):
-    """The user asked the run to stop; raised between batches. ``phase`` and ``step`` say where:
-    the phase that was running and its batch (1-based) that did not begin."""
-
-    def __init__(self, phase: str = "preparing", step: int = 0):
-        super().__init__(phase, step)
-        self.phase, self.step = phase, step
-
-
-class NonFiniteLoss(Exception):
-    """The loss became NaN or infinite."""
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -53,54 +42,7 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-# --- data on the device -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Prepared:
-    """A run's data, decoded once."""
-
-    dataset: data.Dataset
-    split: data.Split
-    train: data.Decoded
-    val: data.Decoded
-    test: data.Decoded | None
-    image_size: int
-
-
-def prepare_data(config: TrainConfig, say: Callable[[str], None] = lambda msg: None,
-                 should_stop: Callable[[], bool] = lambda: False) -> Prepared:
-    ds = explore.load_for(config)
-    for note in ds.notes:
-        say(f"warning: {note}")
-    split = explore.split_for(config, ds)
-    size = resolved_image_size(config)
-    _check_memory(sum(len(getattr(split, name)) for name in ("train", "val", "test")), size)
-    decoded = {}
-    for name in ("train", "val", "test"):
-        indices = getattr(split, name)
-        if len(indices) == 0:
-            decoded[name] = None
-            continue
-        if should_stop():
-            raise StopRequested("preparing")
-        say(f"decoding {len(indices):,} {name} images at {size} px")
-        try:  # stops between files; refuses a split that lost a class to undecodable files
-            decoded[name] = data.decode(ds, indices, size, should_stop=should_stop, split=name)
-        except data.DecodingStopped:
-            raise StopRequested from None
-    return Prepared(ds, split, decoded["train"], decoded["val"], decoded["test"], size)
-
-
-def _check_memory(images: int, size: int) -> None:
-    """Refuse before decoding when the decoded images alone would not fit in the memory free
-    now: decoding 1,797 images at 1024 px (5.6 GB) was ended by the OS, not by a message."""
-    need, free = images * 3 * size * size, cache.free_memory_bytes()
-    if free is not None and need > 0.8 * free:
-        fits = int(math.sqrt(0.8 * free / max(images * 3, 1)))
-        raise data.DataError(f"decoded at {size} px, the {images:,} images take {need / 2**30:,.1f} GB of memory, "
-                             f"more than the {free / 2**30:,.1f} GB free here: choose an image size below {fits} px "
-                             "(or fewer images).")
-
+# --- batches ---------------------------------------------------------------------------
 
 def batches(n: int, batch_size: int, *, generator: torch.Generator | None = None,
             sample_weights: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
@@ -112,44 +54,6 @@ def batches(n: int, batch_size: int, *, generator: torch.Generator | None = None
     else:
         order = torch.arange(n)
     yield from order.split(batch_size)
-
-
-class Preprocess:
-    """uint8 images -> normalised float on the device, with optional per-image augmentation."""
-
-    def __init__(self, config: TrainConfig, image_size: int, device: torch.device):
-        from torchvision.transforms import v2
-
-        spec = backbones.get_spec(config.backbone)
-        self.device = device
-        self.mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
-        ops = []
-        if config.random_crop:
-            ops.append(v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True))
-        if config.flip:
-            ops.append(v2.RandomHorizontalFlip())
-        if config.color_jitter:
-            j = config.color_jitter
-            ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
-        self.augment = v2.Compose(ops) if ops else None
-
-    def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True)
-        if train and self.augment is not None:
-            # one draw of crop / flip / jitter per image, not one for the whole batch
-            x = torch.stack([self.augment(img) for img in x])
-        return (x.float().div_(255) - self.mean) / self.std
-
-
-class FeaturePrep:
-    """Cached features -> float on the device (they were normalised and augmented before)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __call__(self, features: torch.Tensor, train: bool) -> torch.Tensor:
-        return features.to(self.device, non_blocking=True).float()
 
 
 # --- one epoch, one evaluation ----------------------------------------------------------
@@ -172,7 +76,7 @@ class EpochResult:
 
 
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, order: Iterator[torch.Tensor], *,
-                    optimizer: torch.optim.Optimizer, loss_fn: nn.Module, prep: Preprocess,
+                    optimizer: torch.optim.Optimizer, objective: Objective, prep: Preprocess,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, amp: bool = False,
                     scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0, start: int = 0,
                     should_stop: Callable[[], bool] = lambda: False,
@@ -180,19 +84,20 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     """One pass over the training batches; ``scheduler`` (if given) steps after every batch.
 
     ``images`` are the inputs of block ``start``: decoded images when ``start`` is 0, the
-    cached output of the frozen blocks before it otherwise.
+    cached output of the frozen blocks before it otherwise. ``objective`` turns the model's
+    outputs and the batch into the loss (and the correct predictions it counted).
     """
-    freeze.set_train_mode(model)
+    model.train()  # a BlockModel keeps its frozen blocks in eval mode where its BatchNorm rule says so
     trainable = [p for p in model.parameters() if p.requires_grad]
     device_type = prep.device.type
     total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
     for step, idx in enumerate(order, 1):
         if should_stop():
             raise StopRequested("training", step)
-        x, y = prep(images[idx], train=True), labels[idx].to(prep.device, non_blocking=True)
+        batch = Batch(prep(images[idx], train=True), labels[idx].to(prep.device, non_blocking=True), idx)
         with torch.autocast(device_type, enabled=amp):
-            logits = model.forward_from(x, start)
-            loss = loss_fn(logits.float(), y)
+            result = objective(model.forward_from(batch.inputs, start), batch)
+        loss = result.loss
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -210,9 +115,9 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        n = len(y)
+        n = len(batch.labels)
         total_loss += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += result.counts["correct"]
         seen += n
         on_step(step, loss.item(), seen)
     return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - began)
@@ -275,22 +180,7 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
     return None, False
 
 
-def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """N / (K * n_k): each class contributes equally to the loss."""
-    counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
-    return len(labels) / (num_classes * counts)
-
-
 # --- a whole run ------------------------------------------------------------------------
-
-def checkpoint_dict(model: backbones.BlockModel, config: TrainConfig, classes: tuple[str, ...], image_size: int,
-                    epoch: int, val_accuracy: float) -> dict:
-    """Everything needed to rebuild and use the model, in types ``weights_only`` loading accepts."""
-    return {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "backbone": model.backbone, "num_classes": model.num_classes, "classes": list(classes),
-            "image_size": image_size, "hidden": config.hidden, "dropout": config.dropout,
-            "config": config.to_dict(), "epoch": epoch, "val_accuracy": val_accuracy}
-
 
 def run(config: TrainConfig, *, store: RunStore, emit: Emit = lambda e: None,
         stop: threading.Event | None = None, run_id: str | None = None) -> dict:
@@ -307,13 +197,36 @@ def run(config: TrainConfig, *, store: RunStore, emit: Emit = lambda e: None,
 
 @dataclass
 class _Trainer:
+    """One run, from its options to its record. The fields after ``shared_cache`` are the run's
+    state: ``_setup`` sets them, the loop and the final evaluation read them."""
+
     config: TrainConfig
     store: RunStore
     emit: Emit
     stop: threading.Event
     run_id: str
-    summary: dict = field(default_factory=dict)
     shared_cache: cache.FeatureCache = cache.SHARED
+    summary: RunSummary = field(init=False)
+    device: torch.device = field(init=False)
+    data: data.Prepared = field(init=False)
+    classes: tuple[str, ...] = field(init=False)
+    preprocessing: Preprocessing = field(init=False)  # what the checkpoint records of the inputs
+    model: backbones.BlockModel = field(init=False)
+    plan: freeze.FreezePlan = field(init=False)
+    prep: Preprocess = field(init=False)
+    cache_budget: int = field(init=False)  # this run's: the shared cache is not changed by it
+    data_identity: str = field(init=False)  # what the cache keys say of the data and the weights
+    weights_identity: str = field(init=False)
+    amp: bool = field(init=False)
+    objective: Objective = field(init=False)
+    sample_weights: torch.Tensor | None = field(init=False)
+    optimizer: torch.optim.Optimizer = field(init=False)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = field(init=False)
+    per_step: bool = field(init=False)  # the scheduler steps after every batch (else every epoch)
+    scaler: torch.amp.GradScaler | None = field(init=False)
+    steps: int = field(init=False)  # batches per epoch
+    best_state: dict | None = None  # the best epoch's weights, on the CPU
+    best_val: "Evaluation | None" = None  # its val figures: the final evaluation need not recompute them
     computed: set = field(default_factory=set)  # cache keys this run computed itself
     stopped_at: StopRequested | None = None  # where a user's stop landed
 
@@ -321,14 +234,11 @@ class _Trainer:
         c = self.config
         problems = validate(c)
         self.device = pick_device(c.device) if not problems else torch.device("cpu")
-        self.summary = {"run_id": self.run_id, "dataset": c.dataset, "backbone": c.backbone, "strategy": c.strategy,
-                        "epochs_run": 0, "best_val_accuracy": None, "best_epoch": None, "test_accuracy": None,
-                        "train_seconds": 0.0, "images_per_second": 0.0, "trainable_params": 0, "total_params": 0,
-                        "device": self.device.type, "stopped_reason": None, "skipped_files": 0}
+        self.summary = RunSummary(self.run_id, c.dataset, c.backbone, c.strategy, device=self.device.type)
         if problems:  # before any work and before a record: nothing ran, so nothing is kept
-            self.summary["stopped_reason"] = "error"
-            self.emit(events.RunFailed(self.run_id, " ".join(problems), dict(self.summary)))
-            return self.summary
+            self.summary.stopped_reason = "error"
+            self.emit(events.RunFailed(self.run_id, " ".join(problems), self.summary.to_dict()))
+            return self.summary.to_dict()
         self.store.create(self.run_id, c.to_dict())
         try:
             self._setup()
@@ -347,26 +257,28 @@ class _Trainer:
         c = self.config
         torch.manual_seed(c.seed)
         self._say("loading data")
-        self.data = prepare_data(c, self._say, self.stop.is_set)
+        self.preprocessing = Preprocessing.for_backbone(c.backbone, resolved_image_size(c))
+        self.data = data.prepare(c, self.preprocessing.size, self.preprocessing.resize, self._say, self.stop.is_set)
         if self.device.type == "cuda":  # page-locked memory: batches copy to the GPU asynchronously
             self.data = replace(self.data, **{name: replace(d, images=d.images.pin_memory()) for name in
                                               ("train", "val", "test") if (d := getattr(self.data, name))})
         self.classes = self.data.dataset.classes
+        self.data_identity = data.identity(c)
+        self.weights_identity = backbones.Weights.parse(c.weights).identity(c.seed)
         self.store.set_data(self.run_id, list(self.classes), self.data.split.to_dict())
-        self._say(f"building {c.backbone} ({c.weights} weights)")
+        self._say(f"building {c.backbone} ({backbones.Weights.parse(c.weights).describe()})")
         self.model = backbones.create_model(c.backbone, len(self.classes), c.weights, hidden=c.hidden,
                                             dropout=c.dropout).to(self.device)
         self.plan = freeze.make_plan(self.model.param_blocks(), c.strategy, gradual_every=c.gradual_every,
                                      frozen_blocks=c.frozen_blocks)
         freeze.apply_freeze(self.model, self.plan.frozen_at(0), c.bn_frozen)
-        self.prep = Preprocess(c, self.data.image_size, self.device)
-        if c.cache_memory_mb:
-            self.shared_cache.budget = c.cache_memory_mb << 20
+        self.prep = Preprocess.for_config(c, self.preprocessing, self.device)
+        self.cache_budget = c.cache_memory_mb << 20 if c.cache_memory_mb else self.shared_cache.budget
         self.amp = c.amp and self.device.type == "cuda"
         train_labels = self.data.train.labels
         weight = class_weights(train_labels, len(self.classes)).to(self.device) if c.class_weighting == "balanced" \
             else None
-        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=c.label_smoothing)
+        self.objective = CrossEntropy(weight, c.label_smoothing)
         self.sample_weights = (1.0 / torch.bincount(train_labels).float())[train_labels] if c.balanced_sampling \
             else None
         self.optimizer = make_optimizer(c, freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay))
@@ -377,8 +289,9 @@ class _Trainer:
         self.scheduler, self.per_step = make_scheduler(c, self.optimizer, self.steps)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         trainable, total = freeze.count_params(self.model)
-        self.summary.update(trainable_params=trainable, total_params=total, image_size=self.data.image_size,
-                            skipped_files=len(self.data.train.skipped) + len(self.data.val.skipped))
+        self.summary.trainable_params, self.summary.total_params = trainable, total
+        self.summary.image_size = self.data.image_size
+        self.summary.skipped_files = len(self.data.train.skipped) + len(self.data.val.skipped)
         skipped = self.data.train.skipped + self.data.val.skipped + (self.data.test.skipped if self.data.test else ())
         self.emit(events.RunStarted(self.run_id, c.to_dict(), self.device.type, tuple(self.classes),
                                     {k: len(v.labels) if v else 0 for k, v in
@@ -407,7 +320,7 @@ class _Trainer:
                         self.model, inputs.train, d.train.labels,
                         batches(len(d.train.labels), c.batch_size, generator=generator,
                                 sample_weights=self.sample_weights),
-                        optimizer=self.optimizer, loss_fn=self.loss_fn, prep=inputs.prep, start=inputs.start,
+                        optimizer=self.optimizer, objective=self.objective, prep=inputs.prep, start=inputs.start,
                         scheduler=self.scheduler if self.per_step else None, amp=self.amp, scaler=self.scaler,
                         grad_clip=c.grad_clip, should_stop=self.stop.is_set, on_step=on_step)
             except NonFiniteLoss as err:
@@ -426,9 +339,9 @@ class _Trainer:
                 self.stopped_at = where
                 return "user", f"stopped by the user while evaluating epoch {epoch + 1}"
             images_seen += result.images
-            self.summary["train_seconds"] += result.seconds
-            self.summary["epochs_run"] = epoch + 1
-            self.summary["images_per_second"] = images_seen / max(self.summary["train_seconds"], 1e-9)
+            self.summary.train_seconds += result.seconds
+            self.summary.epochs_run = epoch + 1
+            self.summary.images_per_second = images_seen / max(self.summary.train_seconds, 1e-9)
             is_best = ev.accuracy > best
             self._end_epoch(epoch, result, ev, lr, is_best)
             if is_best:
@@ -469,17 +382,16 @@ class _Trainer:
         return start, why_not
 
     def _note_cache(self, note: str) -> None:
-        if self.summary.get("feature_cache") != note:
-            self.summary["feature_cache"] = note
+        if self.summary.feature_cache != note:
+            self.summary.feature_cache = note
             self._say(note)
 
     def _cached(self, split: str, start: int, view: int) -> torch.Tensor | None:
         c, decoded = self.config, getattr(self.data, split)
-        weights = (f"random:{c.seed}" if c.weights == "random" else c.weights if c.weights == "imagenet"
-                   else f"{c.weights}:{os.path.getmtime(c.weights)}")
-        shapes = f":{c.shapes_classes}:{c.shapes_per_class}:{c.shapes_noise}:{c.seed}" if c.dataset == "shapes" else ""
-        key = cache.CacheKey(c.backbone, weights, self.model.block_names[start], self.data.image_size,
-                             c.dataset + shapes, split, cache.digest(decoded.indices), view)
+        inputs = self.prep.identity(train=view > 0) + (f"; views of seed {c.seed}" if view else "") + \
+            ("; autocast" if self.amp else "")
+        key = cache.CacheKey(c.backbone, self.weights_identity, self.model.block_names[start], inputs,
+                             self.data_identity, split, cache.digest(decoded.indices), view)
         blocks = ", ".join(self.model.block_names[:start])
         found = self.shared_cache.get(key)
         if found is not None:
@@ -492,10 +404,10 @@ class _Trainer:
             prefix.eval()
             one = prefix(self.prep(decoded.images[:1], train=False))
         need = one[0].numel() * 4 * len(decoded.labels)
-        dtype = cache.storage_dtype(need, self.shared_cache.budget, cache.free_memory_bytes())
+        dtype = cache.storage_dtype(need, self.cache_budget, cache.free_memory_bytes())
         if dtype is None:
             self._note_cache(f"not caching: the features of {split} would take {need / 2**20:,.0f} MB, more than "
-                             f"the cache's {self.shared_cache.budget / 2**20:,.0f} MB budget; the frozen blocks run "
+                             f"the cache's {self.cache_budget / 2**20:,.0f} MB budget; the frozen blocks run "
                              "every epoch")
             return None
         what = f"{split} view {view}" if view else split
@@ -509,8 +421,8 @@ class _Trainer:
                                      batch_size=max(64, 2 * c.batch_size), dtype=dtype,
                                      should_stop=self.stop.is_set, amp=self.amp)
         finally:  # not training time: progress and time left leave it out, the summary reports it apart
-            self.summary["cache_seconds"] = self.summary.get("cache_seconds", 0.0) + time.perf_counter() - began
-        self.shared_cache.put(key, features)
+            self.summary.cache_seconds += time.perf_counter() - began
+        self.shared_cache.put(key, features, self.cache_budget)
         self.computed.add(key)
         self._note_cache(f"training blocks {', '.join(self.model.block_names[start:])} on cached features of "
                          f"the frozen blocks ({blocks})")
@@ -531,27 +443,24 @@ class _Trainer:
     def _end_epoch(self, epoch: int, result: EpochResult, ev: Evaluation, lr: float, is_best: bool) -> None:
         figures = metrics.classification_figures(self.data.val.labels.numpy(), ev.predictions, len(self.classes))
         trainable, _ = freeze.count_params(self.model)
-        self.summary["trainable_params"] = trainable
-        record = {"epoch": epoch + 1, "train_loss": result.loss, "train_accuracy": result.accuracy,
-                  "val_loss": ev.loss, "val_accuracy": ev.accuracy, "lr": lr,
-                  "images_per_second": result.images / max(result.seconds, 1e-9), "seconds": result.seconds,
-                  "trainable_params": trainable}
-        self.store.add_epoch(self.run_id, epoch + 1, record)
+        self.summary.trainable_params = trainable
+        record = EpochRecord(epoch + 1, result.loss, result.accuracy, ev.loss, ev.accuracy, lr,
+                             result.images / max(result.seconds, 1e-9), result.seconds, trainable)
+        self.store.add_epoch(self.run_id, epoch + 1, record.to_dict())
         if is_best:
-            self.summary.update(best_val_accuracy=ev.accuracy, best_epoch=epoch + 1)
-            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            self.best_val = ev  # the best model's val figures: the final evaluation need not recompute them
-            self.store.save_checkpoint(self.run_id, checkpoint_dict(self.model, self.config, self.classes,
-                                                                    self.data.image_size, epoch + 1, ev.accuracy))
+            self.summary.best_val_accuracy, self.summary.best_epoch = ev.accuracy, epoch + 1
+            self.best_state, self.best_val = checkpoints.weights_only_dict(self.model), ev
+            self.store.save_checkpoint(self.run_id, checkpoints.build(self.model, self.config, self.classes,
+                                                                      self.preprocessing, epoch + 1, ev.accuracy))
             self.emit(events.CheckpointSaved(self.run_id, epoch + 1, ev.accuracy))
         report = {k: figures[k] for k in ("precision", "recall", "f1", "support")}
         self.emit(events.EpochEnded(self.run_id, epoch + 1, self.config.epochs, result.loss, result.accuracy, ev.loss,
-                                    ev.accuracy, lr, record["images_per_second"], result.seconds, trainable,
+                                    ev.accuracy, lr, record.images_per_second, result.seconds, trainable,
                                     figures["confusion"], report, is_best))
 
     def _final_evaluation(self) -> dict:
         """The best model on val and test: the figures the Runs and Inspect pages show."""
-        if not hasattr(self, "best_state"):
+        if self.best_state is None:
             return {}
         self.model.load_state_dict(self.best_state)
         final = {}
@@ -569,7 +478,7 @@ class _Trainer:
                            "losses": ev.losses.tolist(), "predictions": ev.predictions.tolist(),
                            **metrics.classification_figures(split.labels.numpy(), ev.predictions, len(self.classes))}
         if "test" in final:
-            self.summary["test_accuracy"] = final["test"]["accuracy"]
+            self.summary.test_accuracy = final["test"]["accuracy"]
         return final
 
     def _evaluate_split(self, name: str) -> Evaluation:
@@ -577,7 +486,7 @@ class _Trainer:
         blocks before that epoch's boundary never changed, so they hold for the best model too."""
         split = getattr(self.data, name)
         images, start, prep = split.images, 0, self.prep
-        boundary, why_not = self._cache_boundary(max(self.summary["epochs_run"] - 1, 0))
+        boundary, why_not = self._cache_boundary(max(self.summary.epochs_run - 1, 0))
         cached = None if why_not else self._cached(name, boundary, 0)
         if cached is not None:
             images, start, prep = cached, boundary, FeaturePrep(self.device)
@@ -585,7 +494,7 @@ class _Trainer:
                         batch_size=2 * self.config.batch_size, amp=self.amp)
 
     def _finish(self, reason: str, message: str) -> dict:
-        self.summary["stopped_reason"] = reason
+        self.summary.stopped_reason = reason
         try:
             self._say("evaluating the best checkpoint")
             final = self._final_evaluation()
@@ -593,30 +502,30 @@ class _Trainer:
             return self._fail(err)
         if self.stop.is_set() and reason in ("completed", "early_stopping"):  # Stop during the final evaluation
             reason, message = "user", "stopped during the final evaluation; the best checkpoint is kept"
-            self.summary["stopped_reason"] = reason
+            self.summary.stopped_reason = reason
         status = "finished" if reason in ("completed", "early_stopping") else "stopped"
         try:
-            self.store.finish(self.run_id, status, self.summary, final, message)
+            self.store.finish(self.run_id, status, self.summary.to_dict(), final, message)
         except StoreError as err:  # a full disk at the very end: the run fails, its checkpoint is kept
             return self._fail(err)
         if status == "finished":
-            self.emit(events.RunFinished(self.run_id, dict(self.summary)))
+            self.emit(events.RunFinished(self.run_id, self.summary.to_dict()))
         else:
             at = self.stopped_at
-            self.emit(events.RunStopped(self.run_id, reason, message, dict(self.summary),
+            self.emit(events.RunStopped(self.run_id, reason, message, self.summary.to_dict(),
                                         phase=at.phase if at else "", step=at.step if at else 0))
-        return self.summary
+        return self.summary.to_dict()
 
     def _fail(self, err: Exception) -> dict:
         message = user_message(err, self.config.batch_size)
-        self.summary["stopped_reason"] = "error"
+        self.summary.stopped_reason = "error"
         try:  # the failure handler must not fail: a store that broke the run may refuse this write too
-            self.store.finish(self.run_id, "failed", self.summary, {}, message)
+            self.store.finish(self.run_id, "failed", self.summary.to_dict(), {}, message)
         except Exception as again:
             if str(again) != message:
                 message += f" (the failure could not be recorded either: {user_message(again)})"
-        self.emit(events.RunFailed(self.run_id, message, dict(self.summary)))
-        return self.summary
+        self.emit(events.RunFailed(self.run_id, message, self.summary.to_dict()))
+        return self.summary.to_dict()
 
 
 @contextmanager
@@ -648,78 +557,3 @@ def user_message(err: Exception, batch_size: int | None = None) -> str:
     where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
     place = f" (in {where.name}, {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
     return f"Training failed: {err.__class__.__name__}: {err}{place}"
-
-
-# --- the same run in a background thread ------------------------------------------------
-
-@dataclass
-class JobSnapshot:
-    """What a page shows of a job, copied under the job's lock."""
-
-    run_id: str
-    status: str  # preparing, running, finished, stopped, failed
-    message: str
-    started: events.RunStarted | None
-    last_step: events.Step | None
-    epochs: list[events.EpochEnded]
-    end: events.Event | None
-
-
-class Job:
-    """``run`` in a daemon thread. Events go onto ``events`` (a queue) and fold into a
-    snapshot that a page can read at any time; ``stop()`` ends the run within one batch."""
-
-    def __init__(self, config: TrainConfig, store: RunStore, run_id: str | None = None):
-        self.config, self.store = config, store
-        self.run_id = run_id or new_run_id()
-        self.events: queue.Queue[events.Event] = queue.Queue()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._snap = JobSnapshot(self.run_id, "preparing", "starting", None, None, [], None)
-        self._thread = threading.Thread(target=self._main, name=f"ftlab-{self.run_id}", daemon=True)
-
-    def start(self) -> "Job":
-        release_idle_openmp_threads()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def snapshot(self) -> JobSnapshot:
-        with self._lock:
-            s = self._snap
-            return replace(s, epochs=list(s.epochs))
-
-    def _main(self) -> None:
-        try:
-            run(self.config, store=self.store, emit=self._on_event, stop=self._stop, run_id=self.run_id)
-        except BaseException as err:  # run() reports its own failures; this is the last guard
-            self._on_event(events.RunFailed(self.run_id, user_message(err)))
-
-    def _on_event(self, event: events.Event) -> None:
-        with self._lock:
-            s = self._snap
-            if isinstance(event, events.Preparing):
-                s.message = event.message
-            elif isinstance(event, events.RunStarted):
-                s.started, s.status, s.message = event, "running", "training"
-            elif isinstance(event, events.Step):
-                s.last_step = event
-            elif isinstance(event, events.EpochEnded):
-                s.epochs.append(event)
-            elif isinstance(event, events.RunFinished):
-                s.status, s.end, s.message = "finished", event, "finished"
-            elif isinstance(event, events.RunStopped):
-                s.status, s.end, s.message = "stopped", event, event.message
-            elif isinstance(event, events.RunFailed):
-                s.status, s.end, s.message = "failed", event, event.message
-        self.events.put(event)

@@ -1,18 +1,16 @@
 """What the app shows of a data set and of a kept run: reads over ftlab's data and records.
 
-`load_for` and `split_for` are the steps training takes too (`ftlab.engine.prepare_data` calls
-them): the seeded, stratified split, then the long tail when ``imbalance_ratio`` > 1, so the
-figures a user sees before a run are the figures of the run.
+The steps from a config to its data (``ftlab.data.load_for``, ``split_for``) live with the data;
+this module holds only what pages show of them.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import replace
 
 import numpy as np
 
-from ftlab import data, diversity
+from ftlab import backbones, data, diversity
 from ftlab.config import TrainConfig
 from ftlab.messages import printable
 from ftlab.metrics import most_confused
@@ -24,25 +22,6 @@ REPORT_ROWS = 200  # rows of a per-class table; beyond, the classes with the low
 LABEL_OPTIONS = ("weights", "lr", "image_size", "imbalance_ratio", "optimizer", "schedule", "batch_size", "hidden",
                  "dropout", "label_smoothing", "class_weighting", "balanced_sampling", "random_crop", "flip",
                  "color_jitter", "early_stopping")
-
-
-def shapes_options(config: TrainConfig) -> data.ShapesOptions:
-    """The generated shapes set a config asks for (its seed is the run's seed)."""
-    return data.ShapesOptions(num_classes=config.shapes_classes, per_class=config.shapes_per_class,
-                              noise=config.shapes_noise, seed=config.seed)
-
-
-def load_for(config: TrainConfig, *, download: bool = True) -> data.Dataset:
-    return data.load_dataset(config.dataset, shapes=shapes_options(config), download=download)
-
-
-def split_for(config: TrainConfig, ds: data.Dataset) -> data.Split:
-    split = data.make_split(ds, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                            seed=config.seed)
-    if config.imbalance_ratio > 1:
-        split = replace(split, train=data.long_tail_indices(ds.labels, split.train, config.imbalance_ratio,
-                                                            config.seed))
-    return split
 
 
 def split_counts(ds: data.Dataset, split: data.Split) -> dict[str, list[int]]:
@@ -102,7 +81,7 @@ def run_label(config: TrainConfig | dict) -> str:
         if value == default[name] or value is None:
             continue
         if name == "weights":
-            options.append("random weights" if value == "random" else f"weights {display_name(str(value))}")
+            options.append(backbones.Weights.parse(str(value)).describe())
         elif name == "image_size":
             options.append(f"{value} px")
         elif name == "imbalance_ratio":

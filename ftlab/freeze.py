@@ -8,9 +8,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
 from ftlab.messages import some
+
+if TYPE_CHECKING:
+    from ftlab.backbones import BlockModel
 
 STRATEGIES = ("linear-probe", "top-N", "full", "gradual")
 _TOP_N = re.compile(r"^top-(\d+)$")
@@ -78,27 +83,21 @@ def make_plan(blocks: list[str] | tuple[str, ...], strategy: str, *, gradual_eve
     return FreezePlan(kind, blocks, frozen, gradual_every if kind == "gradual" else 0)
 
 
-def apply_freeze(model: nn.Sequential, frozen: frozenset[str] | set[str], bn_frozen: bool = True) -> None:
-    """Make ``frozen`` blocks untrainable and every other block trainable.
+def apply_freeze(model: BlockModel, frozen: frozenset[str] | set[str], bn_frozen: bool = True) -> None:
+    """Make ``frozen`` blocks untrainable and every other block trainable, and give the model
+    its BatchNorm rule.
 
-    With ``bn_frozen`` the frozen blocks also run in eval mode during training, so their
-    BatchNorm layers keep the running statistics they were pretrained with (and dropout in
-    them is off): a frozen block then computes exactly what it computes at evaluation.
+    With ``bn_frozen`` the frozen blocks also run in eval mode during training (``model.train()``
+    leaves them so), so their BatchNorm layers keep the running statistics they were pretrained
+    with (and dropout in them is off): a frozen block then computes exactly what it computes at
+    evaluation.
     """
     for name, block in model.named_children():
         for p in block.parameters():
             p.requires_grad_(name not in frozen)
     model.frozen_blocks = frozenset(frozen)
     model.bn_frozen = bn_frozen
-
-
-def set_train_mode(model: nn.Sequential) -> None:
-    """``model.train()``, except frozen blocks stay in eval mode when ``bn_frozen``."""
-    model.train()
-    if getattr(model, "bn_frozen", True):
-        for name, block in model.named_children():
-            if name in getattr(model, "frozen_blocks", ()):
-                block.eval()
+    model.train(model.training)  # the rule holds from now, not only from the next train()
 
 
 def param_groups(model: nn.Sequential, lr: float, weight_decay: float = 0.0,
@@ -110,13 +109,19 @@ def param_groups(model: nn.Sequential, lr: float, weight_decay: float = 0.0,
     learning rate. Adding a group mid-run is what breaks schedulers elsewhere.
     With ``lr_decay < 1`` (discriminative rates) each block's rate is ``lr_decay`` times
     the rate of the block above it; the head gets ``lr``.
+    Weight decay skips 1-D parameters (biases, norm scales and shifts), as timm and nanoGPT
+    do: shrinking them towards 0 regularises nothing and moves what BatchNorm learned. With
+    ``weight_decay`` a block with both kinds gets two groups of the same name and rate.
     """
     named = [(n, list(b.parameters())) for n, b in model.named_children()]
     named = [(n, ps) for n, ps in named if ps]
     groups = []
     for depth, (name, params) in enumerate(reversed(named)):
-        groups.append({"params": params, "lr": lr * lr_decay ** depth, "weight_decay": weight_decay,
-                       "name": name})
+        rate = lr * lr_decay ** depth
+        kinds = ([p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]) if weight_decay else (params,)
+        for decay, members in zip((weight_decay, 0.0), kinds):
+            if members:
+                groups.append({"params": members, "lr": rate, "weight_decay": decay, "name": name})
     return groups[::-1]
 
 

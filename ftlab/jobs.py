@@ -1,4 +1,5 @@
-"""Background training jobs of one process, by run id.
+"""Background training jobs: ``Job`` runs ``engine.run`` in a thread; a registry keeps one
+process's jobs by run id.
 
 The app keeps one registry per server process (under ``st.cache_resource``), so a run outlives
 reruns, page switches and browser refreshes: a page finds its job by the id in its session,
@@ -7,14 +8,91 @@ imports Streamlit.
 """
 from __future__ import annotations
 
+import queue
 import threading
+from dataclasses import dataclass, replace
 
+from ftlab import events
 from ftlab.config import TrainConfig
-from ftlab.engine import Job
-from ftlab.runs import RunStore
+from ftlab.engine import run, user_message
+from ftlab.native import release_idle_openmp_threads
+from ftlab.runs import RunStore, new_run_id
 
 END_STATUSES = frozenset({"finished", "stopped", "failed"})
 KEEP_ENDED = 20  # ended jobs kept for their snapshots; their records are in the RunStore anyway
+
+
+@dataclass
+class JobSnapshot:
+    """What a page shows of a job, copied under the job's lock."""
+
+    run_id: str
+    status: str  # preparing, running, finished, stopped, failed
+    message: str
+    started: events.RunStarted | None
+    last_step: events.Step | None
+    epochs: list[events.EpochEnded]
+    end: events.Event | None
+
+
+class Job:
+    """``run`` in a daemon thread. Events go onto ``events`` (a queue) and fold into a
+    snapshot that a page can read at any time; ``stop()`` ends the run within one batch."""
+
+    def __init__(self, config: TrainConfig, store: RunStore, run_id: str | None = None):
+        self.config, self.store = config, store
+        self.run_id = run_id or new_run_id()
+        self.events: queue.Queue[events.Event] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._snap = JobSnapshot(self.run_id, "preparing", "starting", None, None, [], None)
+        self._thread = threading.Thread(target=self._main, name=f"ftlab-{self.run_id}", daemon=True)
+
+    def start(self) -> "Job":
+        release_idle_openmp_threads()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            s = self._snap
+            return replace(s, epochs=list(s.epochs))
+
+    def _main(self) -> None:
+        try:
+            run(self.config, store=self.store, emit=self._on_event, stop=self._stop, run_id=self.run_id)
+        except BaseException as err:  # run() reports its own failures; this is the last guard
+            self._on_event(events.RunFailed(self.run_id, user_message(err)))
+
+    def _on_event(self, event: events.Event) -> None:
+        with self._lock:
+            s = self._snap
+            if isinstance(event, events.Preparing):
+                s.message = event.message
+            elif isinstance(event, events.RunStarted):
+                s.started, s.status, s.message = event, "running", "training"
+            elif isinstance(event, events.Step):
+                s.last_step = event
+            elif isinstance(event, events.EpochEnded):
+                s.epochs.append(event)
+            elif isinstance(event, events.RunFinished):
+                s.status, s.end, s.message = "finished", event, "finished"
+            elif isinstance(event, events.RunStopped):
+                s.status, s.end, s.message = "stopped", event, event.message
+            elif isinstance(event, events.RunFailed):
+                s.status, s.end, s.message = "failed", event, event.message
+        self.events.put(event)
 
 
 class JobBusy(RuntimeError):

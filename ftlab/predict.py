@@ -1,7 +1,6 @@
 """Use a kept run: rebuild its best model and classify an image."""
 from __future__ import annotations
 
-import math
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,10 +8,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ftlab import backbones, data
-from ftlab.config import TrainConfig, option_type, options
-from ftlab.engine import Preprocess
-from ftlab.runs import CheckpointError, RunStore, load_checkpoint_file
+from ftlab import checkpoints, data
+from ftlab.checkpoints import CheckpointError
+from ftlab.runs import RunStore
+from ftlab.transforms import Preprocess
 
 
 @dataclass(frozen=True)
@@ -20,86 +19,6 @@ class Prediction:
     label: str
     probability: float
     top: list[tuple[str, float]]  # the k most likely classes, most likely first
-
-
-def _option_problems(values: dict) -> list[str]:
-    """Options of a checkpoint whose type or range TrainConfig would not allow."""
-    problems = []
-    for f in options():
-        if f.name not in values or (values[f.name] is None and f.default is None):
-            continue
-        value, kind, meta = values[f.name], option_type(f), f.metadata
-        if f.name == "frozen_blocks":
-            ok = isinstance(value, (list, tuple)) and all(isinstance(b, str) for b in value)
-        elif kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        else:
-            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if not ok:
-            problems.append(f"{f.name} is {type(value).__name__} {str(value)[:40]!r}, not {kind.__name__}")
-        elif meta["choices"] and value not in meta["choices"]:
-            problems.append(f"{f.name} {value!r} is not one of {', '.join(meta['choices'])}")
-        elif meta["lo"] is not None and kind is not bool and not meta["lo"] <= value <= meta["hi"]:
-            problems.append(f"{f.name} {value:g} is outside {meta['lo']:g}..{meta['hi']:g}")
-    return problems
-
-
-def checkpoint_problems(checkpoint: dict) -> list[str]:
-    """What in a checkpoint's metadata does not describe a usable model, in words (none: usable).
-    The metadata is checked before anything is built from it: a crafted file must neither
-    crash a page nor yield outputs cut to a shorter class list."""
-    name = checkpoint.get("backbone")
-    if not isinstance(name, str) or name not in backbones.list_backbones():
-        return [f"names no usable model: unknown backbone {str(name)[:40]!r}"]
-    problems = _option_problems({k: checkpoint.get(k, 0) for k in ("hidden", "dropout")}
-                                | {"image_size": checkpoint.get("image_size")})
-    if checkpoint.get("image_size") is None:
-        problems.append("it states no image size")
-    config = checkpoint.get("config", {})
-    if isinstance(config, dict):
-        problems += [f"its config: {p}" for p in _option_problems(config)]
-    else:
-        problems.append(f"its config is {type(config).__name__}, not a mapping of options")
-    state = checkpoint["model"]
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        return problems + ["its model holds something other than named tensors"]
-    n, classes = checkpoint.get("num_classes"), checkpoint.get("classes")
-    heads = [v for k, v in state.items() if k.startswith("head.") and k.endswith(".weight") and v.dim() == 2]
-    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-        problems.append(f"its class count {str(n)[:20]!r} is not a whole number of at least 2")
-    elif not heads or heads[-1].shape[0] != n:  # before building: a crafted count must not size a huge head
-        problems.append(f"does not fit {name} with {n} classes (its head has "
-                        f"{heads[-1].shape[0] if heads else 'no'} outputs)")
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        problems.append("its class list is not a list of names")
-    elif isinstance(n, int) and len(classes) != n:
-        problems.append(f"it names {len(classes)} classes for a model with {n} outputs")
-    elif len(set(classes)) != len(classes):
-        problems.append("its class list names a class twice")
-    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in state.values()):
-        problems.append("its weights hold NaN or infinite values")
-    return problems
-
-
-def model_from_checkpoint(checkpoint: dict) -> backbones.BlockModel:
-    """The checkpoint's model, refusing one whose metadata or tensors do not fit its stated architecture."""
-    if problems := checkpoint_problems(checkpoint):
-        raise CheckpointError(f"the checkpoint cannot be used: {'; '.join(problems)}")
-    try:
-        model = backbones.create_model(checkpoint["backbone"], int(checkpoint["num_classes"]), "random",
-                                       hidden=int(checkpoint.get("hidden", 0)),
-                                       dropout=float(checkpoint.get("dropout", 0.0)))
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"the checkpoint names no usable model: {err}") from None
-    state = checkpoint["model"]
-    own = model.state_dict()
-    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
-    if wrong:
-        raise CheckpointError(f"the checkpoint does not fit {checkpoint['backbone']} with "
-                              f"{checkpoint['num_classes']} classes ({len(wrong)} tensors missing or of another "
-                              f"shape, first {wrong[0]})")
-    model.load_state_dict(state)
-    return model.eval()
 
 
 PREVIEW_PX = 400  # longest side of the copy of an image a page shows
@@ -154,15 +73,12 @@ class Predictor:
 
     def __init__(self, checkpoint: dict):
         self.checkpoint = checkpoint
-        self.model = model_from_checkpoint(checkpoint)
+        self.model = checkpoints.load_model(checkpoint)
         self.classes = list(checkpoint["classes"])
-        self.image_size = int(checkpoint["image_size"])
         # the training run's own preprocessing, so a prediction sees what evaluation saw
-        config = TrainConfig.from_dict({**checkpoint.get("config", {}), "backbone": checkpoint["backbone"]})
-        try:
-            self.prep = Preprocess(config, self.image_size, torch.device("cpu"))
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"the checkpoint's preprocessing cannot be rebuilt: {err}") from None
+        self.preprocessing = checkpoints.preprocessing(checkpoint)
+        self.image_size = self.preprocessing.size
+        self.prep = Preprocess(self.preprocessing, torch.device("cpu"))
 
     @classmethod
     def for_run(cls, run_id: str, store: RunStore | None = None) -> "Predictor":
@@ -178,7 +94,7 @@ class Predictor:
 
     @classmethod
     def from_file(cls, path: Path) -> "Predictor":
-        return cls(load_checkpoint_file(path))
+        return cls(checkpoints.load_file(path))
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from ftlab import paths, safeload
+from ftlab import checkpoints, paths
+from ftlab.checkpoints import CheckpointError
 from ftlab.messages import printable
 from ftlab.paths import StoreError  # noqa: F401  (raised here; callers import it from ftlab.runs)
 
@@ -86,10 +87,6 @@ class RunRecord:
     summary: dict
     final: dict
     message: str
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with the reason."""
 
 
 def _start_time(pid: int) -> str:
@@ -528,15 +525,4 @@ class RunStore:
             raise CheckpointError(f"{path} is not a regular file (a pipe, socket or device), not a checkpoint")
         if not path.exists():
             raise CheckpointError(f"run {run_id} has no checkpoint (it may have stopped before its first epoch)")
-        return load_checkpoint_file(path)
-
-
-def load_checkpoint_file(path: Path) -> dict:
-    try:
-        checkpoint = safeload.load(path)
-    except safeload.RefusedFile as err:
-        raise CheckpointError(f"{path} could not be loaded safely: {err}") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) \
-            or "backbone" not in checkpoint:
-        raise CheckpointError(f"{path} is not an ftlab checkpoint")
-    return checkpoint
+        return checkpoints.load_file(path)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ftlab import backbones, cache, engine, events, freeze
+from ftlab.transforms import FeaturePrep, Preprocess, Preprocessing
 from ftlab.config import TrainConfig
 from ftlab.runs import RunStore
 
@@ -35,12 +36,12 @@ def test_cached_features_give_the_same_logits_loss_and_gradients(strategy):
     freeze.apply_freeze(model, plan.frozen_at(0))
     start = model.block_names.index(plan.blocks[plan.first_trainable(0)])
     assert start > 0
-    prep = engine.Preprocess(TrainConfig(backbone="efficientnet_lite0"), 32, torch.device("cpu"))
+    prep = Preprocess(Preprocessing.for_backbone("efficientnet_lite0", 32), torch.device("cpu"))
     images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(12) % 5
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    freeze.set_train_mode(model)
+    model.train()
     logits_full = model(prep(images, train=True))
     loss_full = loss_fn(logits_full, labels)
     loss_full.backward()
@@ -49,8 +50,8 @@ def test_cached_features_give_the_same_logits_loss_and_gradients(strategy):
 
     features = cache.compute(model[:start], images, lambda x: prep(x, train=False), batch_size=5,
                              dtype=torch.float32)
-    freeze.set_train_mode(model)
-    logits_cached = model.forward_from(engine.FeaturePrep(torch.device("cpu"))(features, True), start)
+    model.train()
+    logits_cached = model.forward_from(FeaturePrep(torch.device("cpu"))(features, True), start)
     loss_cached = loss_fn(logits_cached, labels)
     loss_cached.backward()
     grads_cached = _grads(model)
@@ -67,7 +68,7 @@ def test_cached_features_give_the_same_logits_loss_and_gradients(strategy):
 def test_half_precision_storage_keeps_the_predictions():
     torch.manual_seed(0)
     model = backbones.create_model("efficientnet_lite0", 5, "imagenet").eval()
-    prep = engine.Preprocess(TrainConfig(backbone="efficientnet_lite0"), 32, torch.device("cpu"))
+    prep = Preprocess(Preprocessing.for_backbone("efficientnet_lite0", 32), torch.device("cpu"))
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     start = model.block_names.index("stage7")
     with torch.no_grad():

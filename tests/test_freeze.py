@@ -18,7 +18,6 @@ from ftlab.freeze import (
     make_plan,
     param_groups,
     parse_strategy,
-    set_train_mode,
 )
 
 K = 3
@@ -106,7 +105,7 @@ def test_presets_freeze_exactly_the_intended_blocks(name, models):
             assert count_params(model) == (total, total)
 
         # BatchNorm rule (bn_frozen by default): frozen blocks run in eval mode, the rest trains
-        set_train_mode(model)
+        model.train()
         for block in blocks:
             assert all(m.training == (block in trainable) for m in getattr(model, block).modules()), (preset, block)
         before = {b: bn_state(getattr(model, b)) for b in blocks}
@@ -139,7 +138,7 @@ def test_frozen_blocks_compute_what_they_compute_at_evaluation(models):
     with torch.no_grad():
         model.eval()
         expected = prefix(x)
-        set_train_mode(model)
+        model.train()
         assert model.training and model.layer4.training and not model.layer3.training
         assert torch.equal(prefix(x), expected)
 
@@ -149,7 +148,7 @@ def test_bn_frozen_false_lets_frozen_blocks_update_their_statistics():
     model = create_model("small_cnn", K, "random")
     plan = make_plan(model.param_blocks(), "linear-probe")
     apply_freeze(model, plan.frozen_at(0), bn_frozen=False)
-    set_train_mode(model)
+    model.train()
     assert all(m.training for m in model.modules())
     before = bn_state(model.stem) + bn_state(model.stage3)
     weights = {n: p.clone() for n, p in model.named_parameters()}
@@ -223,7 +222,7 @@ def test_gradual_unfreezing_keeps_groups_and_schedule(optimizer_name, schedule):
     assert (scheduler is None) == (schedule == "none")
     assert per_step == (schedule in ("cosine", "onecycle"))
     n_groups = len(optimizer.param_groups)
-    assert [g["name"] for g in optimizer.param_groups] == blocks
+    assert list(dict.fromkeys(g["name"] for g in optimizer.param_groups)) == blocks
 
     start = {b: [p.detach().clone() for p in getattr(model, b).parameters()] for b in blocks}
     start_bn = {b: bn_state(getattr(model, b)) for b in blocks}
@@ -233,7 +232,7 @@ def test_gradual_unfreezing_keeps_groups_and_schedule(optimizer_name, schedule):
     for epoch in range(epochs):
         frozen = plan.frozen_at(epoch)
         apply_freeze(model, frozen)
-        set_train_mode(model)
+        model.train()
         trainable = set(blocks) - frozen
         new = trainable - trained
         assert len(new) == 1 and trained < trainable, epoch  # one more block each epoch, from the top
@@ -244,7 +243,8 @@ def test_gradual_unfreezing_keeps_groups_and_schedule(optimizer_name, schedule):
             rates = [g["lr"] for g in optimizer.param_groups]
             assert rates[-1] == pytest.approx(lr_by_hand(schedule, lr, step, steps, epochs), rel=1e-6), step
             # the discriminative ratio between the groups survives every schedule
-            assert rates == pytest.approx([rates[-1] * 0.5 ** (len(blocks) - 1 - j) for j in range(len(blocks))])
+            depth = {b: len(blocks) - 1 - j for j, b in enumerate(blocks)}
+            assert rates == pytest.approx([rates[-1] * 0.5 ** depth[g["name"]] for g in optimizer.param_groups])
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
@@ -271,12 +271,16 @@ def test_gradual_unfreezing_keeps_groups_and_schedule(optimizer_name, schedule):
 def test_discriminative_rates_by_hand(models):
     model = models("small_cnn")
     groups = param_groups(model, 0.1, weight_decay=0.01, lr_decay=0.5)
-    assert [g["name"] for g in groups] == SMALL_CNN_BLOCKS
-    assert [g["lr"] for g in groups] == pytest.approx([0.00625, 0.0125, 0.025, 0.05, 0.1])
-    assert all(g["weight_decay"] == 0.01 for g in groups)
+    assert list(dict.fromkeys(g["name"] for g in groups)) == SMALL_CNN_BLOCKS
+    rates = dict(zip(SMALL_CNN_BLOCKS, [0.00625, 0.0125, 0.025, 0.05, 0.1]))
+    assert [g["lr"] for g in groups] == pytest.approx([rates[g["name"]] for g in groups])
+    # weight decay on weight matrices and kernels only; biases and norm scales are not decayed
+    assert all(g["weight_decay"] == (0.01 if all(p.ndim > 1 for p in g["params"]) else 0.0) for g in groups)
+    assert all(len({p.ndim > 1 for p in g["params"]}) == 1 for g in groups)
     # every parameter in exactly one group, the group of its own block
-    for g in groups:
-        assert [id(p) for p in g["params"]] == [id(p) for p in getattr(model, g["name"]).parameters()]
+    for name in SMALL_CNN_BLOCKS:
+        mine = [id(p) for g in groups if g["name"] == name for p in g["params"]]
+        assert sorted(mine) == sorted(id(p) for p in getattr(model, name).parameters())
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     assert [g["lr"] for g in param_groups(model, 0.1)] == [0.1] * 5
@@ -294,7 +298,7 @@ def test_a_pool_with_parameters_gets_its_own_rate(models):
 def test_param_groups_change_nothing(models):
     model = models("small_cnn")
     apply_freeze(model, make_plan(model.param_blocks(), "top-1").frozen_at(0))
-    set_train_mode(model)
+    model.train()
     grads = [p.requires_grad for p in model.parameters()]
     modes = [m.training for m in model.modules()]
     frozen, counts = model.frozen_blocks, count_params(model)

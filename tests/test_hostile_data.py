@@ -214,7 +214,7 @@ def test_class_folders_beside_train_are_named_in_stats_and_train(tmp_path, store
     assert out.returncode == 0 and "'dogs'" in out.stderr and "warning" in out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["notes"] == list(ds.notes)
     said = []
-    engine.prepare_data(TrainConfig(dataset=str(root), **TINY), said.append)
+    data.prepare(TrainConfig(dataset=str(root), **TINY), 32, 32, said.append)
     assert any(s.startswith("warning:") and "'dogs'" in s for s in said)
 
 

@@ -54,10 +54,12 @@ def fabricate_run(classes: list[str], *, config: TrainConfig | None = None, stat
     store.finish(run_id, status, {**base, **(summary or {})}, ev, "" if status == "finished" else "it went wrong")
     if checkpoint:
         from ftlab import backbones
-        from ftlab.engine import checkpoint_dict
+        from ftlab import checkpoints
+        from ftlab.transforms import Preprocessing
 
         model = backbones.create_model(config.backbone, k, "random")
-        store.save_checkpoint(run_id, checkpoint_dict(model, config, tuple(classes), 32, 1, 0.5))
+        store.save_checkpoint(run_id, checkpoints.build(model, config, tuple(classes),
+                                                        Preprocessing.for_backbone(config.backbone, 32), 1, 0.5))
     return run_id
 
 

@@ -18,12 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ftlab import backbones, events, runs
+from ftlab import backbones, checkpoints, events, runs
 from ftlab.cli import main
 from ftlab.config import TrainConfig
-from ftlab.engine import checkpoint_dict, run
+from ftlab.checkpoints import CheckpointError, build as checkpoint_dict
+from ftlab.engine import run
+from ftlab.transforms import Preprocessing
 from ftlab.predict import Predictor
-from ftlab.runs import CheckpointError, RunStore, StoreError, new_run_id
+from ftlab.runs import RunStore, StoreError, new_run_id
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"dataset": "digits", "backbone": "small_cnn", "strategy": "full"}
@@ -35,7 +37,8 @@ def _checkpoint(num_classes: int = 3, epoch: int = 1) -> dict:
     torch.manual_seed(0)
     model = backbones.create_model("small_cnn", num_classes, "random")
     return checkpoint_dict(model, TrainConfig(backbone="small_cnn", weights="random"),
-                           tuple("abcdefgh"[:num_classes]), 16, epoch, 0.5)
+                           tuple("abcdefgh"[:num_classes]), Preprocessing.for_backbone("small_cnn", 16), epoch,
+                           0.5)
 
 
 def _kept_run(store: RunStore) -> str:
@@ -609,7 +612,7 @@ def test_a_checkpoint_that_is_a_pipe_does_not_hang(home, tmp_path, capsys):
     fifo = tmp_path / "best.pt"
     os.mkfifo(fifo)
     outcome = []
-    reader = threading.Thread(target=lambda: outcome.append(pytest.raises(CheckpointError, runs.load_checkpoint_file,
+    reader = threading.Thread(target=lambda: outcome.append(pytest.raises(CheckpointError, checkpoints.load_file,
                                                                           fifo)), daemon=True)
     reader.start()
     reader.join(timeout=20)

@@ -7,17 +7,18 @@ from PIL import Image
 
 from ftlab import backbones
 from ftlab.data import DataError
-from ftlab.engine import checkpoint_dict
+from ftlab.checkpoints import CheckpointError, build as checkpoint_dict
 from ftlab.config import TrainConfig
 from ftlab.predict import Predictor
-from ftlab.runs import CheckpointError, RunStore, new_run_id
+from ftlab.runs import RunStore, new_run_id
+from ftlab.transforms import Preprocessing
 
 
 def _checkpoint(num_classes: int = 3) -> dict:
     torch.manual_seed(0)
     model = backbones.create_model("small_cnn", num_classes, "random")
     return checkpoint_dict(model, TrainConfig(backbone="small_cnn", weights="random"),
-                           tuple("abc"[:num_classes]), 16, 1, 0.5)
+                           tuple("abc"[:num_classes]), Preprocessing.for_backbone("small_cnn", 16), 1, 0.5)
 
 
 def _kept(store: RunStore) -> str:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ftlab import backbones, cli, data, engine, events
+from ftlab import backbones, cli, data, engine, events, transforms
 from ftlab import config as cfg
 from ftlab.config import TrainConfig
 from ftlab.runs import RunStore
@@ -99,12 +99,12 @@ def test_class_weighting_weights_the_loss_by_inverse_class_frequency(store, monk
     counts = np.bincount(labels, minlength=10)
     assert counts.max() / counts.min() >= 7  # a long tail, so the weights are far from equal
     by_formula = len(labels) / (10 * counts)  # N / (K n_k)
-    weight = calls[0]["loss_fn"].weight
+    weight = calls[0]["objective"].class_weights
     assert weight is not None
     np.testing.assert_allclose(weight.cpu().numpy(), by_formula, rtol=1e-6)
 
     summary, _ = collect(TrainConfig(**probe, imbalance_ratio=8.0), store)
-    assert calls[-1]["loss_fn"].weight is None  # off by default
+    assert calls[-1]["objective"].class_weights is None  # off by default
 
 
 def test_balanced_sampling_draws_classes_about_equally_from_a_long_tail(store, monkeypatch):
@@ -176,12 +176,12 @@ def test_label_smoothing_is_the_loss_the_run_optimises(store, monkeypatch):
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     real = engine.train_one_epoch
 
-    def spy(model, images, labels, order, *, loss_fn, **kw):
-        def recorded(logits, y):
-            loss = loss_fn(logits, y)
-            seen.append((logits.detach().clone(), y.clone(), loss.detach().clone()))
-            return loss
-        return real(model, images, labels, order, loss_fn=recorded, **kw)
+    def spy(model, images, labels, order, *, objective, **kw):
+        def recorded(logits, batch):
+            step = objective(logits, batch)
+            seen.append((logits.detach().float().clone(), batch.labels.clone(), step.loss.detach().clone()))
+            return step
+        return real(model, images, labels, order, objective=recorded, **kw)
 
     monkeypatch.setattr(engine, "train_one_epoch", spy)
     summary, _ = collect(TrainConfig(**FAST, label_smoothing=0.3), store)
@@ -199,14 +199,14 @@ def test_augmentation_changes_what_the_model_sees_and_bypasses_the_feature_cache
     """A linear probe would train on cached features; with random augmentation it cannot (each epoch's images
     differ), and the run says why. The training batches the model sees are not the undisturbed images."""
     seen: list[tuple[torch.Tensor, bool, torch.Tensor]] = []
-    real = engine.Preprocess.__call__
+    real = transforms.Preprocess.__call__
 
     def spy(self, images, train):
         out = real(self, images, train)
         seen.append((images.clone(), train, out.clone()))
         return out
 
-    monkeypatch.setattr(engine.Preprocess, "__call__", spy)
+    monkeypatch.setattr(transforms.Preprocess, "__call__", spy)
     spec = backbones.get_spec("small_cnn")
     mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
     undisturbed = lambda x: (x.float() / 255 - mean) / std  # noqa: E731 - what Preprocess does without augmentation
@@ -472,13 +472,13 @@ def test_watch_opens_another_sessions_run_without_taking_it_over(app_env, monkey
     from ui import keys as K, resources
 
     gate = threading.Event()
-    real = engine.prepare_data
+    real = data.prepare
 
     def held(*a, **kw):
         gate.wait(timeout=120)
         return real(*a, **kw)
 
-    monkeypatch.setattr(engine, "prepare_data", held)
+    monkeypatch.setattr(data, "prepare", held)
     try:
         owner = app()
         run_id = start_small_cnn_run(owner)

@@ -9,7 +9,8 @@ import textwrap
 import pytest
 import torch
 
-from ftlab.runs import CheckpointError, RunStore, load_checkpoint_file, new_run_id
+from ftlab.checkpoints import CheckpointError, load_file as load_checkpoint_file
+from ftlab.runs import RunStore, new_run_id
 
 CONFIG = {"dataset": "digits", "backbone": "small_cnn", "strategy": "full"}
 DEAD = "20000101-000000-dead00"  # a run id of the form the store makes

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ftlab import engine, events
+from ftlab import engine, events, jobs
 from ftlab.config import TrainConfig
 from ftlab.runs import RunStore
 
@@ -38,7 +38,7 @@ def test_twenty_runs_started_stopped_and_finished_leave_a_consistent_store(tmp_p
     for i in range(20):
         config = TrainConfig(dataset="digits", backbone="small_cnn", weights="random", image_size=16,
                              batch_size=128, epochs=2, strategy=strategies[i % 4], gradual_every=1, seed=i % 3)
-        job = engine.Job(config, store).start()
+        job = jobs.Job(config, store).start()
         stop_after = rng.choice([None, 0.0, 0.3, 1.0, 2.0])  # None: let it finish
         if stop_after is not None:
             time.sleep(stop_after)

@@ -22,9 +22,9 @@ def store() -> RunStore:
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the data set…")
-def _dataset(name: str, shapes: data.ShapesOptions | None, data_dir: str, download: bool) -> data.Dataset:
-    # Streamlit hashes a dataclass by its fields: the frozen options are the cache key as they are
-    return data.load_dataset(name, shapes=shapes, data_dir=data_dir, download=download)
+def _dataset(identity: str, name: str, _shapes: data.ShapesOptions, data_dir: str, download: bool) -> data.Dataset:
+    # keyed by the data set's identity (a folder's files, the shapes options), not by its name alone
+    return data.load_dataset(name, shapes=_shapes, data_dir=data_dir, download=download)
 
 
 def dataset(config: TrainConfig, *, download: bool = False) -> data.Dataset:
@@ -32,9 +32,9 @@ def dataset(config: TrainConfig, *, download: bool = False) -> data.Dataset:
 
     ``download=False`` never touches the network: a missing download is a `DatasetUnavailable`.
     """
-    # the options matter to the shapes set only: the other sets share one cache entry whatever they say
-    shapes = explore.shapes_options(config) if config.dataset.lower() == "shapes" else None
-    return _dataset(config.dataset, shapes, str(paths.data_dir()), download)
+    data_dir = paths.data_dir()
+    return _dataset(data.identity(config, data_dir), config.dataset, data.shapes_options(config), str(data_dir),
+                    download)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -1,0 +1,159 @@
+"""The checkpoint format: what a kept model is made of, how it is checked, and how it is rebuilt.
+
+A checkpoint is one dict of plain types (``torch.load(weights_only=True)`` accepts it): the
+weights, the backbone and class names, the run's config, and the preprocessing its images
+had, so that prediction and export rebuild the model and its inputs without the engine. The
+run store (`ftlab.runs`) only writes and reads the file.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ftlab import backbones, safeload
+from ftlab.transforms import Preprocessing
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason."""
+
+
+def build(model: backbones.BlockModel, config, classes: tuple[str, ...], preprocessing: Preprocessing,
+          epoch: int, val_accuracy: float) -> dict:
+    """Everything needed to rebuild and use ``model`` (trained with ``config``, a `TrainConfig`)."""
+    return {"model": weights_only_dict(model), "backbone": model.backbone, "num_classes": model.num_classes, "classes": list(classes),
+            "image_size": preprocessing.size, "preprocessing": preprocessing.to_dict(),
+            "hidden": config.hidden, "dropout": config.dropout,
+            "config": config.to_dict(), "epoch": epoch, "val_accuracy": val_accuracy}
+
+
+def load_file(path: Path) -> dict:
+    """A checkpoint file, unpickled safely; its contents are checked by `load_model`."""
+    try:
+        checkpoint = safeload.load(path)
+    except safeload.RefusedFile as err:
+        raise CheckpointError(f"{path} could not be loaded safely: {err}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) \
+            or "backbone" not in checkpoint:
+        raise CheckpointError(f"{path} is not an ftlab checkpoint")
+    return checkpoint
+
+
+def preprocessing(checkpoint: dict) -> Preprocessing:
+    """The preprocessing the checkpoint's model was trained and evaluated with. Checkpoints
+    written before it was recorded resized the shorter side straight to the image size."""
+    if isinstance(checkpoint.get("preprocessing"), dict):
+        return Preprocessing.from_dict(checkpoint["preprocessing"])
+    spec = backbones.get_spec(checkpoint["backbone"])
+    size = int(checkpoint["image_size"])
+    return Preprocessing(size, size, tuple(spec.mean), tuple(spec.std))
+
+
+def _option_problems(values: dict) -> list[str]:
+    """Options of a checkpoint whose type or range TrainConfig would not allow."""
+    from ftlab.config import option_type, options
+
+    problems = []
+    for f in options():
+        if f.name not in values or (values[f.name] is None and f.default is None):
+            continue
+        value, kind, meta = values[f.name], option_type(f), f.metadata
+        if f.name == "frozen_blocks":
+            ok = isinstance(value, (list, tuple)) and all(isinstance(b, str) for b in value)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            problems.append(f"{f.name} is {type(value).__name__} {str(value)[:40]!r}, not {kind.__name__}")
+        elif meta["choices"] and value not in meta["choices"]:
+            problems.append(f"{f.name} {value!r} is not one of {', '.join(meta['choices'])}")
+        elif meta["lo"] is not None and kind is not bool and not meta["lo"] <= value <= meta["hi"]:
+            problems.append(f"{f.name} {value:g} is outside {meta['lo']:g}..{meta['hi']:g}")
+    return problems
+
+
+def _preprocessing_problems(checkpoint: dict) -> list[str]:
+    d = checkpoint.get("preprocessing")
+    if d is None:
+        return []
+    try:
+        p = Preprocessing.from_dict(d)
+    except (KeyError, TypeError, ValueError):
+        return ["its preprocessing is not a size, a resize, a mean and a std"]
+    if len(p.mean) != 3 or len(p.std) != 3 or not all(math.isfinite(v) for v in p.mean + p.std) \
+            or min(p.std) <= 0:
+        return ["its preprocessing's mean and std are not three finite numbers each (std above 0)"]
+    if not 16 <= p.size <= p.resize <= 8 * p.size or p.size != checkpoint.get("image_size"):
+        return [f"its preprocessing (resize {p.resize}, crop {p.size}) does not fit its image size "
+                f"{checkpoint.get('image_size')!r}"]
+    return []
+
+
+def problems(checkpoint: dict) -> list[str]:
+    """What in a checkpoint's metadata does not describe a usable model, in words (none: usable).
+    The metadata is checked before anything is built from it: a crafted file must neither
+    crash a page nor yield outputs cut to a shorter class list."""
+    name = checkpoint.get("backbone")
+    if not isinstance(name, str) or name not in backbones.list_backbones():
+        return [f"names no usable model: unknown backbone {str(name)[:40]!r}"]
+    found = _option_problems({k: checkpoint.get(k, 0) for k in ("hidden", "dropout")}
+                             | {"image_size": checkpoint.get("image_size")})
+    if checkpoint.get("image_size") is None:
+        found.append("it states no image size")
+    config = checkpoint.get("config", {})
+    if isinstance(config, dict):
+        found += [f"its config: {p}" for p in _option_problems(config)]
+    else:
+        found.append(f"its config is {type(config).__name__}, not a mapping of options")
+    if not found:
+        found += _preprocessing_problems(checkpoint)
+    state = checkpoint["model"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        return found + ["its model holds something other than named tensors"]
+    n, classes = checkpoint.get("num_classes"), checkpoint.get("classes")
+    heads = [v for k, v in state.items() if k.startswith("head.") and k.endswith(".weight") and v.dim() == 2]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        found.append(f"its class count {str(n)[:20]!r} is not a whole number of at least 2")
+    elif not heads or heads[-1].shape[0] != n:  # before building: a crafted count must not size a huge head
+        found.append(f"does not fit {name} with {n} classes (its head has "
+                     f"{heads[-1].shape[0] if heads else 'no'} outputs)")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        found.append("its class list is not a list of names")
+    elif isinstance(n, int) and len(classes) != n:
+        found.append(f"it names {len(classes)} classes for a model with {n} outputs")
+    elif len(set(classes)) != len(classes):
+        found.append("its class list names a class twice")
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in state.values()):
+        found.append("its weights hold NaN or infinite values")
+    return found
+
+
+def load_model(checkpoint: dict) -> backbones.BlockModel:
+    """The checkpoint's model in eval mode, refusing one whose metadata or tensors do not fit its
+    stated architecture."""
+    if found := problems(checkpoint):
+        raise CheckpointError(f"the checkpoint cannot be used: {'; '.join(found)}")
+    try:
+        model = backbones.create_model(checkpoint["backbone"], int(checkpoint["num_classes"]), "random",
+                                       hidden=int(checkpoint.get("hidden", 0)),
+                                       dropout=float(checkpoint.get("dropout", 0.0)))
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"the checkpoint names no usable model: {err}") from None
+    state = checkpoint["model"]
+    own = model.state_dict()
+    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if wrong:
+        raise CheckpointError(f"the checkpoint does not fit {checkpoint['backbone']} with "
+                              f"{checkpoint['num_classes']} classes ({len(wrong)} tensors missing or of another "
+                              f"shape, first {wrong[0]})")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def weights_only_dict(model: nn.Module) -> dict:
+    """A model's tensors as a checkpoint holds them: detached copies on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

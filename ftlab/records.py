@@ -1,0 +1,50 @@
+"""What a run records: its summary and one record per epoch, as dataclasses whose ``to_dict``
+is the JSON contract (`python -m ftlab train --json`, the run store, the events)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class RunSummary:
+    """A run's figures so far; the last one is the run's result."""
+
+    run_id: str
+    dataset: str
+    backbone: str
+    strategy: str
+    epochs_run: int = 0
+    best_val_accuracy: float | None = None
+    best_epoch: int | None = None
+    test_accuracy: float | None = None
+    train_seconds: float = 0.0  # the training passes alone: not decoding, caching or evaluation
+    images_per_second: float = 0.0
+    trainable_params: int = 0
+    total_params: int = 0
+    device: str = "cpu"
+    stopped_reason: str | None = None  # completed, early_stopping, user, non_finite_loss, error
+    skipped_files: int = 0
+    image_size: int | None = None
+    feature_cache: str | None = None  # what the feature cache did, in words
+    cache_seconds: float = 0.0  # computing cached features, reported apart from training
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch's figures, as the run store keeps them and the curves draw them."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    images_per_second: float
+    seconds: float
+    trainable_params: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
