@@ -74,7 +74,7 @@ def test_confusion_matrix_counts_every_validation_image(store):
 def test_images_are_decoded_once_per_split(store, monkeypatch):
     calls = []
     real = data.decode
-    monkeypatch.setattr(data, "decode", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    monkeypatch.setattr(data.prepared, "decode", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     collect(TrainConfig(**{**FAST, "epochs": 3}), store)
     assert len(calls) == 2  # train and val, not once per epoch
 

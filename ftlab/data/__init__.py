@@ -7,7 +7,7 @@
 from ftlab.data.dataset import DataError, Dataset, DatasetInfo, DatasetUnavailable
 from ftlab.data.decoding import Decoded, DecodingStopped, decode, decode_image
 from ftlab.data.folders import save_upload
-from ftlab.data.prepare import Prepared, identity, is_shapes, load_for, prepare, shapes_options, split_for
+from ftlab.data.prepared import Prepared, identity, is_shapes, load_for, prepare, shapes_options, split_for
 from ftlab.data.registry import list_datasets, load_dataset
 from ftlab.data.shapes import ShapesOptions
 from ftlab.data.splits import Split, long_tail_indices, make_split
