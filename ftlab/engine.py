@@ -386,12 +386,17 @@ class _Trainer:
             self.summary.feature_cache = note
             self._say(note)
 
-    def _cached(self, split: str, start: int, view: int) -> torch.Tensor | None:
-        c, decoded = self.config, getattr(self.data, split)
+    def _cache_key(self, split: str, start: int, view: int) -> cache.CacheKey:
+        """Everything that determines the output of blocks ..``start`` on ``split`` (view ``view``)."""
+        c = self.config
         inputs = self.prep.identity(train=view > 0) + (f"; views of seed {c.seed}" if view else "") + \
             ("; autocast" if self.amp else "")
-        key = cache.CacheKey(c.backbone, self.weights_identity, self.model.block_names[start], inputs,
-                             self.data_identity, split, cache.digest(decoded.indices), view)
+        return cache.CacheKey(c.backbone, self.weights_identity, self.model.block_names[start], inputs,
+                              self.data_identity, split, cache.digest(getattr(self.data, split).indices), view)
+
+    def _cached(self, split: str, start: int, view: int) -> torch.Tensor | None:
+        c, decoded = self.config, getattr(self.data, split)
+        key = self._cache_key(split, start, view)
         blocks = ", ".join(self.model.block_names[:start])
         found = self.shared_cache.get(key)
         if found is not None:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ftlab import backbones, data, engine, events, jobs, objectives, transforms
+from ftlab import backbones, data, engine, events, objectives, transforms
+from ftlab.jobs import Job
 from ftlab.config import TrainConfig
 from ftlab.runs import RunStore
 
@@ -82,7 +83,7 @@ def test_images_are_decoded_once_per_split(store, monkeypatch):
 def test_the_background_job_stops_within_a_batch(store):
     """Guard: the stop flag is checked before every batch. The worker is held after its first step
     until this thread has called stop(), so however fast it trains the stop must land before step 2."""
-    job = jobs.Job(TrainConfig(**{**FAST, "epochs": 50}), store)
+    job = Job(TrainConfig(**{**FAST, "epochs": 50}), store)
     asked = threading.Event()
     real = job._on_event
 
@@ -162,7 +163,7 @@ def test_an_exception_in_a_data_step_reaches_the_job_as_a_failure(store, monkeyp
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(transforms.Preprocess, "__call__", broken)
-    job = jobs.Job(TrainConfig(**FAST), store).start()
+    job = Job(TrainConfig(**FAST), store).start()
     assert job.join(timeout=HANG)
     snap = job.snapshot()
     assert snap.status == "failed" and "disk on fire" in snap.message
@@ -200,7 +201,7 @@ def test_the_background_job_trains_what_the_foreground_trains(store):
     """Job.start() releases the caller's idle OpenMP threads; the foreground run that came
     first and the job after it must still compute the same run."""
     fg, _ = collect(TrainConfig(**FAST), store)
-    job = jobs.Job(TrainConfig(**FAST), store).start()
+    job = Job(TrainConfig(**FAST), store).start()
     assert job.join(timeout=HANG)
     bg = job.snapshot().end.summary
     assert_same_run(store.epochs(fg["run_id"]), store.epochs(bg["run_id"]), fg["device"])
@@ -236,7 +237,7 @@ def test_out_of_memory_names_the_batch_size_to_try(store, monkeypatch):
 
 def _stop_when(store, config, trigger):
     """Run ``config`` in the background and set its stop flag from inside the phase ``trigger`` picks."""
-    job = jobs.Job(config, store)
+    job = Job(config, store)
     real = job._on_event
 
     def on_event(event):
@@ -279,7 +280,7 @@ def test_stop_during_evaluation(store, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine, "evaluate", evaluate_then_stop)
-    job = jobs.Job(TrainConfig(**{**FAST, "epochs": 50}), store)
+    job = Job(TrainConfig(**{**FAST, "epochs": 50}), store)
     jobs.append(job)
     job.start()
     assert job.join(timeout=HANG)
