@@ -424,13 +424,15 @@ def insert_adapters(blocks: OrderedDict[str, nn.Module], after: Sequence[str], d
 # --- the whole edited model --------------------------------------------------------------
 
 def apply(blocks: OrderedDict[str, nn.Module], edits: ModelEdits, num_classes: int, in_features: int,
-          image_size: int) -> OrderedDict[str, nn.Module]:
+          image_size: int, shapes: dict[str, tuple[int, ...]] | None = None) -> OrderedDict[str, nn.Module]:
     """A backbone's blocks (without a head) edited: truncated, then adapters, then the head.
-    ``in_features`` is the width of the backbone's own pooled feature (used when not truncated)."""
+    ``in_features`` is the width of the backbone's own pooled feature (used when not truncated);
+    ``shapes`` the blocks' :func:`block_shapes`, where they are known already."""
     problems = edits.problems([*blocks, "head"])
     if problems:
         raise ValueError(" ".join(problems))
-    shapes = block_shapes(blocks, image_size) if (edits.truncate_after or edits.adapter_after) else None
+    if shapes is None and (edits.truncate_after or edits.adapter_after):
+        shapes = block_shapes(blocks, image_size)
     if edits.truncate_after:
         blocks, in_features = truncate(blocks, edits.truncate_after, image_size, shapes)
     blocks = insert_adapters(blocks, edits.adapter_after, edits.adapter_dim, image_size, shapes)
@@ -473,7 +475,10 @@ def block_names(backbone: str) -> tuple[str, ...]:
     return tuple(_meta_blocks(backbone)) + ("head",)
 
 
+@functools.cache
 def _meta_blocks(backbone: str) -> OrderedDict[str, nn.Module]:
+    """The unedited blocks without weights, built once per process: edits only read them (a
+    copy of the dict, never the modules, is what changes), so every table shares them."""
     spec = _spec(backbone)
     try:
         with torch.device("meta"):
@@ -499,10 +504,10 @@ def edited_blocks(backbone: str, num_classes: int, edits: ModelEdits,
     what they held) where the model was cut, before the pool put in their place. Built on the
     meta device: no weights, no memory. Raises ``ValueError`` with every problem of ``edits``."""
     size = resolved_size(backbone, image_size)
-    original = _meta_blocks(backbone)
-    before = block_shapes(original, size)
+    original = OrderedDict(_meta_blocks(backbone))
+    before = _meta_shapes(backbone, size)
     with torch.device("meta"):
-        edited = apply(OrderedDict(original), edits, num_classes, _spec(backbone).head_in_features, size)
+        edited = apply(OrderedDict(original), edits, num_classes, _spec(backbone).head_in_features, size, before)
     after = block_shapes(edited, size)
     rows = [BlockRow(name, _count(block), _mark(name, block, original), after[name])
             for name, block in edited.items()]
@@ -512,6 +517,11 @@ def edited_blocks(backbone: str, num_classes: int, edits: ModelEdits,
                if edited.get(name) is not block and (name != "pool" or _count(block))]
     cut = next((i for i, row in enumerate(rows) if row.name == "pool"), len(rows) - 1)
     return tuple(rows[:cut] + removed + rows[cut:])
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_shapes(backbone: str, image_size: int) -> dict[str, tuple[int, ...]]:
+    return block_shapes(_meta_blocks(backbone), image_size)
 
 
 def _count(module: nn.Module) -> int:

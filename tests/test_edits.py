@@ -111,9 +111,9 @@ def test_truncated_model_puts_the_head_on_the_pooled_output_of_a_middle_block(na
     assert features.shape == (2, m.head[-1].in_features)
     assert logits.shape == (2, K)
     assert n_params(m.pool) == 0
-    full = backbones.create_model(name, K, "random")
-    assert n_params(m) < n_params(full)
-    assert set(kept) < set(full.block_names) | {"head"}
+    full = edited_blocks(name, K, ModelEdits(), size(name))  # the unedited model, on the meta device
+    assert n_params(m) < sum(r.params for r in full)
+    assert set(kept) < {r.name for r in full}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -207,12 +207,12 @@ def test_a_cached_prefix_and_forward_from_give_the_full_models_logits_with_adapt
 
 
 def test_an_edited_checkpoint_rebuilt_from_its_edits_loads_strictly():
-    e = ModelEdits(head=(32, 16), activation="silu", head_batchnorm=True, truncate_after="stage6",
-                   adapter_after=("stage3", "stage6"), adapter_dim=8)
+    e = ModelEdits(head=(32, 16), activation="silu", head_batchnorm=True, truncate_after="stage5",
+                   adapter_after=("stage3", "stage5"), adapter_dim=8)
     torch.manual_seed(1)
-    first = model("mobilenet_v3_large", e)
+    first = model("mobilenet_v3_small", e)
     nn.init.normal_(first.adapter_stage3.up.weight)
-    again = model("mobilenet_v3_large", ModelEdits.from_dict(json.loads(json.dumps(e.to_dict()))))
+    again = model("mobilenet_v3_small", ModelEdits.from_dict(json.loads(json.dumps(e.to_dict()))))
     again.load_state_dict(first.state_dict(), strict=True)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -346,3 +346,19 @@ def test_edit_functions_do_not_change_the_blocks_they_are_given():
     edits.insert_adapters(blocks, ("stage1",), 8, 64)
     assert list(blocks) == names
     assert isinstance(edits.insert_adapters(blocks, (), 8, 64), OrderedDict)
+
+
+def test_shapes_fall_back_to_one_real_image_where_the_meta_device_fails(monkeypatch):
+    def no_meta(block, x):
+        raise NotImplementedError("no meta kernel")
+
+    monkeypatch.setattr(edits, "_meta_call", no_meta)
+    blocks = get_spec("small_cnn").blocks(False)
+    blocks["stage1"].train()
+    blocks["stem"].eval()
+    assert edits.block_shapes(blocks, 32)["stage2"] == (128, 8, 8)
+    assert blocks["stage1"].training and not blocks["stem"].training  # each mode as it was
+    with torch.device("meta"):
+        meta_blocks = get_spec("small_cnn").blocks(False)
+    with pytest.raises(ValueError, match="cannot find the block shapes at 32 px"):
+        edits.block_shapes(meta_blocks, 32)
