@@ -409,7 +409,8 @@ def insert_adapters(blocks: OrderedDict[str, nn.Module], after: Sequence[str], d
     """``blocks`` with a new block ``adapter_<block>`` right after each block in ``after``."""
     unknown = [name for name in after if name not in blocks or name in NOT_EDITABLE]
     if unknown:
-        raise ValueError(f"no block {some(unknown)} to put an adapter after; choose from {some(_editable(list(blocks)))}")
+        raise ValueError(f"no block {some(unknown)} to put an adapter after; "
+                         f"choose from {some(_editable(list(blocks)))}")
     if not after:
         return OrderedDict(blocks)
     shapes = shapes or block_shapes(blocks, image_size)
