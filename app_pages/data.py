@@ -4,7 +4,7 @@ from dataclasses import replace
 import streamlit as st
 
 from ftlab import data, diversity, explore, paths
-from ui import charts, keys as K, resources
+from ui import charts, keys as K, resources, session as S
 
 RATIOS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 SAMPLES_PER_CLASS, SAMPLE_PX = 6, 64
@@ -19,7 +19,7 @@ def choose(name: str) -> None:
 def try_load(name: str, *, download: bool = False) -> bool:
     """Load ``name`` with the session's options; on success it becomes the data set."""
     try:
-        resources.dataset(replace(K.current_config(state), dataset=name), download=download)
+        resources.dataset(replace(S.current_config(state), dataset=name), download=download)
     except data.DataError as err:
         st.error(str(err))
         return False
@@ -48,7 +48,7 @@ elif source == "Download":
     name = st.selectbox("Data set", downloads, key=K.DOWNLOAD, persist_state=K.PERSIST,
                         format_func=lambda n: f"{n} — {infos[n].description}")
     try:
-        resources.dataset(replace(K.current_config(state), dataset=name), download=False)
+        resources.dataset(replace(S.current_config(state), dataset=name), download=False)
         choose(name)
         st.caption(f"{name} is in the data folder ({paths.data_dir()}).")
     except data.DataError as err:
@@ -81,7 +81,7 @@ else:
         else:
             st.error("Enter the path of a folder first.")
 
-config = K.current_config(state)
+config = S.current_config(state)
 try:
     ds = resources.dataset(config)
     st.subheader(f"{explore.display_name(config.dataset)}: {len(ds.classes)} classes, {len(ds):,} images")
@@ -154,7 +154,7 @@ for i, tip in enumerate(tips):
     with st.container(border=True):
         st.markdown(f"**{tip.title}**")
         st.write(tip.reason)
-        st.button(f"Use it: {K.describe_setting(dict(tip.setting))}", key=K.SUGGESTION.format(i),
-                  on_click=K.apply_suggestion, args=(state, dict(tip.setting), config))
+        st.button(f"Use it: {diversity.describe_setting(dict(tip.setting))}", key=K.SUGGESTION.format(i),
+                  on_click=S.apply_suggestion, args=(state, dict(tip.setting), config))
 
 st.caption("The data set, split and long tail chosen here carry over to the Model and Train pages.")

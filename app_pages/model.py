@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from ftlab import backbones, data, freeze
-from ui import charts, keys as K, resources
+from ui import charts, keys as K, resources, session as S
 
 state = st.session_state
 
@@ -22,7 +22,7 @@ names = backbones.list_backbones()
 backbone = st.selectbox("Backbone", names, key=K.cfg("backbone"), persist_state=K.PERSIST,
                         format_func=lambda n: f"{n} — {backbones.get_spec(n).description}")
 spec = backbones.get_spec(backbone)
-config = K.current_config(state)
+config = S.current_config(state)
 try:
     num_classes = len(resources.dataset(config).classes)
 except data.DataError:
@@ -65,13 +65,13 @@ st.subheader("Which blocks train")
 body_blocks = blocks[:-1]
 state[K.TOP_N] = min(max(1, state[K.TOP_N]), len(body_blocks))
 if state[K.PRESET] == "custom" and not set(state[K.FROZEN] or ()) <= set(blocks):
-    K.set_preset(state, "linear-probe")  # the hand-made selection named another backbone's blocks
+    S.set_preset(state, "linear-probe")  # the hand-made selection named another backbone's blocks
 p = st.columns(4, vertical_alignment="bottom")
 p[1].number_input("N", 1, len(body_blocks), key=K.TOP_N, persist_state=K.PERSIST)
 p[3].number_input("k (epochs)", 1, 100, key=K.cfg("gradual_every"), persist_state=K.PERSIST)
 for col, (label, name, preset) in zip(p, [("Linear probe", "linear_probe", "linear-probe"), ("Top-N", "top_n", "top-N"),
                                           ("Full", "full", "full"), ("Gradual", "gradual", "gradual")]):
-    col.button(label, key=K.PRESET_BUTTON.format(name), on_click=K.set_preset, args=(state, preset), width="stretch")
+    col.button(label, key=K.PRESET_BUTTON.format(name), on_click=S.set_preset, args=(state, preset), width="stretch")
 preset = state[K.PRESET]
 st.caption(preset_text(preset, state[K.TOP_N], state[K.cfg("gradual_every")]))
 
@@ -81,7 +81,7 @@ o[0].slider("Discriminative rate factor", 0.01, 1.0, step=0.01, key=K.cfg("lr_de
 o[1].checkbox("Frozen blocks keep their BatchNorm statistics", key=K.cfg("bn_frozen"), persist_state=K.PERSIST,
               help="Frozen blocks run in eval mode while training, so they compute what they were pretrained to.")
 
-config = K.current_config(state)
+config = S.current_config(state)
 plan = freeze.make_plan(blocks, config.strategy, gradual_every=config.gradual_every,
                         frozen_blocks=config.frozen_blocks)
 frozen = set(plan.frozen_at(0))

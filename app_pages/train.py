@@ -10,7 +10,7 @@ from ftlab.config import MAX_NAME, TrainConfig, option_type, options, resolved_i
 from ftlab.engine import Job
 from ftlab.jobs import END_STATUSES, JobBusy
 from ftlab.runs import StoreError
-from ui import charts, keys as K, parts, resources
+from ui import charts, keys as K, parts, resources, session as S
 
 state = st.session_state
 LABELS = {"lr": "Learning rate", "amp": "Mixed precision (CUDA only)", "random_crop": "Random resized crop",
@@ -43,7 +43,7 @@ def find_job() -> Job | None:
     job = registry.get(state.get(K.JOB))
     if job is None and (named := registry.get(st.query_params.get("run"))) is not None:
         state[K.JOB], job = named.run_id, named
-        K.adopt_config(state, named.config)  # the form and the summary show the run's settings, not defaults
+        S.adopt_config(state, named.config)  # the form and the summary show the run's settings, not defaults
     if job is not None and st.query_params.get("run") != job.run_id:
         st.query_params["run"] = job.run_id
     return job
@@ -52,7 +52,7 @@ def find_job() -> Job | None:
 def watch(run_id: str) -> None:
     state[K.JOB] = run_id
     st.query_params["run"] = run_id
-    K.adopt_config(state, resources.registry().get(run_id).config)
+    S.adopt_config(state, resources.registry().get(run_id).config)
 
 
 def others_running(job: Job | None) -> None:
@@ -164,7 +164,7 @@ st.title("Train")
 job = find_job()
 others_running(job)
 running = is_running(job)
-config = K.current_config(state)
+config = S.current_config(state)
 st.markdown(parts.config_summary(config))
 links = st.columns(3)
 links[0].page_link("app_pages/data.py", label="Change the data", icon="🗂️")
@@ -187,7 +187,7 @@ with st.form(K.TRAIN_FORM, border=True):
             option_widget(f, auto)
     submitted = st.form_submit_button("Start training", type="primary", disabled=running, key=K.START)
 if submitted:
-    start(K.current_config(state))
+    start(S.current_config(state))
     job = find_job()
     running = is_running(job)
 
