@@ -1,4 +1,4 @@
-"""What the app shows of a data set and of a kept run: reads over ftlab's data and records.
+"""What the app shows of a data set, a model and a kept run: reads over ftlab's data, models and records.
 
 `load_for` and `split_for` are the steps training takes too (`ftlab.engine.prepare_data` calls
 them): the seeded, stratified split, then the long tail when ``imbalance_ratio`` > 1, so the
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ftlab import data, diversity
-from ftlab.config import TrainConfig
+from ftlab import data, diversity, freeze
+from ftlab.config import TrainConfig, resolved_lr
 from ftlab.messages import printable
 from ftlab.metrics import most_confused
 
@@ -125,6 +125,84 @@ def record_label(record, with_id: bool = True) -> str:
 def _config_of(record) -> dict:
     config = record.config if isinstance(record.config, dict) else {}
     return {**config, "dataset": record.dataset, "backbone": record.backbone, "strategy": record.strategy}
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    """One block of a model as the Model page's table shows it."""
+
+    block: str
+    parameters: int
+    train: bool  # trains from the first epoch (a gradual plan adds blocks later: `BlockTable.schedule`)
+    lr_factor: float  # the block's learning rate over the head's, as the optimiser's param group has it
+    note: str = ""  # how an edit of the model changed the block ("added", "removed"); "" for the backbone's own
+
+
+@dataclass(frozen=True)
+class BlockTable:
+    """A config's model, block by block, with what trains and at what rate, and the totals."""
+
+    rows: tuple[BlockRow, ...]
+    trainable: int  # parameters that train from the first epoch
+    total: int
+    schedule: str = ""  # how the plan goes on from the first epochs, in a sentence ("" when it does not change)
+
+    @property
+    def percent(self) -> float:
+        """Trainable parameters as a percentage of all of them."""
+        return 100 * self.trainable / self.total if self.total else 0.0
+
+    @property
+    def frozen(self) -> frozenset[str]:
+        return frozenset(r.block for r in self.rows if not r.train)
+
+    def columns(self) -> dict[str, list]:
+        """The rows as the table's columns; ``note`` only when some row has one."""
+        columns = {"block": [r.block for r in self.rows], "parameters": [r.parameters for r in self.rows],
+                   "train": [r.train for r in self.rows], "learning rate ×": [r.lr_factor for r in self.rows]}
+        if any(r.note for r in self.rows):
+            columns["note"] = [r.note for r in self.rows]
+        return columns
+
+
+def block_table(config: TrainConfig, num_classes: int) -> BlockTable:
+    """``config``'s model with a head for ``num_classes``, as training will freeze it and set its rates:
+    the freeze plan, `freeze.apply_freeze`, `freeze.param_groups` and `freeze.count_params` on the
+    model's architecture (built without weights). Raises ValueError for a strategy the backbone cannot take."""
+    model = _architecture(config, num_classes)
+    plan = freeze.make_plan(model.param_blocks(), config.strategy, gradual_every=config.gradual_every,
+                            frozen_blocks=config.frozen_blocks)
+    freeze.apply_freeze(model, plan.frozen_at(0), config.bn_frozen)
+    groups = freeze.param_groups(model, resolved_lr(config), config.weight_decay, config.lr_decay)
+    head_lr = groups[-1]["lr"]
+    counts = model.block_params()
+    rows = tuple(BlockRow(g["name"], counts[g["name"]], g["name"] not in plan.frozen_at(0), g["lr"] / head_lr)
+                 for g in groups)
+    trainable, total = freeze.count_params(model)
+    return BlockTable(rows, trainable, total, _schedule(plan))
+
+
+def _architecture(config: TrainConfig, num_classes: int):
+    """The model's blocks and head on the meta device: shapes and counts, no weights, no memory."""
+    import torch
+
+    from ftlab import backbones
+
+    build = lambda: backbones.create_model(config.backbone, num_classes, "random", hidden=config.hidden,  # noqa: E731
+                                           dropout=config.dropout)
+    try:
+        with torch.device("meta"):
+            return build()
+    except (NotImplementedError, RuntimeError):  # a builder that computes with tensors (RegNet's widths)
+        return build()
+
+
+def _schedule(plan: freeze.FreezePlan) -> str:
+    """How a gradual plan goes on from the first epochs, in a sentence; "" for a plan that stays as it starts."""
+    if plan.strategy != "gradual":
+        return ""
+    order = " → ".join(reversed(plan.blocks[:-1]))
+    return f"The table shows the first epochs; then every {plan.gradual_every} epoch(s) one more block trains: {order}."
 
 
 def confusion_view(confusion, classes: list[str], normalised: bool = False,

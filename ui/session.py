@@ -92,6 +92,11 @@ def set_preset(state: MutableMapping, preset: str) -> None:
     state[EDITOR_VERSION] += 1
 
 
+def choose_frozen(state: MutableMapping, frozen: set[str] | frozenset[str], blocks: tuple[str, ...]) -> None:
+    """The blocks the user unticked in the block table become the custom strategy (in the model's order)."""
+    state[PRESET], state[FROZEN] = "custom", tuple(b for b in blocks if b in frozen)
+
+
 def fit_to_backbone(state: MutableMapping, blocks: tuple[str, ...] | list[str]) -> None:
     """Keep the freezing choices possible for a backbone with these blocks (``head`` last), before
     the Model page draws them: N within the blocks below the head, and a hand-made selection
