@@ -107,7 +107,7 @@ except data.DataError as err:
 
 st.plotly_chart(charts.class_counts(ds.classes, counts), key="data.counts_chart")
 figures = diversity.distribution(counts["train"])
-tail = f" (long tail ×{config.imbalance_ratio:g} applied)" if config.imbalance_ratio > 1 else ""
+tail = f" ({explore.long_tail_text(config.imbalance_ratio)} applied)" if config.imbalance_ratio > 1 else ""
 st.caption(f"Class balance of the training split{tail}, {figures.total:,} images")
 m = st.columns(5)
 m[0].metric("Entropy (nats)", f"{figures.entropy_nats:.3f}", help="H = −Σ p log p over the classes")

@@ -3,7 +3,6 @@ import os
 
 import streamlit as st
 
-from ftlab import explore
 from ftlab.engine import pick_device
 from ui import parts, resources
 
@@ -44,4 +43,4 @@ for job in running:
     c = job.config
     step = snap.last_step
     progress = f"epoch {step.epoch}/{c.epochs}, batch {step.step}/{step.steps}" if step else snap.message
-    st.markdown(f"`{job.run_id}` · {parts.plain(explore.run_label(c))} — {progress}")
+    st.markdown(f"{parts.run_title(job.run_id, c)} — {progress}")

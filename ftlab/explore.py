@@ -71,6 +71,57 @@ def format_duration(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
+def progress(snapshot, epochs: int, ended: bool) -> tuple[float, str]:
+    """How far a job (an `engine.JobSnapshot` of a run of ``epochs`` epochs) has come: the share done,
+    for a progress bar, and its words. ``ended``: the job finished, stopped or failed.
+
+    >>> from types import SimpleNamespace as S
+    >>> step = S(epoch=2, step=5, steps=10, images_per_second=812.4, seconds_left=75)
+    >>> progress(S(epochs=[1], last_step=step, message=""), 4, ended=False)
+    (0.375, 'Epoch 2/4 · batch 5/10 · 812 images/s · 1:15 left')
+    >>> progress(S(epochs=[1, 2], last_step=step, message="stopped"), 4, ended=True)
+    (0.5, '2 of 4 epoch(s) done')
+    >>> progress(S(epochs=[], last_step=None, message="decoding images"), 4, ended=False)
+    (0.0, 'Decoding images…')
+    """
+    step = snapshot.last_step
+    if ended:
+        return min(len(snapshot.epochs) / epochs, 1.0), f"{len(snapshot.epochs)} of {epochs} epoch(s) done"
+    if step is None:
+        return 0.0, f"{snapshot.message[:1].upper()}{snapshot.message[1:]}…"
+    done = ((step.epoch - 1) * step.steps + step.step) / (epochs * step.steps)
+    return min(done, 1.0), (f"Epoch {step.epoch}/{epochs} · batch {step.step}/{step.steps} · "
+                            f"{step.images_per_second:.0f} images/s · {format_duration(step.seconds_left)} left")
+
+
+def val_accuracy_change(epochs: list) -> float | None:
+    """The last epoch's val accuracy against the one before, to the three places shown; None after one
+    epoch, and 0.0 (never -0.0, which shows as a fall) when it did not change at those places.
+
+    >>> from types import SimpleNamespace as S
+    >>> val_accuracy_change([S(val_accuracy=0.5), S(val_accuracy=0.6254)]), val_accuracy_change([S(val_accuracy=0.5)])
+    (0.125, None)
+    >>> str(val_accuracy_change([S(val_accuracy=0.5001), S(val_accuracy=0.5)]))
+    '0.0'
+    """
+    if len(epochs) < 2:
+        return None
+    return round(epochs[-1].val_accuracy - epochs[-2].val_accuracy, 3) + 0.0  # + 0.0: -0.0 becomes 0.0
+
+
+def best_val_accuracy(epochs: list) -> float:
+    return max(e.val_accuracy for e in epochs)
+
+
+def long_tail_text(ratio: float) -> str:
+    """A long-tail subsampling in words, as the labels and summaries name it.
+
+    >>> long_tail_text(10.0), long_tail_text(2.5)
+    ('long tail ×10', 'long tail ×2.5')
+    """
+    return f"long tail ×{ratio:g}"
+
+
 def display_name(dataset: str) -> str:
     r"""A registered name as it is; a folder or .zip path by its last part, printable (a byte that
     is not UTF-8 as ``\xff``).
@@ -79,6 +130,20 @@ def display_name(dataset: str) -> str:
     ('bienen\\xff', 'digits')
     """
     return printable(os.path.basename(dataset.rstrip("/\\")) or dataset)
+
+
+def strategy_label(strategy: object, frozen_blocks: object = None) -> str:
+    """A config's freezing for labels and summaries: `freeze.Strategy.label`. Never raises: a stored
+    run's odd or old strategy text is shown as it is, so the run still lists.
+
+    >>> strategy_label("top-2"), strategy_label("gradual", ["stem", "stage1"]), strategy_label("top3")
+    ('top-2', 'custom (2 frozen)', 'top3')
+    """
+    frozen = tuple(frozen_blocks) if isinstance(frozen_blocks, (list, tuple)) else None
+    try:
+        return freeze.Strategy.parse(strategy, frozen).label
+    except ValueError:
+        return freeze.Strategy("custom", frozen_blocks=frozen).label if frozen is not None else str(strategy)
 
 
 def run_label(config: TrainConfig | dict) -> str:
@@ -93,8 +158,7 @@ def run_label(config: TrainConfig | dict) -> str:
     if str(c.get("name") or "").strip():
         return printable(str(c["name"]).strip())
     default = TrainConfig().to_dict()
-    frozen = c.get("frozen_blocks")
-    strategy = f"custom ({len(frozen)} frozen)" if isinstance(frozen, (list, tuple)) else str(c.get("strategy", "?"))
+    strategy = strategy_label(c.get("strategy", "?"), c.get("frozen_blocks"))
     epochs = c.get("epochs", default["epochs"])
     options = [f"{epochs} epoch{'' if epochs == 1 else 's'}"]
     for name in LABEL_OPTIONS:
@@ -106,7 +170,7 @@ def run_label(config: TrainConfig | dict) -> str:
         elif name == "image_size":
             options.append(f"{value} px")
         elif name == "imbalance_ratio":
-            options.append(f"long tail ×{value:g}" if isinstance(value, (int, float)) else f"long tail {value}")
+            options.append(long_tail_text(value) if isinstance(value, (int, float)) else f"long tail {value}")
         elif isinstance(value, bool):
             options.append(name.replace("_", " "))
         else:
