@@ -133,16 +133,10 @@ st.caption("Subsample the training split to a long tail: the largest class stays
 before = diversity.counts_of(ds.labels[base.train], len(ds.classes))
 ratio = st.select_slider("Imbalance ratio (largest / smallest class)", RATIOS, key=K.SIM_RATIO,
                          persist_state=K.PERSIST, format_func=lambda r: f"{r:g}")
-after = diversity.long_tail_counts(before, ratio)
-now, sim = diversity.distribution(before), diversity.distribution(after)
+after, tail_figures = explore.long_tail_figures(before, ratio)
 st.plotly_chart(charts.long_tail(ds.classes, before, after, ratio), key="data.tail_chart")
-s = st.columns(4)
-s[0].metric("Entropy after (bits)", f"{sim.entropy_bits:.3f}", f"{sim.entropy_bits - now.entropy_bits:+.3f}")
-s[1].metric("Normalised entropy after", f"{sim.normalised_entropy:.3f}",
-            f"{sim.normalised_entropy - now.normalised_entropy:+.3f}")
-s[2].metric("Effective classes after", f"{sim.effective_classes:.2f}",
-            f"{sim.effective_classes - now.effective_classes:+.2f}")
-s[3].metric("Training images after", f"{sim.total:,}", f"{sim.total - now.total:+,}")
+for col, (label, value, change) in zip(st.columns(len(tail_figures)), tail_figures):
+    col.metric(label, value, change)
 st.toggle("Apply this long tail to the run", key=K.SIM_APPLY, persist_state=K.PERSIST,
           help="Sets the run's imbalance ratio: the training split is subsampled this way when the run starts.")
 

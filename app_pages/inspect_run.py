@@ -19,7 +19,7 @@ if not records:
     st.stop()
 run = parts.run_picker(records, K.INSPECT_RUN)
 run_id = run.id
-split = "test" if "test" in run.final else "val"
+split = explore.final_split(run.final)
 ev = run.final[split]
 
 m = st.columns(3)

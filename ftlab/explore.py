@@ -122,6 +122,43 @@ def long_tail_text(ratio: float) -> str:
     return f"long tail ×{ratio:g}"
 
 
+# the figures of the imbalance simulator: label, Distribution field, format of the value and of its change
+TAIL_FIGURES = (("Entropy after (bits)", "entropy_bits", "{:.3f}", "{:+.3f}"),
+                ("Normalised entropy after", "normalised_entropy", "{:.3f}", "{:+.3f}"),
+                ("Effective classes after", "effective_classes", "{:.2f}", "{:+.2f}"),
+                ("Training images after", "total", "{:,}", "{:+,}"))
+
+
+def long_tail_figures(before: list[int], ratio: float) -> tuple[list[int], list[tuple[str, str, str]]]:
+    """What a long tail of ``ratio`` would make of the training split's class counts ``before``: the
+    counts after, and (label, value after, change) of each figure a user compares.
+
+    >>> after, figures = long_tail_figures([100, 100], 4.0)
+    >>> after, figures[-1]
+    ([100, 25], ('Training images after', '125', '-75'))
+    """
+    after = diversity.long_tail_counts(before, ratio)
+    now, sim = diversity.distribution(before), diversity.distribution(after)
+    return after, [(label, value.format(getattr(sim, name)), change.format(getattr(sim, name) - getattr(now, name)))
+                   for label, name, value, change in TAIL_FIGURES]
+
+
+def final_split(final: dict) -> str:
+    """The split a run's final figures are shown for: test when the run has one, else val."""
+    return "test" if "test" in final else "val"
+
+
+def device_text(device) -> str:
+    """A ``torch.device`` for a person: the GPU's name, Apple MPS, or the CPU and its cores."""
+    if device.type == "cuda":
+        import torch
+
+        return f"CUDA · {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU · {os.cpu_count()} cores"
+
+
 def display_name(dataset: str) -> str:
     r"""A registered name as it is; a folder or .zip path by its last part, printable (a byte that
     is not UTF-8 as ``\xff``).

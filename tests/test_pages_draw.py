@@ -134,3 +134,28 @@ def test_the_run_title_is_the_id_and_the_one_label_as_plain_markdown():
     assert parts.run_title("abc", config) == r"`abc` · cats\_v2 \*best\*"
     kept = record(4, name="")
     assert parts.run_title("run4", kept) == "`run4` · " + parts.plain(explore.record_label(kept, with_id=False))
+
+
+# ------------------------------------------------------------------ other figures the pages draw
+
+def test_the_imbalance_simulator_figures_are_the_distributions_after_and_their_change():
+    from ftlab import diversity
+
+    before = [300, 200, 120, 40]
+    after, figures = explore.long_tail_figures(before, 10.0)
+    assert after == diversity.long_tail_counts(before, 10.0) and max(after) / min(after) == pytest.approx(10, rel=0.1)
+    now, sim = diversity.distribution(before), diversity.distribution(after)
+    shown = {label: (value, change) for label, value, change in figures}
+    assert shown["Training images after"] == (f"{sum(after):,}", f"{sum(after) - 660:+,}")
+    assert shown["Entropy after (bits)"] == (f"{sim.entropy_bits:.3f}", f"{sim.entropy_bits - now.entropy_bits:+.3f}")
+    assert float(shown["Effective classes after"][1]) < 0  # a long tail takes diversity away
+
+
+def test_the_final_split_shown_is_test_when_there_is_one_and_the_device_in_words():
+    import os
+
+    import torch
+
+    assert explore.final_split({"val": {}, "test": {}}) == "test" and explore.final_split({"val": {}}) == "val"
+    assert explore.device_text(torch.device("cpu")) == f"CPU · {os.cpu_count()} cores"
+    assert explore.device_text(torch.device("mps")) == "Apple MPS"
