@@ -91,3 +91,18 @@ def test_the_session_reads_and_writes_strategies_through_the_type():
     session.apply_suggestion(state, {"strategy": "top-2"}, TrainConfig())
     assert (state[K.PRESET], state[K.TOP_N], state[K.FROZEN]) == ("top-N", 2, None)
     assert session.current_config(state).strategy == "top-2"
+
+
+def test_the_session_fits_its_strategy_to_the_backbone_before_the_page_draws_it():
+    from ui import keys as K, session
+
+    state: dict = {}
+    session.init_state(state)
+    session.adopt_config(state, TrainConfig(strategy="top-9"))
+    session.fit_to_backbone(state, SMALL_CNN_BLOCKS)  # four blocks below the head
+    assert state[K.TOP_N] == 4 and session.current_config(state).strategy == "top-4"
+    session.choose_frozen(state, {"stage1", "stem"}, SMALL_CNN_BLOCKS)
+    assert session.current_config(state).frozen_blocks == ("stem", "stage1")  # in the model's order
+    version = state[K.EDITOR_VERSION]
+    session.fit_to_backbone(state, ("conv_stem", "blocks", "head"))  # another backbone: no block named stem
+    assert session.strategy_of(state) == Strategy("linear-probe") and state[K.EDITOR_VERSION] == version + 1
