@@ -221,7 +221,7 @@ def _check_names(config: TrainConfig) -> list[str]:
 
     problems = []
     try:
-        freeze.parse_strategy(config.strategy)
+        freeze.Strategy.parse(config.strategy)
         strategy_known = True
     except ValueError as err:
         problems.append(str(err) + ".")
@@ -281,8 +281,7 @@ def resolved_lr(config: TrainConfig) -> float:
 
     if config.lr is not None:
         return config.lr
-    kind = "custom" if config.frozen_blocks is not None else freeze.parse_strategy(config.strategy)[0]
-    return DEFAULT_LR[kind]
+    return DEFAULT_LR[freeze.Strategy.parse(config.strategy, config.frozen_blocks).kind]
 
 
 def resolved_image_size(config: TrainConfig) -> int:
