@@ -35,9 +35,13 @@ def test_the_block_table_is_the_optimisers_groups_and_counts(config):
     table = explore.block_table(config, num_classes=7)
     model, plan = trained_model(config, 7)
     groups = freeze.param_groups(model, resolved_lr(config), config.weight_decay, config.lr_decay)
-    assert [r.block for r in table.rows] == [g["name"] for g in groups] == model.param_blocks()
-    assert [r.lr_factor for r in table.rows] == [g["lr"] / groups[-1]["lr"] for g in groups]
-    assert [r.parameters for r in table.rows] == [sum(p.numel() for p in g["params"]) for g in groups]
+    # a block's groups (two with weight decay: its 1-D parameters undecayed) share its rate
+    rate = {g["name"]: g["lr"] for g in groups}
+    assert all(g["lr"] == rate[g["name"]] for g in groups)
+    params = {name: sum(p.numel() for g in groups if g["name"] == name for p in g["params"]) for name in rate}
+    assert [r.block for r in table.rows] == list(rate) == model.param_blocks()
+    assert [r.lr_factor for r in table.rows] == [rate[r.block] / groups[-1]["lr"] for r in table.rows]
+    assert [r.parameters for r in table.rows] == [params[r.block] for r in table.rows]
     assert {r.block for r in table.rows if not r.train} == plan.frozen_at(0) == table.frozen
     assert (table.trainable, table.total) == freeze.count_params(model)
     assert table.percent == pytest.approx(100 * table.trainable / table.total)
