@@ -30,12 +30,11 @@ size = f"{spec.fixed_size} px (fixed)" if spec.fixed_size else f"{spec.default_s
 m[1].metric("Default image size", size)
 m[2].metric("ImageNet weights", backbones.weights_status(backbone))
 
-kinds = K.WEIGHT_KINDS if spec.has_imagenet else tuple(k for k in K.WEIGHT_KINDS if k != "imagenet")
+kinds = backbones.Weights.choices(backbone)
 if state[K.WEIGHTS] not in kinds:
     state[K.WEIGHTS] = "random"
 weights = st.radio("Weights", kinds, key=K.WEIGHTS, horizontal=True, persist_state=K.PERSIST,
-                   format_func={"imagenet": "ImageNet (pretrained)", "random": "Random (from scratch)",
-                                "file": "From a file"}.get)
+                   format_func=backbones.Weights.choice_label)
 if weights == "file":
     st.text_input("Weights file", key=K.WEIGHTS_FILE, persist_state=K.PERSIST, placeholder="/path/to/best.pt",
                   help="An ftlab checkpoint or a state dict of the same backbone; the head is replaced when the "

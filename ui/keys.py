@@ -62,7 +62,6 @@ STORE_FLASH = "store.flash"  # (kind, message) of moving a damaged run store asi
 MOVE_ASIDE = "store.move_aside"
 
 SOURCES = ("Built-in", "Download", "Upload a .zip", "Folder on this machine")  # the Data page's choices
-WEIGHT_KINDS = ("imagenet", "random", "file")
 
 
 def cfg(name: str) -> str:

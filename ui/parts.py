@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from ftlab import explore
+from ftlab import backbones, explore
 from ftlab.config import TrainConfig
 from ftlab.messages import printable
 from ui import charts, keys, resources
@@ -74,8 +74,7 @@ def config_summary(config: TrainConfig) -> str:
     """One line of what a run would use: data, backbone, weights, strategy."""
     strategy = explore.strategy_label(config.strategy, config.frozen_blocks)
     extra = f", {explore.long_tail_text(config.imbalance_ratio)}" if config.imbalance_ratio > 1 else ""
-    weights = (f"{config.weights} weights" if config.weights in ("imagenet", "random")
-               else f"weights from {plain(explore.display_name(config.weights)) or 'a file not named yet'}")
+    weights = plain(backbones.Weights.parse(config.weights).describe())
     name = f"**Run** {plain(config.name.strip())} · " if config.name.strip() else ""
     return (f"{name}**Data** {plain(explore.display_name(config.dataset))}{extra} · **backbone** {config.backbone} "
             f"({weights}) · **freezing** {strategy}")

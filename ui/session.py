@@ -11,6 +11,7 @@ import dataclasses
 import uuid
 from collections.abc import MutableMapping
 
+from ftlab.backbones import Weights
 from ftlab.config import TrainConfig
 from ftlab.freeze import Strategy
 from ui.keys import (BUILTIN, CM_NORMALISED, DATASET, DOWNLOAD, EDITOR_VERSION, FOLDER, FROZEN,
@@ -49,7 +50,7 @@ def strategy_of(state: MutableMapping) -> Strategy:
 def current_config(state: MutableMapping) -> TrainConfig:
     """The run configuration the session's choices add up to (nothing is checked here)."""
     direct = {f.name: state[cfg(f.name)] for f in dataclasses.fields(TrainConfig) if f.name not in DERIVED}
-    weights = state[WEIGHTS_FILE].strip() if state[WEIGHTS] == "file" else state[WEIGHTS]
+    weights = str(Weights(state[WEIGHTS], state[WEIGHTS_FILE].strip() if state[WEIGHTS] == "file" else ""))
     strategy = strategy_of(state)
     return TrainConfig(dataset=state[DATASET], imbalance_ratio=float(state[SIM_RATIO]) if state[SIM_APPLY] else 1.0,
                        weights=weights, strategy=str(strategy), frozen_blocks=strategy.frozen_blocks, **direct)
@@ -74,10 +75,10 @@ def adopt_config(state: MutableMapping, config: TrainConfig) -> None:
     state[SIM_APPLY] = config.imbalance_ratio > 1
     if config.imbalance_ratio > 1:
         state[SIM_RATIO] = config.imbalance_ratio
-    if config.weights in ("imagenet", "random"):
-        state[WEIGHTS] = config.weights
-    else:
-        state[WEIGHTS], state[WEIGHTS_FILE] = "file", config.weights
+    weights = Weights.parse(config.weights)
+    state[WEIGHTS] = weights.kind
+    if weights.kind == "file":
+        state[WEIGHTS_FILE] = weights.path
     strategy = Strategy.parse(config.strategy, config.frozen_blocks)
     state[PRESET], state[FROZEN] = strategy.kind, strategy.frozen_blocks
     if strategy.kind == "top-N":
