@@ -47,7 +47,7 @@ config = TrainConfig.from_dict(run.config)
 try:
     images, captions, note = explore.hardest_images(resources.dataset(config), run.classes, hard, HARD_PX)
 except data.DataError as err:
-    images, captions, note = [], [], f"The run's data set cannot be read now, so its images cannot be shown: {err}"
+    images, captions, note = [], [], explore.data_gone_note(err)
 if note:
     st.warning(f"{note} The run's data set: {config.dataset}.")
 if images:

@@ -351,6 +351,13 @@ def hardest_images(ds: data.Dataset, run_classes: list[str], hard: list[dict],
     return [by_index[h["index"]] for h in shown], captions, note
 
 
+def data_gone_note(err: Exception) -> str:
+    """Why a run's images cannot be shown when its data set cannot be loaded at all (its folder is
+    gone: the app's data cache follows the folder's files, so it is not served from memory)."""
+    return (f"The run's images could not be read: its data set cannot be loaded now ({err}) If the data folder "
+            "was moved or deleted, put it back there to see them.")
+
+
 def samples_per_class(ds: data.Dataset, indices: np.ndarray, per_class: int, image_size: int,
                       seed: int = 0, max_classes: int = 20) -> dict[str, list[np.ndarray]]:
     """A few decoded images (H, W, 3 uint8) of each of the first ``max_classes`` classes."""
