@@ -86,7 +86,8 @@ class ImageClassifier(nn.Module):
     ftlab decodes): it is only normalised. Any other size is resized so its shorter side is
     ``resize`` and its centre ``size`` x ``size`` is kept, in one resampling of the crop's box as
     ftlab's decoding does (columns first, rounded to whole levels between and after the passes,
-    as PIL's 8-bit resampling does)."""
+    as PIL's 8-bit resampling does: PIL's pixels but for a few off by one level; for images much
+    taller than wide Pillow resamples the rows first, and about a quarter differ by one level)."""
 
     def __init__(self, model: nn.Module, preprocessing: Preprocessing):
         super().__init__()
