@@ -52,6 +52,10 @@ INT8_POINTS = 0.01  # an int8 export may lose at most this much validation accur
 RAW_TOLERANCE = 0.05
 INPUT_LAYOUT = "RGB uint8 NCHW"
 OPSET = 17
+FORMAT_HELP = ("A file that takes RGB uint8 images (N, 3, H, W) and returns class probabilities, with normalisation, "
+               "resize and crop inside; it needs only torch (TorchScript) or onnxruntime (ONNX). labels.json beside "
+               "it names the classes and the preprocessing.")
+WORKING = "Exporting, then checking the file against ftlab's predictions on the run's validation images…"
 QUANTIZE_HELP = {
     "torchscript": "int8 quantizes the Linear layers (the head, and any Linear in the backbone) dynamically, "
                    "with torch.ao.quantization.quantize_dynamic; convolutions stay float32",

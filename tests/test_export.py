@@ -18,7 +18,7 @@ from PIL import Image
 from ftlab import checkpoints, data, export
 from ftlab.config import TrainConfig
 from ftlab.predict import Predictor
-from ftlab.runs import RunStore
+from ftlab.runs import RunStore, new_run_id
 from ftlab.transforms import Preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,13 +222,14 @@ def test_cli_export_refuses_bad_input_with_a_message_and_writes_nothing(tiny_run
     plain = tmp_path / "notes.txt"
     plain.write_text("x")
     store = RunStore(home)
-    if case == "no checkpoint":
-        bare = "20250101-120000-a1b2c3"
+    bare = new_run_id()
+    if case == "no checkpoint":  # a run that stopped before its first checkpoint
         store.create(bare, {"dataset": "digits", "backbone": "small_cnn", "strategy": "full"})
+        store.finish(bare, "stopped", {})
     args, code, says = {
         "unknown run": (["--run", "20250101-120000-ffffff", "--format", "onnx"], 1, "unknown run"),
         "not an id": (["--run", "../etc", "--format", "onnx"], 1, "is not a run id"),
-        "no checkpoint": (["--run", "20250101-120000-a1b2c3", "--format", "onnx"], 1, "has no checkpoint"),
+        "no checkpoint": (["--run", bare, "--format", "onnx"], 1, "has no checkpoint"),
         "other kind": (["--run", run_id, "--format", "onnx", "--out", str(tmp_path / "m.pt")], 1,
                        "names a torchscript file, but the format is onnx"),
         "out is a file": (["--run", run_id, "--format", "onnx", "--out", str(plain)], 1, "is a file, not a folder"),
@@ -240,8 +241,6 @@ def test_cli_export_refuses_bad_input_with_a_message_and_writes_nothing(tiny_run
     r = run_cli("export", *args, home=home)
     assert r.returncode == code and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert (_files(tmp_path), _files(home / "runs")) == before
-    if case == "no checkpoint":
-        store.delete(bare)
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
@@ -280,3 +279,24 @@ def test_an_efficientnet_lite0_probe_exports_within_tolerance(tmp_path, monkeypa
     for fmt in export.FORMATS:
         result = export.export_run(run_id, fmt, store=RunStore(home))
         assert result.check.ran and result.check.max_delta <= export.TOLERANCE
+
+
+def test_the_runs_page_exports_the_selected_run_and_offers_the_files(app_env, monkeypatch):
+    from test_app import app, goto
+
+    home = Path(os.environ["FTLAB_HOME"])
+    run_id = _train(home)
+    at = goto(app(), "app_pages/runs.py")
+    assert at.button(key="runs.export").disabled is False
+    at.radio(key="runs.export_format").set_value("onnx").run()
+    at.toggle(key="runs.export_int8").set_value(True).run()
+    assert "MatMul and Gemm" in at.toggle(key="runs.export_int8").help  # ftlab's words for what is quantized
+    at.button(key="runs.export").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    shown = at.success[0].value
+    assert f"exported run {run_id} as onnx int8" in shown and "validation accuracy" in shown and "ms at batch 32" in shown
+    exported = RunStore(home).run_dir(run_id) / "export" / "model.int8.onnx"
+    assert exported.is_file() and (exported.parent / "labels.json").is_file()
+    labels = {b.proto.label: b for b in at.get("download_button")}
+    assert "Download model.int8.onnx" in labels and "Download labels.json" in labels
+    assert not labels["Download model.int8.onnx"].proto.disabled
