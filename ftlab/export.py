@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional  # noqa: F401  (the scripted wrapper's ops)
 from torch import nn
 
 from ftlab import checkpoints, data
@@ -244,8 +243,8 @@ def validation_images(record, checkpoint: dict, pp: Preprocessing) -> tuple[data
     """The run's validation images decoded as ftlab decodes them, or None and why they cannot be."""
     from ftlab.config import TrainConfig
 
-    indices = (record.split or {}).get("val") or []
-    if not indices:
+    indices = record.split.get("val") if isinstance(record.split, dict) else None
+    if not indices or not all(isinstance(i, int) and i >= 0 for i in indices):
         return None, "the run has no validation split"
     try:
         ds = data.load_for(TrainConfig.from_dict(record.config), download=False)
@@ -257,7 +256,10 @@ def validation_images(record, checkpoint: dict, pp: Preprocessing) -> tuple[data
         return None, "its data set holds fewer images than when the run was trained"
     # The one place images are decoded for the check. TODO(resize): pass pp.resize once
     # data.decode takes it; until then decoding resizes the shorter side to pp.size.
-    decoded = data.decode(ds, np.asarray(indices), pp.size)
+    try:
+        decoded = data.decode(ds, np.asarray(indices), pp.size)
+    except data.DataError as err:
+        return None, f"its validation images cannot be decoded ({err.args[0] if err.args else err})"
     if len(decoded.indices) == 0:
         return None, "none of its validation images can be decoded any more"
     return decoded, ""
@@ -273,11 +275,11 @@ def reference_probabilities(checkpoint: dict, images: torch.Tensor, batch: int =
 
 
 def latency_ms(run: Runner, images: torch.Tensor, batch: int, repeats: int = 5) -> float:
-    """Median CPU time per image over ``repeats`` batches of ``batch`` (after one warm-up batch)."""
+    """Median CPU time per image over ``repeats`` batches of ``batch``, after warm-up batches."""
     x = images[:batch].numpy()
     if len(x) < batch:
         x = np.concatenate([x] * (batch // max(len(x), 1) + 1))[:batch]
-    for _ in range(3):  # TorchScript's profiling executor optimises on the first calls
+    for _ in range(5 if batch == 1 else 2):  # TorchScript's profiling executor optimises a new shape's first calls
         run(x)
     times = []
     for _ in range(repeats):

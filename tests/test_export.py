@@ -300,3 +300,16 @@ def test_the_runs_page_exports_the_selected_run_and_offers_the_files(app_env, mo
     labels = {b.proto.label: b for b in at.get("download_button")}
     assert "Download model.int8.onnx" in labels and "Download labels.json" in labels
     assert not labels["Download model.int8.onnx"].proto.disabled
+
+
+def test_a_write_that_fails_keeps_nothing_and_says_so(tiny_run, tmp_path, monkeypatch):
+    """A folder that refuses the final rename (read-only, full: root ignores permission bits, so the
+    refusal is made here) leaves neither the temporary files nor a half export."""
+    home, run_id = tiny_run
+
+    def refuse(*_):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(export.os, "replace", refuse)
+    with pytest.raises(export.ExportError, match="could not write the export into .*Permission denied.*nothing was kept"):
+        export.export_run(run_id, "torchscript", out=tmp_path / "out", store=RunStore(home))
+    assert _files(tmp_path / "out") == []
