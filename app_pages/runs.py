@@ -5,8 +5,7 @@ import streamlit as st
 from ftlab import explore, export
 from ftlab.checkpoints import CheckpointError
 from ftlab.runs import StoreError
-from ui import charts, keys as K, resources
-from ui.parts import plain
+from ui import charts, keys as K, parts, resources
 
 state = st.session_state
 store, registry = resources.store(), resources.registry()
@@ -105,9 +104,9 @@ c[2].button("Export", key=K.EXPORT, disabled=not checkpoint.is_file(), on_click=
             help=None if checkpoint.is_file() else "This run stopped before its first checkpoint.")
 done_for, result = state.get(K.EXPORT_RESULT, (None, None))
 if done_for == run_id and isinstance(result, str):
-    st.error(plain(result))
+    st.error(parts.plain(result))
 elif done_for == run_id and result is not None:
-    (st.success if result.check.ran else st.warning)("\n\n".join(plain(line) for line in result.lines()))
+    (st.success if result.check.ran else st.warning)("\n\n".join(parts.plain(line) for line in result.lines()))
     e = st.columns(2)
     for col, path, key, label in ((e[0], result.model_path, K.DOWNLOAD_EXPORT, f"Download {result.model_path.name}"),
                                   (e[1], result.labels_path, K.DOWNLOAD_LABELS, "Download labels.json")):
