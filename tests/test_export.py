@@ -313,3 +313,13 @@ def test_a_write_that_fails_keeps_nothing_and_says_so(tiny_run, tmp_path, monkey
     with pytest.raises(export.ExportError, match="could not write the export into .*Permission denied.*nothing was kept"):
         export.export_run(run_id, "torchscript", out=tmp_path / "out", store=RunStore(home))
     assert _files(tmp_path / "out") == []
+
+
+def test_a_model_with_a_hidden_layer_head_exports_as_trained(tmp_path, monkeypatch):
+    """The model comes from `checkpoints.load_model`, so a head edited at training exports unchanged."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("FTLAB_HOME", str(home))
+    run_id = _train(home, hidden=32, dropout=0.2)
+    for fmt in export.FORMATS:
+        result = export.export_run(run_id, fmt, store=RunStore(home))
+        assert result.check.ran and result.check.max_delta <= export.TOLERANCE
