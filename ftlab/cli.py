@@ -124,7 +124,7 @@ def _add_export(sub) -> None:
                          f"{export.QUANTIZE_HELP['torchscript']}. ONNX: {export.QUANTIZE_HELP['onnx']}")
     ex.add_argument("--out", action=_Once, default=None, metavar="PATH",
                     help="a folder, or a file ending in .pt (torchscript) or .onnx (default: the run's folder's "
-                         "export/, file model.pt, model.onnx or model.int8.onnx)")
+                         "export/, file model.pt or model.onnx, model.int8.pt or model.int8.onnx with --quantize)")
     ex.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
 
 
