@@ -2,7 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from ftlab import explore
+from ftlab import explore, export
+from ftlab.checkpoints import CheckpointError
 from ftlab.runs import StoreError
 from ui import charts, keys as K, parts, resources
 
@@ -23,6 +24,14 @@ def delete(run_id: str) -> None:
         state[K.RUNS_FLASH] = f"Deleted run {run_id}."
     except (KeyError, StoreError) as err:  # gone already, still training elsewhere, or a store fault
         state[K.RUNS_FLASH] = err.args[0]
+
+
+def export_model(run_id: str, fmt: str, int8: bool) -> None:
+    try:
+        with st.spinner(export.WORKING):
+            state[K.EXPORT_RESULT] = (run_id, export.export_run(run_id, fmt, "int8" if int8 else "none", store=store))
+    except (KeyError, CheckpointError, export.ExportError, StoreError) as err:
+        state[K.EXPORT_RESULT] = (run_id, err.args[0] if err.args else str(err))
 
 
 st.title("Runs")
@@ -83,3 +92,21 @@ if state.get(K.RUNS_CONFIRM) == run_id:
     c = st.columns(2)
     c[0].button("Yes, delete it", key=K.DELETE_CONFIRM, type="primary", on_click=delete, args=(run_id,))
     c[1].button("Cancel", key=K.DELETE_CANCEL, on_click=state.pop, args=(K.RUNS_CONFIRM, None))
+
+st.subheader("Export")
+c = st.columns([2, 2, 1])
+fmt = c[0].radio("Format", export.FORMATS, key=K.EXPORT_FORMAT, horizontal=True, persist_state=K.PERSIST,
+                 help=export.FORMAT_HELP)
+int8 = c[1].toggle("int8", key=K.EXPORT_INT8, persist_state=K.PERSIST, help=export.QUANTIZE_HELP[fmt])
+c[2].button("Export", key=K.EXPORT, disabled=not checkpoint.is_file(), on_click=export_model, args=(run_id, fmt, int8),
+            help=None if checkpoint.is_file() else "This run stopped before its first checkpoint.")
+done_for, result = state.get(K.EXPORT_RESULT, (None, None))
+if done_for == run_id and isinstance(result, str):
+    st.error(parts.plain(result))
+elif done_for == run_id and result is not None:
+    (st.success if result.check.ran else st.warning)("\n\n".join(parts.plain(line) for line in result.lines()))
+    e = st.columns(2)
+    for col, path, key, label in ((e[0], result.model_path, K.DOWNLOAD_EXPORT, f"Download {result.model_path.name}"),
+                                  (e[1], result.labels_path, K.DOWNLOAD_LABELS, "Download labels.json")):
+        col.download_button(label, data=path.read_bytes if path.is_file() else b"", file_name=path.name,
+                            mime="application/octet-stream", key=key, disabled=not path.is_file(), on_click="ignore")

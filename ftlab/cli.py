@@ -1,4 +1,4 @@
-"""``python -m ftlab``: train, list data sets and backbones, class figures, runs, predict.
+"""``python -m ftlab``: train, list data sets and backbones, class figures, runs, predict, export.
 
 Progress goes to stderr; with ``--json`` the last line of stdout is one JSON object.
 The ``train`` options are built from ``TrainConfig``'s fields, so each default lives there.
@@ -106,14 +106,33 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, action=_Once, default=fields["top_k"].default,
                          help=f"{fields['top_k'].metadata['help']} (default: {fields['top_k'].default})")
     predict.add_argument("--json", action="store_true")
+    _add_export(sub)
     return p
+
+
+def _add_export(sub) -> None:
+    from ftlab import export
+
+    ex = sub.add_parser("export", help="write a run's best model as a TorchScript or ONNX file, checked against ftlab",
+                        description="The file takes RGB uint8 images (N, 3, H, W) and returns class probabilities "
+                                    "(softmax); normalisation, resize and crop are inside it. labels.json beside it "
+                                    "names the classes and the preprocessing.")
+    ex.add_argument("--run", required=True, action=_Once, help="run id (see `python -m ftlab runs`)")
+    ex.add_argument("--format", required=True, action=_Once, choices=export.FORMATS, help="the file's kind")
+    ex.add_argument("--quantize", action=_Once, choices=("int8",), default=None,
+                    help="int8 weights, kept only within 1 point of float32 validation accuracy. TorchScript: "
+                         f"{export.QUANTIZE_HELP['torchscript']}. ONNX: {export.QUANTIZE_HELP['onnx']}")
+    ex.add_argument("--out", action=_Once, default=None, metavar="PATH",
+                    help="a folder, or a file ending in .pt (torchscript) or .onnx (default: the run's folder's "
+                         "export/, file model.pt or model.onnx, model.int8.pt or model.int8.onnx with --quantize)")
+    ex.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
-                "stats": _stats, "predict": _predict}[args.command](args)
+                "stats": _stats, "predict": _predict, "export": _export}[args.command](args)
     except SettingError as err:  # an environment setting read where it is used
         return _fail(str(err))
     except KeyboardInterrupt:
@@ -308,4 +327,24 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         for label, p in prediction.top:
             print(f"{p:7.3f}  {printable(label)}")  # a non-UTF-8 class name prints as escapes
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ftlab import data, export, runs
+    from ftlab.checkpoints import CheckpointError
+
+    if not args.run.strip():
+        return _fail("cannot export: no run given: give a run id (see `python -m ftlab runs`).")
+    try:
+        runs.check_run_id(args.run)
+        result = export.export_run(args.run, args.format, args.quantize or "none", args.out,
+                                   say=lambda m: print(f"[ftlab] {m}", file=sys.stderr))
+    except (KeyError, CheckpointError, export.ExportError, data.DataError) as err:
+        return _fail(err.args[0] if err.args else str(err), 1)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        for line in result.lines():
+            print(printable(line))
     return 0
