@@ -60,14 +60,13 @@ def reference(job: dict) -> dict:
     from torch import nn
     from torchvision import datasets, transforms
 
-    from ftlab import backbones, data, freeze
+    from ftlab import backbones, freeze
     from ftlab.transforms import Preprocessing
 
-    # the images ftlab's run sees: the backbone's resize, crop, mean and std, and ftlab's full frame for small images
-    size, prep = job["image_size"], Preprocessing.for_backbone(job["backbone"], job["image_size"])
-    resize = data.frame_resize(data.load_dataset(job["dataset"]), size, prep.resize)
     began = time.perf_counter()
-    tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
+    size, prep = job["image_size"], Preprocessing.for_backbone(job["backbone"], job["image_size"])
+    # the images ftlab's run sees: the backbone's resize and crop, mean and std
+    tf = transforms.Compose([transforms.Resize(prep.resize), transforms.CenterCrop(size), transforms.ToTensor(),
                              transforms.Normalize(prep.mean, prep.std)])
     image_datasets = {x: datasets.ImageFolder(os.path.join(job["folder"], x), tf) for x in ("train", "val")}
     loaders = {x: torch.utils.data.DataLoader(image_datasets[x], batch_size=job["batch_size"], shuffle=x == "train",

@@ -259,7 +259,6 @@ class _Trainer:
         self._say("loading data")
         self.preprocessing = Preprocessing.for_backbone(c.backbone, resolved_image_size(c))
         self.data = data.prepare(c, self.preprocessing.size, self.preprocessing.resize, self._say, self.stop.is_set)
-        self.preprocessing = replace(self.preprocessing, resize=self.data.resize)  # small images: the full frame
         if self.device.type == "cuda":  # page-locked memory: batches copy to the GPU asynchronously
             self.data = replace(self.data, **{name: replace(d, images=d.images.pin_memory()) for name in
                                               ("train", "val", "test") if (d := getattr(self.data, name))})

@@ -189,9 +189,12 @@ def _decode_file(file: str | Path | io.BytesIO, size: int, resize: int) -> np.nd
             if w * h > limit:
                 raise TooManyPixels(f"{w} x {h} pixels is more than the limit of {limit:,} "
                                     "(setting FTLAB_MAX_PIXELS)")
-            # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale while keeping both sides >= resize:
-            # most of the time on large photos is saved here.
-            image.draft("RGB", (resize, resize))
+            # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale while keeping both sides >= twice
+            # the resize: most of the time on large photos is saved here. Twice, so that PIL's
+            # antialiased resize still reduces: a draft just above the resize, resized almost 1:1,
+            # kept the DCT's aliasing (5 grey levels from torchvision's full decode on a 500 x 375
+            # photo at 183 px).
+            image.draft("RGB", (2 * resize, 2 * resize))
             return _prepare(image, size, resize)
 
 
@@ -236,18 +239,22 @@ def _prepare(image: Image.Image, size: int, resize: int) -> np.ndarray:
 
 
 def crop_box(width: int, height: int, size: int, resize: int) -> tuple[float, float, float, float]:
-    """The region of a ``width`` x ``height`` image that resizing its shorter side to ``resize``
-    and keeping the centre ``size`` square keeps, in the image's own pixels: the central square
-    of side ``shorter * size / resize``. torchvision's ``Resize`` + ``CenterCrop`` round the
-    resized side and the offset to whole pixels, so theirs is within half a resized pixel of it.
+    """The region of a ``width`` x ``height`` image that torchvision's ``Resize(resize)`` then
+    ``CenterCrop(size)`` keep, in the image's own pixels, with their rounding (the longer side
+    truncated, the crop's offset rounded): resizing this box once equals the two steps, and a
+    sub-pixel shift is visible on small photos (6 grey levels on a 200 x 137 one).
 
-    >>> crop_box(640, 480, 224, 224)  # resize == size: the central square, whole
-    (80.0, 0.0, 560.0, 480.0)
-    >>> crop_box(500, 375, 224, 256)  # 500 x 375 -> 341 x 256, its centre 224 x 224
-    (85.9375, 23.4375, 414.0625, 351.5625)
+    >>> [round(v, 2) for v in crop_box(500, 375, 224, 256)]  # 500 x 375 -> 341 x 256, its centre 224
+    [85.04, 23.44, 413.49, 351.56]
+    >>> crop_box(640, 480, 224, 224)  # resize == size: the central square, within the rounding
+    (79.46308724832215, 0.0, 560.5369127516778, 480.0)
     """
-    side = min(width, height) * size / resize
-    return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    short, long = sorted((width, height))
+    new_long = int(resize * long / short)
+    new_w, new_h = (resize, new_long) if width <= height else (new_long, resize)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    sx, sy = width / new_w, height / new_h
+    return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
