@@ -517,7 +517,8 @@ _register_torchvision("densenet121", "DenseNet-121, 8.0M parameters", _densenet,
 _register_torchvision("vit_b_16", "Vision Transformer B/16, 86.6M parameters (224 px only)", _vit, 768,
                       fixed_size=224, min_size=224)
 register(BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0, 4.7M parameters, ImageNet weights offline",
-                      _lite0, 1280, weights_file="efficientnet-lite0-57934424.pth", **_timm_eval("tf_efficientnet_lite0")))
+                      _lite0, 1280, weights_file="efficientnet-lite0-57934424.pth",
+                      **_timm_eval("tf_efficientnet_lite0")))
 register(BackboneSpec("small_cnn", "Small 4-block CNN trained from scratch (the baseline)", _small_cnn, 256,
                       default_size=64, min_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                       has_imagenet=False))
