@@ -44,15 +44,12 @@ def load_file(path: Path) -> dict:
 
 def preprocessing(checkpoint: dict) -> Preprocessing:
     """The preprocessing the checkpoint's model was trained and evaluated with. Checkpoints
-    written before it was recorded resized the shorter side straight to the image size and
-    normalised with ImageNet's mean and std wherever there were ImageNet weights (Lite0's own
-    0.5 came later)."""
+    written before it was recorded resized the shorter side straight to the image size."""
     if isinstance(checkpoint.get("preprocessing"), dict):
         return Preprocessing.from_dict(checkpoint["preprocessing"])
     spec = backbones.get_spec(checkpoint["backbone"])
     size = int(checkpoint["image_size"])
-    mean, std = (backbones.IMAGENET_MEAN, backbones.IMAGENET_STD) if spec.has_imagenet else (spec.mean, spec.std)
-    return Preprocessing(size, size, tuple(mean), tuple(std))
+    return Preprocessing(size, size, tuple(spec.mean), tuple(spec.std))
 
 
 def _option_problems(values: dict) -> list[str]:
