@@ -61,11 +61,13 @@ def reference(job: dict) -> dict:
     from torchvision import datasets, transforms
 
     from ftlab import backbones, freeze
+    from ftlab.transforms import Preprocessing
 
     began = time.perf_counter()
-    size, spec = job["image_size"], backbones.get_spec(job["backbone"])
-    tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-                             transforms.Normalize(spec.mean, spec.std)])
+    size, prep = job["image_size"], Preprocessing.for_backbone(job["backbone"], job["image_size"])
+    # the images ftlab's run sees: the backbone's resize and crop, mean and std
+    tf = transforms.Compose([transforms.Resize(prep.resize), transforms.CenterCrop(size), transforms.ToTensor(),
+                             transforms.Normalize(prep.mean, prep.std)])
     image_datasets = {x: datasets.ImageFolder(os.path.join(job["folder"], x), tf) for x in ("train", "val")}
     loaders = {x: torch.utils.data.DataLoader(image_datasets[x], batch_size=job["batch_size"], shuffle=x == "train",
                                               num_workers=REFERENCE_WORKERS)

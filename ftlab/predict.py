@@ -103,7 +103,8 @@ class Predictor:
 
     def predict(self, image, top_k: int = 5, name: str | None = None) -> Prediction:
         """``image``: a path, bytes, or a PIL image; ``name`` names it in messages."""
-        probs = self.probabilities(data.decode_image(open_image(image, name), self.image_size)[None])[0]
+        pixels = data.decode_image(open_image(image, name), self.image_size, self.preprocessing.resize)
+        probs = self.probabilities(pixels[None])[0]
         values, idx = probs.topk(min(top_k, len(self.classes)))
         top = [(self.classes[i], float(v)) for v, i in zip(values, idx)]
         return Prediction(top[0][0], top[0][1], top)

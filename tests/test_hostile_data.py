@@ -171,10 +171,10 @@ def test_stop_is_honoured_between_files_while_decoding(tmp_path, monkeypatch):
     stop, opened = threading.Event(), []
     real = decoding._decode_file
 
-    def decode_and_stop(file, size):
+    def decode_and_stop(file, *sizes):  # the crop's size and resize
         opened.append(file)
         stop.set()
-        return real(file, size)
+        return real(file, *sizes)
 
     monkeypatch.setattr(decoding, "_decode_file", decode_and_stop)
     with pytest.raises(data.DecodingStopped):
@@ -188,10 +188,10 @@ def test_stop_during_decoding_stops_the_run(tmp_path, store, monkeypatch):
     stop = threading.Event()
     real, opened = decoding._decode_file, []
 
-    def decode_and_stop(file, size):
+    def decode_and_stop(file, *sizes):  # the crop's size and resize
         opened.append(file)
         stop.set()  # what Ctrl-C (the CLI's SIGINT handler) or the Stop button does
-        return real(file, size)
+        return real(file, *sizes)
 
     monkeypatch.setattr(decoding, "_decode_file", decode_and_stop)
     seen = []
