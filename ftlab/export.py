@@ -254,10 +254,9 @@ def validation_images(record, checkpoint: dict, pp: Preprocessing) -> tuple[data
         return None, "its data set's classes are no longer the ones the run was trained on"
     if max(indices) >= len(ds):
         return None, "its data set holds fewer images than when the run was trained"
-    # The one place images are decoded for the check. TODO(resize): pass pp.resize once
-    # data.decode takes it; until then decoding resizes the shorter side to pp.size.
+    # the one place images are decoded for the check: as the run decoded them (resize, then crop)
     try:
-        decoded = data.decode(ds, np.asarray(indices), pp.size)
+        decoded = data.decode(ds, np.asarray(indices), pp.size, resize=pp.resize)
     except data.DataError as err:
         return None, f"its validation images cannot be decoded ({err.args[0] if err.args else err})"
     if len(decoded.indices) == 0:
