@@ -105,9 +105,14 @@ class ModelEdits:
     def problems(self, blocks: Sequence[str]) -> list[str]:
         """Every problem of these edits, in words, against a backbone's block names in order
         (``BlockModel.block_names`` of the unedited model: ..., ``pool``, ``head``)."""
-        return self._value_problems() + self._block_problems(list(blocks))
+        return self._value_problems() + self.shape_problems(blocks)
 
-    def _value_problems(self) -> list[str]:
+    def shape_problems(self, blocks: Sequence[str]) -> list[str]:
+        """The problems of the head's widths and of the blocks named: what a `TrainConfig`'s
+        own option ranges (dropout, activation, adapter_dim) do not already check."""
+        return self._head_problems() + self._block_problems(list(blocks))
+
+    def _head_problems(self) -> list[str]:
         problems = []
         bad = [w for w in self.head if not 1 <= w <= MAX_WIDTH]
         if bad:
@@ -115,6 +120,10 @@ class ModelEdits:
                             "leave head empty for a single linear layer.")
         if len(self.head) > MAX_LAYERS:
             problems.append(f"head: at most {MAX_LAYERS} hidden layers (got {len(self.head)}).")
+        return problems
+
+    def _value_problems(self) -> list[str]:
+        problems = []
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {some(ACTIVATIONS)} (got {self.activation!r}).")
         if not 0.0 <= self.dropout <= MAX_DROPOUT:  # also false for nan

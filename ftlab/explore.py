@@ -12,6 +12,7 @@ import numpy as np
 
 from ftlab import backbones, data, diversity
 from ftlab.config import TrainConfig
+from ftlab.edits import ModelEdits
 from ftlab.messages import printable
 from ftlab.metrics import most_confused
 
@@ -19,7 +20,8 @@ SPLITS = ("train", "val", "test")
 CONFUSION_CLASSES = 30  # classes a confusion matrix shows legibly; beyond, the most confused ones
 REPORT_ROWS = 200  # rows of a per-class table; beyond, the classes with the lowest F1
 # options a run's default label names when they differ from the defaults (epochs always)
-LABEL_OPTIONS = ("weights", "lr", "image_size", "imbalance_ratio", "optimizer", "schedule", "batch_size", "hidden",
+# (a head with hidden layers, truncation and adapters are named by `edits_text`)
+LABEL_OPTIONS = ("weights", "lr", "image_size", "imbalance_ratio", "optimizer", "schedule", "batch_size",
                  "dropout", "label_smoothing", "class_weighting", "balanced_sampling", "random_crop", "flip",
                  "color_jitter", "early_stopping")
 
@@ -91,8 +93,24 @@ def run_label(config: TrainConfig | dict) -> str:
         else:
             options.append(f"{name.replace('_', ' ')} {value:g}" if isinstance(value, float)
                            else f"{name.replace('_', ' ')} {value}")
+    edited = edits_text(c)
     return " · ".join([display_name(str(c.get("dataset", "?"))), str(c.get("backbone", "?")), strategy,
-                       ", ".join(options)])
+                       ", ".join(options)] + ([edited] if edited else []))
+
+
+def edits_text(config: dict) -> str:
+    """A run's model edits in words (`ModelEdits.describe`), "" for none; a config from before
+    edits names its hidden layer. A config whose edit options are not of their types says so.
+
+    >>> edits_text({"head": [512, 128], "activation": "gelu", "truncate_after": "stage5"})
+    'head 512,128 gelu; truncated after stage5'
+    >>> edits_text({"hidden": 64}), edits_text({"dropout": 0.2})
+    ('head 64 relu', '')
+    """
+    try:
+        return ModelEdits.from_dict(config).describe()
+    except ValueError:
+        return "edits unreadable"
 
 
 def record_label(record, with_id: bool = True) -> str:
@@ -222,6 +240,7 @@ def runs_table(records: list, running: set[str] = frozenset()) -> list[dict]:
             status = "running elsewhere"  # the CLI, or another app process (`RunStore.mark_interrupted` tells)
         rows.append({"run": r.id, "label": record_label(r, with_id=False), "data": display_name(r.dataset),
                      "backbone": r.backbone, "strategy": r.strategy,
+                     "edits": edits_text(r.config if isinstance(r.config, dict) else {}),
                      "trainable params": _number(s.get("trainable_params")),
                      "total params": _number(s.get("total_params")),
                      "best val accuracy": _number(s.get("best_val_accuracy")),
