@@ -107,7 +107,7 @@ def edits(checkpoint: dict) -> ModelEdits:
     if d is None:
         d = {"hidden": checkpoint.get("hidden", 0), "dropout": float(checkpoint.get("dropout", 0.0))}
     if not isinstance(d, dict):
-        raise ValueError(f"its edits are {type(d).__name__}, not a mapping")
+        raise ValueError(f"edits must be a mapping of edit options (got {type(d).__name__})")
     return ModelEdits.from_dict(d)
 
 
@@ -170,7 +170,8 @@ def load_model(checkpoint: dict) -> backbones.BlockModel:
         raise CheckpointError(f"the checkpoint names no usable model: {err}") from None
     state = checkpoint["model"]
     own = model.state_dict()
-    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    # both ways: tensors of blocks the edits do not build (an adapter left out) are a misfit too
+    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape] + [k for k in state if k not in own]
     if wrong:
         raise CheckpointError(f"the checkpoint does not fit {checkpoint['backbone']} with "
                               f"{checkpoint['num_classes']} classes ({len(wrong)} tensors missing or of another "
