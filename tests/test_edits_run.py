@@ -120,7 +120,7 @@ def test_adapters_train_under_every_plan_and_presets_count_only_backbone_blocks(
     # the feature cache ends at the first block that trains: at or before the first adapter
     assert [BLOCKS[freeze.make_plan(BLOCKS, s).first_trainable(0)] for s in ("linear-probe", "top-1", "full")] == \
         ["adapter_stage1", "adapter_stage1", "stem"]
-    assert BLOCKS[custom.first_trainable(0)] == "stage2"
+    assert BLOCKS[custom.first_trainable(0)] == "adapter_stage1"  # stage1 frozen, its adapter not
 
 
 def test_edited_models_have_the_edited_freezable_blocks():
