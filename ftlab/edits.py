@@ -478,6 +478,19 @@ def build_blocks(backbone: str, num_classes: int, weights: str, edits: ModelEdit
     return apply(blocks, edits, num_classes, spec.head_in_features, resolved_size(backbone, image_size))
 
 
+def editable_blocks(backbone: str, truncate_after: str = "") -> tuple[str, ...]:
+    """The blocks of ``backbone`` an edit may cut at or put an adapter after: those before its
+    pool; with ``truncate_after`` (a block of them) only those up to it, which the cut keeps.
+
+    >>> editable_blocks("small_cnn"), editable_blocks("small_cnn", "stage1")
+    (('stem', 'stage1', 'stage2', 'stage3'), ('stem', 'stage1'))
+    """
+    blocks = _editable(list(block_names(backbone)))
+    if truncate_after in blocks:
+        blocks = blocks[:blocks.index(truncate_after) + 1]
+    return tuple(blocks)
+
+
 @functools.cache
 def block_names(backbone: str) -> tuple[str, ...]:
     """Every block of the unedited ``backbone``, ``pool`` and ``head`` last: what
