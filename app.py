@@ -7,10 +7,10 @@ import streamlit as st
 
 from ftlab import paths
 from ftlab.paths import StoreError
-from ui import keys, parts, resources
+from ui import keys, parts, resources, session
 
 st.set_page_config(page_title="ftlab", page_icon="🔬", layout="wide")
-keys.init_state(st.session_state)
+session.init_state(st.session_state)
 
 # The folder is app_pages/, not pages/: a pages/ folder beside the entry script puts Streamlit
 # in its legacy multipage mode until the first st.navigation call of the process, so the
@@ -29,7 +29,7 @@ page = st.navigation(PAGES)
 
 def sidebar(slot) -> None:
     with slot.container():
-        st.caption(parts.config_summary(keys.current_config(st.session_state)))
+        st.caption(parts.config_summary(session.current_config(st.session_state)))
         running = resources.registry().running()
         if running:
             st.caption("Running: " + ", ".join(f"`{j.run_id}`" for j in running))

@@ -4,7 +4,7 @@ from dataclasses import replace
 import streamlit as st
 
 from ftlab import data, diversity, explore, paths
-from ui import charts, keys as K, resources
+from ui import charts, keys as K, resources, session as S
 
 RATIOS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 SAMPLES_PER_CLASS, SAMPLE_PX = 6, 64
@@ -19,7 +19,7 @@ def choose(name: str) -> None:
 def try_load(name: str, *, download: bool = False) -> bool:
     """Load ``name`` with the session's options; on success it becomes the data set."""
     try:
-        resources.dataset(replace(K.current_config(state), dataset=name), download=download)
+        resources.dataset(replace(S.current_config(state), dataset=name), download=download)
     except data.DataError as err:
         st.error(str(err))
         return False
@@ -48,7 +48,7 @@ elif source == "Download":
     name = st.selectbox("Data set", downloads, key=K.DOWNLOAD, persist_state=K.PERSIST,
                         format_func=lambda n: f"{n} — {infos[n].description}")
     try:
-        resources.dataset(replace(K.current_config(state), dataset=name), download=False)
+        resources.dataset(replace(S.current_config(state), dataset=name), download=False)
         choose(name)
         st.caption(f"{name} is in the data folder ({paths.data_dir()}).")
     except data.DataError as err:
@@ -81,7 +81,7 @@ else:
         else:
             st.error("Enter the path of a folder first.")
 
-config = K.current_config(state)
+config = S.current_config(state)
 try:
     ds = resources.dataset(config)
     st.subheader(f"{explore.display_name(config.dataset)}: {len(ds.classes)} classes, {len(ds):,} images")
@@ -107,7 +107,7 @@ except data.DataError as err:
 
 st.plotly_chart(charts.class_counts(ds.classes, counts), key="data.counts_chart")
 figures = diversity.distribution(counts["train"])
-tail = f" (long tail ×{config.imbalance_ratio:g} applied)" if config.imbalance_ratio > 1 else ""
+tail = f" ({explore.long_tail_text(config.imbalance_ratio)} applied)" if config.imbalance_ratio > 1 else ""
 st.caption(f"Class balance of the training split{tail}, {figures.total:,} images")
 m = st.columns(5)
 m[0].metric("Entropy (nats)", f"{figures.entropy_nats:.3f}", help="H = −Σ p log p over the classes")
@@ -133,16 +133,10 @@ st.caption("Subsample the training split to a long tail: the largest class stays
 before = diversity.counts_of(ds.labels[base.train], len(ds.classes))
 ratio = st.select_slider("Imbalance ratio (largest / smallest class)", RATIOS, key=K.SIM_RATIO,
                          persist_state=K.PERSIST, format_func=lambda r: f"{r:g}")
-after = diversity.long_tail_counts(before, ratio)
-now, sim = diversity.distribution(before), diversity.distribution(after)
+after, tail_figures = explore.long_tail_figures(before, ratio)
 st.plotly_chart(charts.long_tail(ds.classes, before, after, ratio), key="data.tail_chart")
-s = st.columns(4)
-s[0].metric("Entropy after (bits)", f"{sim.entropy_bits:.3f}", f"{sim.entropy_bits - now.entropy_bits:+.3f}")
-s[1].metric("Normalised entropy after", f"{sim.normalised_entropy:.3f}",
-            f"{sim.normalised_entropy - now.normalised_entropy:+.3f}")
-s[2].metric("Effective classes after", f"{sim.effective_classes:.2f}",
-            f"{sim.effective_classes - now.effective_classes:+.2f}")
-s[3].metric("Training images after", f"{sim.total:,}", f"{sim.total - now.total:+,}")
+for col, (label, value, change) in zip(st.columns(len(tail_figures)), tail_figures):
+    col.metric(label, value, change)
 st.toggle("Apply this long tail to the run", key=K.SIM_APPLY, persist_state=K.PERSIST,
           help="Sets the run's imbalance ratio: the training split is subsampled this way when the run starts.")
 
@@ -154,7 +148,7 @@ for i, tip in enumerate(tips):
     with st.container(border=True):
         st.markdown(f"**{tip.title}**")
         st.write(tip.reason)
-        st.button(f"Use it: {K.describe_setting(dict(tip.setting))}", key=K.SUGGESTION.format(i),
-                  on_click=K.apply_suggestion, args=(state, dict(tip.setting), config))
+        st.button(f"Use it: {diversity.describe_setting(dict(tip.setting))}", key=K.SUGGESTION.format(i),
+                  on_click=S.apply_suggestion, args=(state, dict(tip.setting), config))
 
 st.caption("The data set, split and long tail chosen here carry over to the Model and Train pages.")

@@ -1,6 +1,4 @@
 """Home: what the lab is for, the device, and what is running."""
-import os
-
 import streamlit as st
 
 from ftlab import explore
@@ -22,17 +20,8 @@ for target, label, what in [
 ]:
     st.page_link(target, label=f"**{label}** — {what}")
 
-device = pick_device("auto")
-if device.type == "cuda":
-    import torch
-
-    where = f"CUDA · {torch.cuda.get_device_name(device)}"
-elif device.type == "mps":
-    where = "Apple MPS"
-else:
-    where = f"CPU · {os.cpu_count()} cores"
 left, right = st.columns(2)
-left.metric("Training device", where, border=True)
+left.metric("Training device", explore.device_text(pick_device("auto")), border=True)
 right.metric("Runs kept", len(resources.store().list()), border=True)
 
 running = resources.registry().running()
@@ -44,4 +33,4 @@ for job in running:
     c = job.config
     step = snap.last_step
     progress = f"epoch {step.epoch}/{c.epochs}, batch {step.step}/{step.steps}" if step else snap.message
-    st.markdown(f"`{job.run_id}` · {parts.plain(explore.run_label(c))} — {progress}")
+    st.markdown(f"{parts.run_title(job.run_id, c)} — {progress}")

@@ -17,13 +17,9 @@ if not records:
     st.info("No run with a final evaluation yet: train one on the Train page (a run stopped before its first "
             "epoch has nothing to inspect).")
     st.stop()
-ids = [r.id for r in records]
-label = {r.id: explore.record_label(r) for r in records}
-if state.get(K.INSPECT_RUN) not in ids:
-    state[K.INSPECT_RUN] = ids[0]
-run_id = st.selectbox("Run", ids, key=K.INSPECT_RUN, format_func=label.get, persist_state=K.PERSIST)
-run = next(r for r in records if r.id == run_id)  # as listed: another session may delete it meanwhile
-split = "test" if "test" in run.final else "val"
+run = parts.run_picker(records, K.INSPECT_RUN)
+run_id = run.id
+split = explore.final_split(run.final)
 ev = run.final[split]
 
 m = st.columns(3)
@@ -51,7 +47,7 @@ config = TrainConfig.from_dict(run.config)
 try:
     images, captions, note = explore.hardest_images(resources.dataset(config), run.classes, hard, HARD_PX)
 except data.DataError as err:
-    images, captions, note = [], [], f"The run's data set cannot be read now, so its images cannot be shown: {err}"
+    images, captions, note = [], [], explore.data_gone_note(err)
 if note:
     st.warning(f"{note} The run's data set: {config.dataset}.")
 if images:

@@ -2,51 +2,39 @@
 import pandas as pd
 import streamlit as st
 
-from ftlab import backbones, data, freeze
-from ui import charts, keys as K, resources
+from ftlab import backbones, data
+from ui import charts, keys as K, resources, session as S
 
 state = st.session_state
-
-
-def preset_text(preset: str, n: int, k: int) -> str:
-    return {"linear-probe": "Linear probe: only the new head trains.",
-            "top-N": f"Top-{n}: the last {n} blocks and the head train.",
-            "full": "Full fine-tuning: every block trains.",
-            "gradual": f"Gradual: starts as a linear probe and unfreezes one more block from the top every {k} "
-                       "epoch(s).",
-            "custom": "Custom: the blocks ticked in the table train."}[preset]
-
 
 st.title("Model & freezing")
 names = backbones.list_backbones()
 backbone = st.selectbox("Backbone", names, key=K.cfg("backbone"), persist_state=K.PERSIST,
                         format_func=lambda n: f"{n} — {backbones.get_spec(n).description}")
 spec = backbones.get_spec(backbone)
-config = K.current_config(state)
+blocks = backbones.freezable_blocks(backbone)
+S.fit_to_backbone(state, blocks)  # before the preset widgets are drawn: N and a custom choice fit this backbone
+config = S.current_config(state)
 try:
     num_classes = len(resources.dataset(config).classes)
 except data.DataError:
     num_classes = 10
     st.caption("The chosen data set cannot be read right now; counts assume a 10-class head.")
 
-body = resources.block_counts(backbone)
-head = resources.head_params(backbone, num_classes, config.hidden, config.dropout)
-blocks = [b for b, n in body.items() if n > 0] + ["head"]
-params = [body[b] for b in blocks[:-1]] + [head]
+table = resources.block_table(config, num_classes)
 offline = backbones.weights_available_offline(backbone)
 
 m = st.columns(3)
-m[0].metric("Parameters", f"{sum(params):,}", help=f"with a new head for {num_classes} classes")
+m[0].metric("Parameters", f"{table.total:,}", help=f"with a new head for {num_classes} classes")
 size = f"{spec.fixed_size} px (fixed)" if spec.fixed_size else f"{spec.default_size} px"
 m[1].metric("Default image size", size)
 m[2].metric("ImageNet weights", backbones.weights_status(backbone))
 
-kinds = K.WEIGHT_KINDS if spec.has_imagenet else tuple(k for k in K.WEIGHT_KINDS if k != "imagenet")
+kinds = backbones.Weights.choices(backbone)
 if state[K.WEIGHTS] not in kinds:
     state[K.WEIGHTS] = "random"
 weights = st.radio("Weights", kinds, key=K.WEIGHTS, horizontal=True, persist_state=K.PERSIST,
-                   format_func={"imagenet": "ImageNet (pretrained)", "random": "Random (from scratch)",
-                                "file": "From a file"}.get)
+                   format_func=backbones.Weights.choice_label)
 if weights == "file":
     st.text_input("Weights file", key=K.WEIGHTS_FILE, persist_state=K.PERSIST, placeholder="/path/to/best.pt",
                   help="An ftlab checkpoint or a state dict of the same backbone; the head is replaced when the "
@@ -62,18 +50,13 @@ h[0].number_input("Hidden units in the new head", 0, 8192, step=64, key=K.cfg("h
 h[1].slider("Dropout in the new head", 0.0, 0.9, step=0.05, key=K.cfg("dropout"), persist_state=K.PERSIST)
 
 st.subheader("Which blocks train")
-body_blocks = blocks[:-1]
-state[K.TOP_N] = min(max(1, state[K.TOP_N]), len(body_blocks))
-if state[K.PRESET] == "custom" and not set(state[K.FROZEN] or ()) <= set(blocks):
-    K.set_preset(state, "linear-probe")  # the hand-made selection named another backbone's blocks
 p = st.columns(4, vertical_alignment="bottom")
-p[1].number_input("N", 1, len(body_blocks), key=K.TOP_N, persist_state=K.PERSIST)
+p[1].number_input("N", 1, len(blocks) - 1, key=K.TOP_N, persist_state=K.PERSIST)
 p[3].number_input("k (epochs)", 1, 100, key=K.cfg("gradual_every"), persist_state=K.PERSIST)
 for col, (label, name, preset) in zip(p, [("Linear probe", "linear_probe", "linear-probe"), ("Top-N", "top_n", "top-N"),
                                           ("Full", "full", "full"), ("Gradual", "gradual", "gradual")]):
-    col.button(label, key=K.PRESET_BUTTON.format(name), on_click=K.set_preset, args=(state, preset), width="stretch")
-preset = state[K.PRESET]
-st.caption(preset_text(preset, state[K.TOP_N], state[K.cfg("gradual_every")]))
+    col.button(label, key=K.PRESET_BUTTON.format(name), on_click=S.set_preset, args=(state, preset), width="stretch")
+st.caption(S.strategy_of(state).describe(state[K.cfg("gradual_every")]))
 
 o = st.columns(2)
 o[0].slider("Discriminative rate factor", 0.01, 1.0, step=0.01, key=K.cfg("lr_decay"), persist_state=K.PERSIST,
@@ -81,16 +64,11 @@ o[0].slider("Discriminative rate factor", 0.01, 1.0, step=0.01, key=K.cfg("lr_de
 o[1].checkbox("Frozen blocks keep their BatchNorm statistics", key=K.cfg("bn_frozen"), persist_state=K.PERSIST,
               help="Frozen blocks run in eval mode while training, so they compute what they were pretrained to.")
 
-config = K.current_config(state)
-plan = freeze.make_plan(blocks, config.strategy, gradual_every=config.gradual_every,
-                        frozen_blocks=config.frozen_blocks)
-frozen = set(plan.frozen_at(0))
-depth = {b: len(blocks) - 1 - i for i, b in enumerate(blocks)}
-table = pd.DataFrame({"block": blocks, "parameters": params, "train": [b not in frozen for b in blocks],
-                      "learning rate ×": [config.lr_decay ** depth[b] for b in blocks]})
+table = resources.block_table(S.current_config(state), num_classes)
+shown = pd.DataFrame(table.columns())
 edited = st.data_editor(
-    table, key=K.BLOCK_TABLE.format(state[K.EDITOR_VERSION]), hide_index=True, disabled=["block", "parameters",
-                                                                                    "learning rate ×"],
+    shown, key=K.BLOCK_TABLE.format(state[K.EDITOR_VERSION]), hide_index=True,
+    disabled=[c for c in shown.columns if c != "train"],
     column_config={"train": st.column_config.CheckboxColumn("train", help="untick to freeze the block"),
                    "parameters": st.column_config.NumberColumn(format="localized"),
                    "learning rate ×": st.column_config.NumberColumn(format="%.3g")})
@@ -101,16 +79,14 @@ if "head" in wanted:  # untrainable head: nothing would learn; show the table af
     st.rerun()
 if state.pop(K.HEAD_WARNING, False):
     st.warning("The new head always trains: it starts from random weights.")
-if wanted != frozen:
-    state[K.PRESET], state[K.FROZEN] = "custom", tuple(b for b in blocks if b in wanted)
-    frozen = wanted
-if preset == "gradual":
-    order = " → ".join(reversed(body_blocks))
-    st.caption(f"The table shows the first epochs; then every {config.gradual_every} epoch(s) one more block "
-               f"trains: {order}.")
+if wanted != table.frozen:
+    S.choose_frozen(state, wanted, blocks)
+    table = resources.block_table(S.current_config(state), num_classes)
+if table.schedule:
+    st.caption(table.schedule)
 
-trainable = [b not in frozen for b in blocks]
-n_train = sum(n for n, t in zip(params, trainable) if t)
-st.metric("Trainable parameters", f"{n_train:,}", f"{100 * n_train / sum(params):.1f}% of {sum(params):,}",
+st.metric("Trainable parameters", f"{table.trainable:,}", f"{table.percent:.1f}% of {table.total:,}",
           delta_color="off", delta_arrow="off")
-st.plotly_chart(charts.block_params(blocks, params, trainable), key="model.params_chart")
+columns = table.columns()
+st.plotly_chart(charts.block_params(columns["block"], columns["parameters"], columns["train"]),
+                key="model.params_chart")

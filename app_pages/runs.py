@@ -4,7 +4,7 @@ import streamlit as st
 
 from ftlab import explore
 from ftlab.runs import StoreError
-from ui import charts, keys as K, resources
+from ui import charts, keys as K, parts, resources
 
 state = st.session_state
 store, registry = resources.store(), resources.registry()
@@ -60,10 +60,8 @@ if scored:
                       key="runs.vs_time")
 
 st.subheader("One run")
-if state.get(K.RUNS_SELECTED) not in ids:
-    state[K.RUNS_SELECTED] = ids[0]
-run_id = st.selectbox("Run", ids, key=K.RUNS_SELECTED, format_func=label.get, persist_state=K.PERSIST)
-run = next(r for r in records if r.id == run_id)  # as listed: another session may delete it meanwhile
+run = parts.run_picker(records, K.RUNS_SELECTED)
+run_id = run.id
 if run.message:
     st.caption(f"{run.status}: {run.message}")
 with st.expander("Configuration"):

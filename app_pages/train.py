@@ -10,7 +10,7 @@ from ftlab.config import MAX_NAME, TrainConfig, option_type, options, resolved_i
 from ftlab.jobs import Job
 from ftlab.jobs import END_STATUSES, JobBusy
 from ftlab.runs import StoreError
-from ui import charts, keys as K, parts, resources
+from ui import charts, keys as K, parts, resources, session as S
 
 state = st.session_state
 LABELS = {"lr": "Learning rate", "amp": "Mixed precision (CUDA only)", "random_crop": "Random resized crop",
@@ -43,7 +43,7 @@ def find_job() -> Job | None:
     job = registry.get(state.get(K.JOB))
     if job is None and (named := registry.get(st.query_params.get("run"))) is not None:
         state[K.JOB], job = named.run_id, named
-        K.adopt_config(state, named.config)  # the form and the summary show the run's settings, not defaults
+        S.adopt_config(state, named.config)  # the form and the summary show the run's settings, not defaults
     if job is not None and st.query_params.get("run") != job.run_id:
         st.query_params["run"] = job.run_id
     return job
@@ -52,7 +52,7 @@ def find_job() -> Job | None:
 def watch(run_id: str) -> None:
     state[K.JOB] = run_id
     st.query_params["run"] = run_id
-    K.adopt_config(state, resources.registry().get(run_id).config)
+    S.adopt_config(state, resources.registry().get(run_id).config)
 
 
 def others_running(job: Job | None) -> None:
@@ -60,8 +60,7 @@ def others_running(job: Job | None) -> None:
     for other in resources.registry().running():
         if job is None or other.run_id != job.run_id:
             cols = st.columns([4, 1])
-            cols[0].info(f"Run `{other.run_id}` ({parts.plain(explore.run_label(other.config))}) is training in "
-                         "another session.")
+            cols[0].info(f"Run {parts.run_title(other.run_id, other.config)} is training in another session.")
             cols[1].button("Watch it", key=K.WATCH.format(other.run_id), on_click=watch, args=(other.run_id,))
 
 
@@ -121,16 +120,8 @@ def banner(job: Job, snap) -> None:
 
 
 def progress(job: Job, snap) -> None:
-    epochs, step = job.config.epochs, snap.last_step
-    if snap.status in END_STATUSES:
-        done = len(snap.epochs) / epochs
-        st.progress(min(done, 1.0), text=f"{len(snap.epochs)} of {epochs} epoch(s) done")
-    elif step is None:
-        st.progress(0.0, text=f"{snap.message[:1].upper()}{snap.message[1:]}…")
-    else:
-        done = ((step.epoch - 1) * step.steps + step.step) / (epochs * step.steps)
-        st.progress(min(done, 1.0), text=f"Epoch {step.epoch}/{epochs} · batch {step.step}/{step.steps} · "
-                                         f"{step.images_per_second:.0f} images/s · {explore.format_duration(step.seconds_left)} left")
+    done, text = explore.progress(snap, job.config.epochs, ended=snap.status in END_STATUSES)
+    st.progress(done, text=text)
 
 
 def figures(job: Job, snap) -> None:
@@ -139,14 +130,13 @@ def figures(job: Job, snap) -> None:
             st.caption("The curves and the confusion matrix appear when the first epoch ends.")
         return
     last, epochs = snap.epochs[-1], [dataclasses.asdict(e) for e in snap.epochs]
-    previous = snap.epochs[-2] if len(snap.epochs) > 1 else None
     m = st.columns(5)
     m[0].metric("Epoch", f"{last.epoch}/{last.epochs}")
     m[1].metric("Train loss", f"{last.train_loss:.3f}")
-    change = round(last.val_accuracy - previous.val_accuracy, 3) + 0.0 if previous else None  # + 0.0: no -0.000
+    change = explore.val_accuracy_change(snap.epochs)
     m[2].metric("Val accuracy", f"{last.val_accuracy:.3f}", None if change is None else f"{change:+.3f}",
                 delta_color="normal" if change else "off", delta_arrow="auto" if change else "off")  # 0: no green ↑
-    m[3].metric("Best val accuracy", f"{max(e.val_accuracy for e in snap.epochs):.3f}")
+    m[3].metric("Best val accuracy", f"{explore.best_val_accuracy(snap.epochs):.3f}")
     m[4].metric("Images/s", f"{last.images_per_second:.0f}")
     c = st.columns(2)
     c[0].plotly_chart(charts.curves(epochs, "loss"), key="train.loss_chart")
@@ -164,7 +154,7 @@ st.title("Train")
 job = find_job()
 others_running(job)
 running = is_running(job)
-config = K.current_config(state)
+config = S.current_config(state)
 st.markdown(parts.config_summary(config))
 links = st.columns(3)
 links[0].page_link("app_pages/data.py", label="Change the data", icon="🗂️")
@@ -187,7 +177,7 @@ with st.form(K.TRAIN_FORM, border=True):
             option_widget(f, auto)
     submitted = st.form_submit_button("Start training", type="primary", disabled=running, key=K.START)
 if submitted:
-    start(K.current_config(state))
+    start(S.current_config(state))
     job = find_job()
     running = is_running(job)
 
@@ -198,8 +188,8 @@ if job is None and (asked := st.query_params.get("run")):  # an address kept fro
         st.info("The address names a run that is not kept here (it may have been deleted). Start a new one above.")
     else:
         why = f": {kept.message}" if kept.message else ""
-        st.info(f"Run `{kept.id}` ({parts.plain(explore.record_label(kept, with_id=False))}) is not training here: it "
-                f"{kept.status}{why}. It is on the Runs page.")
+        st.info(f"Run {parts.run_title(kept.id, kept)} is not training here: it {kept.status}{why}. It is on the "
+                "Runs page.")
 if job is None:
     st.caption("No run in this session yet: set the options and press Start training.")
 else:
@@ -223,4 +213,4 @@ else:
     snap = job.snapshot()
     live(job, running, len(snap.epochs))
     figures(job, snap)
-    st.caption(f"Run `{job.run_id}` · {parts.plain(explore.run_label(job.config))}")
+    st.caption(f"Run {parts.run_title(job.run_id, job.config)}")

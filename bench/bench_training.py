@@ -245,13 +245,13 @@ def measure(dataset: str, backbone: str, strategy: str, args, folder: Path) -> d
     epochs = args.full_epochs if strategy == "full" and args.full_epochs else args.epochs
     from ftlab import backbones
     from ftlab.config import DEFAULT_LR
-    from ftlab.freeze import parse_strategy
+    from ftlab.freeze import Strategy
 
     # ResNet-18's ImageNet weights are a download, and this machine is offline
     weights = "imagenet" if backbones.weights_available_offline(backbone) else "random"
     job = {"dataset": str(HYMENOPTERA) if dataset == "hymenoptera" else dataset, "folder": str(folder),
            "backbone": backbone, "weights": weights, "strategy": strategy, "optimizer": "adamw",
-           "lr": DEFAULT_LR[parse_strategy(strategy)[0]], "momentum": 0.9, "weight_decay": 1e-4,
+           "lr": DEFAULT_LR[Strategy.parse(strategy).kind], "momentum": 0.9, "weight_decay": 1e-4,
            "epochs": epochs, "batch_size": args.batch_size, "image_size": size, "seed": 0,
            "warm": strategy != "full", "num_classes": 2 if dataset == "hymenoptera" else 10}
     row = {"dataset": dataset, "backbone": backbone, "weights": weights, "strategy": strategy,

@@ -61,8 +61,8 @@ class Weights:
 
     >>> Weights.parse("imagenet").kind, Weights.parse("random").pretrained, Weights.parse("/w/best.pt").path
     ('imagenet', False, '/w/best.pt')
-    >>> str(Weights.parse("/w/best.pt")), Weights.parse("random").describe()
-    ('/w/best.pt', 'random weights')
+    >>> str(Weights.parse("/w/best.pt")), Weights.parse("random").describe(), Weights.parse("/w/best.pt").describe()
+    ('/w/best.pt', 'random weights', 'weights from best.pt')
     """
 
     kind: str  # imagenet | random | file
@@ -86,8 +86,18 @@ class Weights:
         """In words, for labels and summaries (a file by its name)."""
         from ftlab.messages import printable
 
-        return {"imagenet": "ImageNet weights", "random": "random weights"}.get(
-            self.kind, f"weights {printable(os.path.basename(self.path.rstrip('/')) or self.path)}")
+        name = printable(os.path.basename(self.path.strip().rstrip("/")) or self.path.strip())
+        return {"imagenet": "imagenet weights", "random": "random weights"}.get(
+            self.kind, f"weights from {name or 'a file not named yet'}")
+
+    @staticmethod
+    def choices(backbone: str) -> tuple[str, ...]:
+        """The kinds a user can pick for ``backbone``: ImageNet only where it has such weights."""
+        return Weights.KINDS if get_spec(backbone).has_imagenet else ("random", "file")
+
+    @staticmethod
+    def choice_label(kind: str) -> str:
+        return {"imagenet": "ImageNet (pretrained)", "random": "Random (from scratch)", "file": "From a file"}[kind]
 
     def identity(self, seed: int) -> str:
         """What determines the starting tensors, for cache keys: a file by its content, random

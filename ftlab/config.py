@@ -82,7 +82,8 @@ class TrainConfig:
     lr: float | None = _opt(None, "learning rate of the head (default: 0.003 for a linear probe, 0.001 for top-N "
                             "and gradual, 0.0003 for full fine-tuning)", lo=1e-7, hi=10.0)
     momentum: float = _opt(0.9, "SGD momentum", lo=0.0, hi=0.999)
-    weight_decay: float = _opt(1e-4, "weight decay", lo=0.0, hi=1.0)
+    weight_decay: float = _opt(1e-4, "weight decay of weight matrices and kernels (biases and norm scales are "
+                               "not decayed, as in timm and nanoGPT)", lo=0.0, hi=1.0)
     epochs: int = _opt(5, "epochs", lo=1, hi=1000)
     batch_size: int = _opt(32, "images per batch", lo=1, hi=4096)
     image_size: int | None = _opt(None, "image side in pixels (default: the backbone's own)", lo=16, hi=1024)
@@ -248,7 +249,7 @@ def _check_names(config: TrainConfig) -> list[str]:
 
     problems = []
     try:
-        freeze.parse_strategy(config.strategy)
+        freeze.Strategy.parse(config.strategy)
         strategy_known = True
     except ValueError as err:
         problems.append(str(err) + ".")
@@ -329,8 +330,7 @@ def resolved_lr(config: TrainConfig) -> float:
 
     if config.lr is not None:
         return config.lr
-    kind = "custom" if config.frozen_blocks is not None else freeze.parse_strategy(config.strategy)[0]
-    return DEFAULT_LR[kind]
+    return DEFAULT_LR[freeze.Strategy.parse(config.strategy, config.frozen_blocks).kind]
 
 
 def resolved_image_size(config: TrainConfig) -> int:

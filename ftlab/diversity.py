@@ -120,6 +120,18 @@ class Suggestion:
     setting: Mapping[str, object]  # what the user would change, e.g. {"class_weighting": "balanced"}
 
 
+def describe_setting(setting: Mapping[str, object]) -> str:
+    """A suggestion's setting in words, for its button.
+
+    >>> describe_setting({"lr_factor": 2.0, "epochs_factor": 0.75})
+    'learning rate ×2, epochs ×0.75'
+    >>> describe_setting({"strategy": "top-2", "flip": True})
+    'strategy top-2, flip True'
+    """
+    words = {"lr_factor": "learning rate ×{:g}", "epochs_factor": "epochs ×{:g}"}
+    return ", ".join(words[k].format(v) if k in words else f"{k.replace('_', ' ')} {v}" for k, v in setting.items())
+
+
 def suggestions(train_counts: Sequence[int]) -> list[Suggestion]:
     """What the class distribution of the training split suggests.
 

@@ -1,4 +1,4 @@
-"""What the app shows of a data set and of a kept run: reads over ftlab's data and records.
+"""What the app shows of a data set, a model and a kept run: reads over ftlab's data, models and records.
 
 The steps from a config to its data (``ftlab.data.load_for``, ``split_for``) live with the data;
 this module holds only what pages show of them.
@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ftlab import backbones, data, diversity
-from ftlab.config import TrainConfig
+from ftlab import backbones, data, diversity, freeze
+from ftlab.config import TrainConfig, resolved_lr
 from ftlab.edits import ModelEdits
 from ftlab.messages import printable
 from ftlab.metrics import most_confused
@@ -52,6 +53,94 @@ def format_duration(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
+def progress(snapshot, epochs: int, ended: bool) -> tuple[float, str]:
+    """How far a job (an `engine.JobSnapshot` of a run of ``epochs`` epochs) has come: the share done,
+    for a progress bar, and its words. ``ended``: the job finished, stopped or failed.
+
+    >>> from types import SimpleNamespace as S
+    >>> step = S(epoch=2, step=5, steps=10, images_per_second=812.4, seconds_left=75)
+    >>> progress(S(epochs=[1], last_step=step, message=""), 4, ended=False)
+    (0.375, 'Epoch 2/4 · batch 5/10 · 812 images/s · 1:15 left')
+    >>> progress(S(epochs=[1, 2], last_step=step, message="stopped"), 4, ended=True)
+    (0.5, '2 of 4 epoch(s) done')
+    >>> progress(S(epochs=[], last_step=None, message="decoding images"), 4, ended=False)
+    (0.0, 'Decoding images…')
+    """
+    step = snapshot.last_step
+    if ended:
+        return min(len(snapshot.epochs) / epochs, 1.0), f"{len(snapshot.epochs)} of {epochs} epoch(s) done"
+    if step is None:
+        return 0.0, f"{snapshot.message[:1].upper()}{snapshot.message[1:]}…"
+    done = ((step.epoch - 1) * step.steps + step.step) / (epochs * step.steps)
+    return min(done, 1.0), (f"Epoch {step.epoch}/{epochs} · batch {step.step}/{step.steps} · "
+                            f"{step.images_per_second:.0f} images/s · {format_duration(step.seconds_left)} left")
+
+
+def val_accuracy_change(epochs: list) -> float | None:
+    """The last epoch's val accuracy against the one before, to the three places shown; None after one
+    epoch, and 0.0 (never -0.0, which shows as a fall) when it did not change at those places.
+
+    >>> from types import SimpleNamespace as S
+    >>> val_accuracy_change([S(val_accuracy=0.5), S(val_accuracy=0.6254)]), val_accuracy_change([S(val_accuracy=0.5)])
+    (0.125, None)
+    >>> str(val_accuracy_change([S(val_accuracy=0.5001), S(val_accuracy=0.5)]))
+    '0.0'
+    """
+    if len(epochs) < 2:
+        return None
+    return round(epochs[-1].val_accuracy - epochs[-2].val_accuracy, 3) + 0.0  # + 0.0: -0.0 becomes 0.0
+
+
+def best_val_accuracy(epochs: list) -> float:
+    return max(e.val_accuracy for e in epochs)
+
+
+def long_tail_text(ratio: float) -> str:
+    """A long-tail subsampling in words, as the labels and summaries name it.
+
+    >>> long_tail_text(10.0), long_tail_text(2.5)
+    ('long tail ×10', 'long tail ×2.5')
+    """
+    return f"long tail ×{ratio:g}"
+
+
+# the figures of the imbalance simulator: label, Distribution field, format of the value and of its change
+TAIL_FIGURES = (("Entropy after (bits)", "entropy_bits", "{:.3f}", "{:+.3f}"),
+                ("Normalised entropy after", "normalised_entropy", "{:.3f}", "{:+.3f}"),
+                ("Effective classes after", "effective_classes", "{:.2f}", "{:+.2f}"),
+                ("Training images after", "total", "{:,}", "{:+,}"))
+
+
+def long_tail_figures(before: list[int], ratio: float) -> tuple[list[int], list[tuple[str, str, str]]]:
+    """What a long tail of ``ratio`` would make of the training split's class counts ``before``: the
+    counts after, and (label, value after, change) of each figure a user compares.
+
+    >>> after, figures = long_tail_figures([100, 100], 4.0)
+    >>> after, figures[-1]
+    ([100, 25], ('Training images after', '125', '-75'))
+    """
+    after = diversity.long_tail_counts(before, ratio)
+    now, sim = diversity.distribution(before), diversity.distribution(after)
+    return after, [(label, value.format(getattr(sim, name)), change.format(getattr(sim, name) - getattr(now, name)))
+                   for label, name, value, change in TAIL_FIGURES]
+
+
+def final_split(final: dict) -> str:
+    """The split a run's final figures are shown for: test when the run has one, else val."""
+    return "test" if "test" in final else "val"
+
+
+def device_text(device) -> str:
+    """A ``torch.device`` for a person: the GPU's name, Apple MPS, or the CPU and its cores."""
+    if device.type == "cuda":
+        import torch
+
+        return f"CUDA · {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU · {os.cpu_count()} cores"
+
+
 def display_name(dataset: str) -> str:
     r"""A registered name as it is; a folder or .zip path by its last part, printable (a byte that
     is not UTF-8 as ``\xff``).
@@ -60,6 +149,20 @@ def display_name(dataset: str) -> str:
     ('bienen\\xff', 'digits')
     """
     return printable(os.path.basename(dataset.rstrip("/\\")) or dataset)
+
+
+def strategy_label(strategy: object, frozen_blocks: object = None) -> str:
+    """A config's freezing for labels and summaries: `freeze.Strategy.label`. Never raises: a stored
+    run's odd or old strategy text is shown as it is, so the run still lists.
+
+    >>> strategy_label("top-2"), strategy_label("gradual", ["stem", "stage1"]), strategy_label("top3")
+    ('top-2', 'custom (2 frozen)', 'top3')
+    """
+    frozen = tuple(frozen_blocks) if isinstance(frozen_blocks, (list, tuple)) else None
+    try:
+        return freeze.Strategy.parse(strategy, frozen).label
+    except ValueError:
+        return freeze.Strategy("custom", frozen_blocks=frozen).label if frozen is not None else str(strategy)
 
 
 def run_label(config: TrainConfig | dict) -> str:
@@ -74,8 +177,7 @@ def run_label(config: TrainConfig | dict) -> str:
     if str(c.get("name") or "").strip():
         return printable(str(c["name"]).strip())
     default = TrainConfig().to_dict()
-    frozen = c.get("frozen_blocks")
-    strategy = f"custom ({len(frozen)} frozen)" if isinstance(frozen, (list, tuple)) else str(c.get("strategy", "?"))
+    strategy = strategy_label(c.get("strategy", "?"), c.get("frozen_blocks"))
     epochs = c.get("epochs", default["epochs"])
     options = [f"{epochs} epoch{'' if epochs == 1 else 's'}"]
     for name in LABEL_OPTIONS:
@@ -87,7 +189,7 @@ def run_label(config: TrainConfig | dict) -> str:
         elif name == "image_size":
             options.append(f"{value} px")
         elif name == "imbalance_ratio":
-            options.append(f"long tail ×{value:g}" if isinstance(value, (int, float)) else f"long tail {value}")
+            options.append(long_tail_text(value) if isinstance(value, (int, float)) else f"long tail {value}")
         elif isinstance(value, bool):
             options.append(name.replace("_", " "))
         else:
@@ -122,6 +224,84 @@ def record_label(record, with_id: bool = True) -> str:
 def _config_of(record) -> dict:
     config = record.config if isinstance(record.config, dict) else {}
     return {**config, "dataset": record.dataset, "backbone": record.backbone, "strategy": record.strategy}
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    """One block of a model as the Model page's table shows it."""
+
+    block: str
+    parameters: int
+    train: bool  # trains from the first epoch (a gradual plan adds blocks later: `BlockTable.schedule`)
+    lr_factor: float  # the block's learning rate over the head's, as the optimiser's param group has it
+    note: str = ""  # how an edit of the model changed the block ("added", "removed"); "" for the backbone's own
+
+
+@dataclass(frozen=True)
+class BlockTable:
+    """A config's model, block by block, with what trains and at what rate, and the totals."""
+
+    rows: tuple[BlockRow, ...]
+    trainable: int  # parameters that train from the first epoch
+    total: int
+    schedule: str = ""  # how the plan goes on from the first epochs, in a sentence ("" when it does not change)
+
+    @property
+    def percent(self) -> float:
+        """Trainable parameters as a percentage of all of them."""
+        return 100 * self.trainable / self.total if self.total else 0.0
+
+    @property
+    def frozen(self) -> frozenset[str]:
+        return frozenset(r.block for r in self.rows if not r.train)
+
+    def columns(self) -> dict[str, list]:
+        """The rows as the table's columns; ``note`` only when some row has one."""
+        columns = {"block": [r.block for r in self.rows], "parameters": [r.parameters for r in self.rows],
+                   "train": [r.train for r in self.rows], "learning rate ×": [r.lr_factor for r in self.rows]}
+        if any(r.note for r in self.rows):
+            columns["note"] = [r.note for r in self.rows]
+        return columns
+
+
+def block_table(config: TrainConfig, num_classes: int) -> BlockTable:
+    """``config``'s model with a head for ``num_classes``, as training will freeze it and set its rates:
+    the freeze plan, `freeze.apply_freeze`, `freeze.param_groups` and `freeze.count_params` on the
+    model's architecture (built without weights). Raises ValueError for a strategy the backbone cannot take."""
+    model = _architecture(config, num_classes)
+    plan = freeze.make_plan(model.param_blocks(), config.strategy, gradual_every=config.gradual_every,
+                            frozen_blocks=config.frozen_blocks)
+    freeze.apply_freeze(model, plan.frozen_at(0), config.bn_frozen)
+    groups = freeze.param_groups(model, resolved_lr(config), config.weight_decay, config.lr_decay)
+    head_lr = groups[-1]["lr"]
+    counts = model.block_params()
+    rates = {g["name"]: g["lr"] for g in groups}  # with weight decay a block has two groups at one rate
+    rows = tuple(BlockRow(name, counts[name], name not in plan.frozen_at(0), lr / head_lr) for name, lr in rates.items())
+    trainable, total = freeze.count_params(model)
+    return BlockTable(rows, trainable, total, _schedule(plan))
+
+
+def _architecture(config: TrainConfig, num_classes: int):
+    """The model's blocks and head on the meta device: shapes and counts, no weights, no memory."""
+    import torch
+
+    from ftlab import backbones
+
+    build = lambda: backbones.create_model(config.backbone, num_classes, "random", hidden=config.hidden,  # noqa: E731
+                                           dropout=config.dropout)
+    try:
+        with torch.device("meta"):
+            return build()
+    except (NotImplementedError, RuntimeError):  # a builder that computes with tensors (RegNet's widths)
+        return build()
+
+
+def _schedule(plan: freeze.FreezePlan) -> str:
+    """How a gradual plan goes on from the first epochs, in a sentence; "" for a plan that stays as it starts."""
+    if plan.strategy != "gradual":
+        return ""
+    order = " → ".join(reversed(plan.blocks[:-1]))
+    return f"The table shows the first epochs; then every {plan.gradual_every} epoch(s) one more block trains: {order}."
 
 
 def confusion_view(confusion, classes: list[str], normalised: bool = False,
@@ -187,6 +367,13 @@ def hardest_images(ds: data.Dataset, run_classes: list[str], hard: list[dict],
                 f"(e.g. {decoded.skipped[0]}). If the data folder was moved or deleted, put it back there to see "
                 "them.")
     return [by_index[h["index"]] for h in shown], captions, note
+
+
+def data_gone_note(err: Exception) -> str:
+    """Why a run's images cannot be shown when its data set cannot be loaded at all (its folder is
+    gone: the app's data cache follows the folder's files, so it is not served from memory)."""
+    return (f"The run's images could not be read: its data set cannot be loaded now ({err}) If the data folder "
+            "was moved or deleted, put it back there to see them.")
 
 
 def samples_per_class(ds: data.Dataset, indices: np.ndarray, per_class: int, image_size: int,

@@ -46,19 +46,71 @@ class FreezePlan:
         return next(i for i, name in enumerate(self.blocks) if name not in frozen or name == "head")
 
 
-def parse_strategy(strategy: str) -> tuple[str, int]:
-    """``"top-3"`` -> ``("top-N", 3)``; the other presets -> ``(name, 0)``.
+_KINDS = ("linear-probe", "top-N", "full", "gradual", "custom")
 
-    >>> parse_strategy("top-2"), parse_strategy("full")
-    (('top-N', 2), ('full', 0))
+
+@dataclass(frozen=True)
+class Strategy:
+    """A freezing strategy, parsed once from its config string (``"top-2"``) and the config's
+    explicit ``frozen_blocks``, which make it ``custom`` whatever the string says.
+
+    >>> s = Strategy.parse("top-2")
+    >>> s.kind, s.n, str(s)
+    ('top-N', 2, 'top-2')
+    >>> str(Strategy.parse("full")), Strategy.parse("gradual", frozen_blocks=("stem",)).label
+    ('full', 'custom (1 frozen)')
+    >>> Strategy.parse("top-3").describe(gradual_every=2)
+    'Top-3: the last 3 blocks and the head train.'
+    >>> Strategy.parse("top3")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown strategy 'top3'; choose one of: linear-probe, top-N (e.g. top-2), full, gradual
     """
-    match = _TOP_N.match(strategy)
-    if match:
-        return "top-N", int(match.group(1))
-    if strategy in ("linear-probe", "full", "gradual", "custom"):
-        return strategy, 0
-    raise ValueError(f"unknown strategy {strategy!r}; choose one of: linear-probe, top-N (e.g. top-2), "
-                     "full, gradual")
+
+    kind: str  # linear-probe | top-N | full | gradual | custom: also the key of config.DEFAULT_LR
+    n: int = 0  # top-N: blocks below the head that train
+    frozen_blocks: tuple[str, ...] | None = None  # custom: the blocks that stay frozen, when known
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(_unknown(self.kind))
+
+    @classmethod
+    def parse(cls, text: str, frozen_blocks: tuple[str, ...] | list[str] | None = None) -> "Strategy":
+        """The strategy of a config. The text is checked even when ``frozen_blocks`` override it, so a
+        misspelt strategy is reported rather than silently ignored."""
+        match = _TOP_N.match(text) if isinstance(text, str) else None
+        if match:
+            parsed = cls("top-N", int(match.group(1)))
+        elif text in _KINDS:
+            parsed = cls(text)
+        else:
+            raise ValueError(_unknown(text))
+        return parsed if frozen_blocks is None else cls("custom", frozen_blocks=tuple(frozen_blocks))
+
+    def __str__(self) -> str:
+        """The config string: ``top-2``, ``full``, ``custom`` (its blocks are the config's ``frozen_blocks``)."""
+        return f"top-{self.n}" if self.kind == "top-N" else self.kind
+
+    @property
+    def label(self) -> str:
+        """For lists and summaries: the config string, and how many blocks a custom choice freezes."""
+        if self.kind == "custom" and self.frozen_blocks is not None:
+            return f"custom ({len(self.frozen_blocks)} frozen)"
+        return str(self)
+
+    def describe(self, gradual_every: int) -> str:
+        """What the strategy trains, in a sentence (the Model page's caption of the presets)."""
+        return {"linear-probe": "Linear probe: only the new head trains.",
+                "top-N": f"Top-{self.n}: the last {self.n} blocks and the head train.",
+                "full": "Full fine-tuning: every block trains.",
+                "gradual": f"Gradual: starts as a linear probe and unfreezes one more block from the top every "
+                           f"{gradual_every} epoch(s).",
+                "custom": "Custom: the blocks ticked in the table train."}[self.kind]
+
+
+def _unknown(text: object) -> str:
+    return f"unknown strategy {text!r}; choose one of: linear-probe, top-N (e.g. top-2), full, gradual"
 
 
 def backbone_blocks(blocks: tuple[str, ...]) -> tuple[str, ...]:
@@ -73,13 +125,14 @@ def make_plan(blocks: list[str] | tuple[str, ...], strategy: str, *, gradual_eve
     Adapters train under every plan, an explicit one too: only backbone blocks can be frozen."""
     blocks = tuple(blocks)
     body = backbone_blocks(blocks)
-    kind, n = parse_strategy(strategy)
-    if frozen_blocks is not None:
-        unknown = set(frozen_blocks) - set(blocks)
+    # explicit blocks override the preset: a gradual schedule would otherwise ignore them
+    parsed = Strategy.parse(strategy, frozen_blocks)
+    kind, n = parsed.kind, parsed.n
+    if parsed.frozen_blocks is not None:
+        unknown = set(parsed.frozen_blocks) - set(blocks)
         if unknown:
             raise ValueError(f"no block named {some(sorted(unknown))}; blocks are: {some(blocks)}")
-        # explicit blocks override the preset: a gradual schedule would otherwise ignore them
-        kind, frozen = "custom", frozenset(b for b in frozen_blocks if not b.startswith(ADAPTER_PREFIX))
+        frozen = frozenset(b for b in parsed.frozen_blocks if not b.startswith(ADAPTER_PREFIX))
     elif kind in ("linear-probe", "gradual"):
         frozen = frozenset(body)
     elif kind == "top-N":

@@ -316,18 +316,18 @@ def test_adopting_a_run_restores_its_settings_as_the_session_choices():
     from dataclasses import replace
 
     from ftlab.config import TrainConfig
-    from ui import keys
+    from ui import session
 
     state: dict = {}
-    keys.init_state(state)
+    session.init_state(state)
     config = TrainConfig(dataset="shapes", backbone="resnet18", weights="random", strategy="top-2", epochs=9,
                          image_size=48, imbalance_ratio=5.0, lr=0.02, flip=True)
-    keys.adopt_config(state, config)
-    assert keys.current_config(state) == config
+    session.adopt_config(state, config)
+    assert session.current_config(state) == config
     custom = TrainConfig(dataset="/data/my photos.zip", frozen_blocks=("stem", "stage1"), weights="/w/x.pt")
-    keys.adopt_config(state, custom)
+    session.adopt_config(state, custom)
     # explicit frozen blocks are the "custom" preset, whatever strategy name came with them
-    assert keys.current_config(state) == replace(custom, strategy="custom")
+    assert session.current_config(state) == replace(custom, strategy="custom")
 
 
 def test_two_sessions_train_at_once_without_touching_each_other(held_runs):

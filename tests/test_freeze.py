@@ -13,11 +13,11 @@ from ftlab import engine
 from ftlab.backbones import create_model, get_spec, list_backbones
 from ftlab.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from ftlab.freeze import (
+    Strategy,
     apply_freeze,
     count_params,
     make_plan,
     param_groups,
-    parse_strategy,
 )
 
 K = 3
@@ -339,6 +339,10 @@ def test_top_n_beyond_the_blocks_raises():
 
 
 def test_parse_strategy():
+    def parse_strategy(text: str) -> tuple[str, int]:
+        s = Strategy.parse(text)
+        return s.kind, s.n
+
     assert parse_strategy("top-3") == ("top-N", 3)
     assert parse_strategy("top-12") == ("top-N", 12)
     assert parse_strategy("linear-probe") == ("linear-probe", 0)

@@ -185,9 +185,9 @@ def test_the_train_page_has_a_name_field_that_reaches_the_config():
     at.number_input(key="cfg.image_size").set_value(16)  # so that Start refuses: nothing trains
     at.button(key="train.start").click().run()
     assert not at.exception and "cannot start" in at.error[0].value
-    from ui import keys
+    from ui import session
 
-    assert keys.current_config(at.session_state).name == "first try"
+    assert session.current_config(at.session_state).name == "first try"
     assert "first try" in at.sidebar.caption[0].value
 
 

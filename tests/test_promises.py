@@ -333,9 +333,9 @@ from test_app import TIMEOUT, app, charts, goto, metrics, poll  # noqa: E402
 
 
 def config_of(at) -> TrainConfig:
-    from ui import keys
+    from ui import session
 
-    return keys.current_config(at.session_state)
+    return session.current_config(at.session_state)
 
 
 # Runs page downloads ---------------------------------------------------------------------

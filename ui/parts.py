@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
 
-from ftlab import explore
+from ftlab import backbones, explore
 from ftlab.config import TrainConfig
 from ftlab.messages import printable
 from ui import charts, keys, resources
+
+if TYPE_CHECKING:
+    from ftlab.runs import RunRecord
 
 
 def store_error(err: Exception) -> None:
@@ -68,10 +72,28 @@ def report(report: Mapping[str, Sequence[float]], classes: Sequence[str]) -> Non
 
 def config_summary(config: TrainConfig) -> str:
     """One line of what a run would use: data, backbone, weights, strategy."""
-    strategy = config.strategy if config.frozen_blocks is None else f"custom ({len(config.frozen_blocks)} frozen)"
-    extra = f", long tail ×{config.imbalance_ratio:g}" if config.imbalance_ratio > 1 else ""
-    weights = (f"{config.weights} weights" if config.weights in ("imagenet", "random")
-               else f"weights from {plain(explore.display_name(config.weights)) or 'a file not named yet'}")
+    strategy = explore.strategy_label(config.strategy, config.frozen_blocks)
+    extra = f", {explore.long_tail_text(config.imbalance_ratio)}" if config.imbalance_ratio > 1 else ""
+    weights = plain(backbones.Weights.parse(config.weights).describe())
     name = f"**Run** {plain(config.name.strip())} · " if config.name.strip() else ""
     return (f"{name}**Data** {plain(explore.display_name(config.dataset))}{extra} · **backbone** {config.backbone} "
             f"({weights}) · **freezing** {strategy}")
+
+
+def run_picker(records: Sequence[RunRecord], key: str) -> RunRecord:
+    """A select box over kept runs, each by its `explore.record_label`; returns the chosen run as
+    listed (another session may delete it meanwhile). A choice no longer listed (a deleted run, a
+    list filtered on another page) falls back to the first run."""
+    by_id = {r.id: r for r in records}
+    if st.session_state.get(key) not in by_id:
+        st.session_state[key] = records[0].id
+    chosen = st.selectbox("Run", list(by_id), key=key, format_func=lambda i: explore.record_label(by_id[i]),
+                          persist_state=keys.PERSIST)
+    return by_id[chosen]
+
+
+def run_title(run_id: str, run: RunRecord | TrainConfig) -> str:
+    """A run for a sentence or a caption: its id as code, then its label (`explore.record_label` of a kept
+    run, `explore.run_label` of a job's config), as markdown that shows a typed name as typed."""
+    label = explore.run_label(run) if isinstance(run, TrainConfig) else explore.record_label(run, with_id=False)
+    return f"`{run_id}` · {plain(label)}"

@@ -1,5 +1,5 @@
 """What the app keeps between reruns: the job registry (one per server process), loaded data
-sets, block parameter counts and predictors, each under a Streamlit cache."""
+sets, block tables and predictors, each under a Streamlit cache."""
 from __future__ import annotations
 
 import streamlit as st
@@ -43,20 +43,10 @@ def samples(key: str, _ds: data.Dataset, _indices, per_class: int, size: int) ->
     return explore.samples_per_class(_ds, _indices, per_class, size)
 
 
-@st.cache_resource(max_entries=4, show_spinner="Building the model to count its parameters…")
-def block_counts(backbone: str) -> dict[str, int]:
-    """Parameters per block, head excluded (it depends on the classes), from a random-weight model."""
-    from ftlab import backbones
-
-    model = backbones.create_model(backbone, 2, "random")
-    return {name: n for name, n in model.block_params().items() if name != "head"}
-
-
-def head_params(backbone: str, num_classes: int, hidden: int, dropout: float) -> int:
-    from ftlab import backbones
-
-    head = backbones.make_head(backbones.get_spec(backbone).head_in_features, num_classes, hidden, dropout)
-    return sum(p.numel() for p in head.parameters())
+@st.cache_data(max_entries=32, show_spinner="Counting the model's parameters…")
+def block_table(config: TrainConfig, num_classes: int) -> explore.BlockTable:
+    """`ftlab.explore.block_table`, kept per config (a frozen dataclass: Streamlit hashes its fields)."""
+    return explore.block_table(config, num_classes)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the run's model…")

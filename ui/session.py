@@ -1,0 +1,132 @@
+"""The session's choices and the run configuration they add up to, both ways.
+
+Widgets bound to a `TrainConfig` field use the key ``cfg.<field>`` (`ui.keys.cfg`) and start
+from the dataclass default, so each default lives once. A few fields are derived from other
+choices (the data set from the Data page's source, the strategy from the Model page's presets
+and block table); `current_config` puts them together and `adopt_config` takes them apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import MutableMapping
+
+from ftlab.backbones import Weights
+from ftlab.config import TrainConfig
+from ftlab.freeze import Strategy
+from ui.keys import (BUILTIN, CM_NORMALISED, DATASET, DOWNLOAD, EDITOR_VERSION, FOLDER, FROZEN,
+                     INSPECT_CM_NORMALISED, INSPECT_TOP_K, OWNER, PRESET, SIM_APPLY, SIM_RATIO, SOURCE, SOURCES,
+                     TOP_N, WEIGHTS, WEIGHTS_FILE, cfg)
+
+# Fields that come from other choices rather than from a widget of their own.
+DERIVED = frozenset({"dataset", "imbalance_ratio", "weights", "strategy", "frozen_blocks"})
+
+
+def _defaults() -> dict:
+    d = TrainConfig()
+    values = {cfg(f.name): getattr(d, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in DERIVED}
+    values.update({
+        DATASET: d.dataset, SOURCE: SOURCES[0], BUILTIN: d.dataset, FOLDER: "", SIM_RATIO: 10.0,
+        SIM_APPLY: False, WEIGHTS: d.weights, WEIGHTS_FILE: "", PRESET: d.strategy, TOP_N: 2, FROZEN: None,
+        EDITOR_VERSION: 0, CM_NORMALISED: False, INSPECT_CM_NORMALISED: False, INSPECT_TOP_K: 5,
+    })
+    return values
+
+
+def init_state(state: MutableMapping) -> None:
+    """Fill in every key a page reads, once per session (widgets then take their value from here)."""
+    for key, value in _defaults().items():
+        state.setdefault(key, value)
+    state.setdefault(OWNER, uuid.uuid4().hex)
+
+
+def strategy_of(state: MutableMapping) -> Strategy:
+    """The strategy the Model page's preset, N and block table stand at."""
+    frozen = state[FROZEN] if state[PRESET] == "custom" else None
+    return Strategy(state[PRESET], state[TOP_N] if state[PRESET] == "top-N" else 0,
+                    tuple(frozen) if frozen is not None else None)
+
+
+def current_config(state: MutableMapping) -> TrainConfig:
+    """The run configuration the session's choices add up to (nothing is checked here)."""
+    direct = {f.name: state[cfg(f.name)] for f in dataclasses.fields(TrainConfig) if f.name not in DERIVED}
+    weights = str(Weights(state[WEIGHTS], state[WEIGHTS_FILE].strip() if state[WEIGHTS] == "file" else ""))
+    strategy = strategy_of(state)
+    return TrainConfig(dataset=state[DATASET], imbalance_ratio=float(state[SIM_RATIO]) if state[SIM_APPLY] else 1.0,
+                       weights=weights, strategy=str(strategy), frozen_blocks=strategy.frozen_blocks, **direct)
+
+
+def adopt_config(state: MutableMapping, config: TrainConfig) -> None:
+    """Make a run's settings the session's choices: the inverse of `current_config`, for a
+    refreshed browser (a new session) that finds its run still going."""
+    from ftlab import data
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in DERIVED:
+            state[cfg(f.name)] = getattr(config, f.name)
+    kinds = {d.name: d.kind for d in data.list_datasets()}
+    state[DATASET] = config.dataset
+    if kinds.get(config.dataset) == "builtin":
+        state[SOURCE], state[BUILTIN] = SOURCES[0], config.dataset
+    elif config.dataset in kinds:
+        state[SOURCE], state[DOWNLOAD] = SOURCES[1], config.dataset
+    else:
+        state[SOURCE], state[FOLDER] = SOURCES[3], config.dataset
+    state[SIM_APPLY] = config.imbalance_ratio > 1
+    if config.imbalance_ratio > 1:
+        state[SIM_RATIO] = config.imbalance_ratio
+    weights = Weights.parse(config.weights)
+    state[WEIGHTS] = weights.kind
+    if weights.kind == "file":
+        state[WEIGHTS_FILE] = weights.path
+    strategy = Strategy.parse(config.strategy, config.frozen_blocks)
+    state[PRESET], state[FROZEN] = strategy.kind, strategy.frozen_blocks
+    if strategy.kind == "top-N":
+        state[TOP_N] = strategy.n
+    state[EDITOR_VERSION] += 1
+
+
+def set_preset(state: MutableMapping, preset: str) -> None:
+    """A freezing preset replaces any hand-made block selection (and the table shows it afresh)."""
+    state[PRESET] = preset
+    state[FROZEN] = None
+    state[EDITOR_VERSION] += 1
+
+
+def choose_frozen(state: MutableMapping, frozen: set[str] | frozenset[str], blocks: tuple[str, ...]) -> None:
+    """The blocks the user unticked in the block table become the custom strategy (in the model's order)."""
+    state[PRESET], state[FROZEN] = "custom", tuple(b for b in blocks if b in frozen)
+
+
+def fit_to_backbone(state: MutableMapping, blocks: tuple[str, ...] | list[str]) -> None:
+    """Keep the freezing choices possible for a backbone with these blocks (``head`` last), before
+    the Model page draws them: N within the blocks below the head, and a hand-made selection
+    that names another backbone's blocks replaced by the linear probe."""
+    state[TOP_N] = min(max(1, state[TOP_N]), len(blocks) - 1)
+    if state[PRESET] == "custom" and not set(state[FROZEN] or ()) <= set(blocks):
+        set_preset(state, "linear-probe")
+
+
+def apply_suggestion(state: MutableMapping, setting: dict, config: TrainConfig) -> None:
+    """Apply a `ftlab.diversity.Suggestion`'s setting when the user asks for it."""
+    from ftlab.config import resolved_lr
+
+    for name, value in setting.items():
+        if name == "strategy":
+            strategy = Strategy.parse(value)
+            set_preset(state, strategy.kind)
+            if strategy.kind == "top-N":
+                state[TOP_N] = strategy.n
+        elif name == "lr_factor":
+            state[cfg("lr")] = _within("lr", float(f"{resolved_lr(config) * value:.3g}"))
+        elif name == "epochs_factor":
+            state[cfg("epochs")] = _within("epochs", round(config.epochs * value))
+        elif cfg(name) in state:
+            state[cfg(name)] = value
+
+
+def _within(name: str, value: float) -> float:
+    """``value`` moved into the option's range: a widget given a value outside it silently shows its minimum
+    instead (a learning rate of 8 doubled became 1e-07)."""
+    meta = next(f.metadata for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return type(value)(min(max(value, meta["lo"]), meta["hi"]))
