@@ -4,6 +4,7 @@ edits, and checkpoints written before edits existed."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,3 +273,47 @@ def test_a_checkpoint_whose_edits_do_not_fit_its_weights_is_refused():
     checkpoint["edits"]["adapter_after"] = []
     with pytest.raises(CheckpointError, match="does not fit small_cnn"):
         checkpoints.load_model(checkpoint)
+
+
+# --- the Model page ----------------------------------------------------------------------
+
+def test_the_model_page_edits_the_model_and_shows_the_edited_block_table(app_env):
+    from streamlit.testing.v1 import AppTest
+
+    from ui import session
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120).run()
+    at.switch_page("app_pages/model.py").run()
+    assert "note" not in at.data_editor[0].value.columns  # the backbone as it is: nothing to mark
+    at.text_input(key="model.head_text").input("64, 32").run()
+    at.selectbox(key="cfg.activation").set_value("gelu").run()
+    at.checkbox(key="cfg.head_batchnorm").check().run()
+    at.selectbox(key="cfg.truncate_after").set_value("stage5").run()
+    at.multiselect(key="cfg.adapter_after").select("stage3").run()
+    at.number_input(key="cfg.adapter_dim").set_value(16).run()
+    assert not at.exception, [e.value for e in at.exception]
+    config = session.current_config(at.session_state)
+    assert config.edits() == ModelEdits(head=(64, 32), activation="gelu", head_batchnorm=True,
+                                        truncate_after="stage5", adapter_after=("stage3",), adapter_dim=16)
+    assert validate(config) == []
+    table = at.data_editor[0].value
+    notes = dict(zip(table["block"], table["note"]))
+    assert notes["adapter_stage3"] == "added" and notes["head"] == "new" and notes["stem"] == ""
+    assert [b for b, n in notes.items() if n == "removed"] == ["stage6", "stage7", "conv_head"]
+    expected = explore.block_table(config, 10)
+    assert list(table["parameters"]) == expected.columns()["parameters"]
+    assert at.metric[0].value == f"{expected.total:,}"
+    # adapters after blocks a new cut removes are dropped; a bad width is refused in words
+    at.selectbox(key="cfg.truncate_after").set_value("stage2").run()
+    assert session.current_config(at.session_state).adapter_after == ()
+    at.text_input(key="model.head_text").input("64;x").run()
+    assert "whole numbers separated by commas" in at.error[0].value
+    assert session.current_config(at.session_state).head == (64, 32)
+    # an adapter cannot be frozen: the table starts afresh and says why
+    at.multiselect(key="cfg.adapter_after").select("stage1").run()
+    editor = at.data_editor[0]
+    row = list(editor.value["block"]).index("adapter_stage1")
+    at.session_state[editor.key] = {"edited_rows": {row: {"train": False}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception and "always train" in at.warning[0].value
+    assert session.current_config(at.session_state).frozen_blocks is None
