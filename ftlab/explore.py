@@ -234,7 +234,7 @@ class BlockRow:
     parameters: int
     train: bool  # trains from the first epoch (a gradual plan adds blocks later: `BlockTable.schedule`)
     lr_factor: float | None  # the block's learning rate over the head's, as its param group has it (None: removed)
-    note: str = ""  # how an edit of the model changed the block ("added", "new", "removed"); "" for the backbone's own
+    note: str = ""  # how an edit of the model changed the block ("added", "removed"); "" for the backbone's own
 
 
 @dataclass(frozen=True)
@@ -299,12 +299,12 @@ def block_table(config: TrainConfig, num_classes: int) -> BlockTable:
 
 
 def _edit_notes(config: TrainConfig, num_classes: int) -> dict[str, str]:
-    """What the edits did to each block that has parameters ("added", "new"); none for an unedited model."""
+    """What the edits added ("added": adapters). The head is new in every model, so it has no note."""
     e = config.edits()
-    if not e.edited:
+    if not e.adapter_after:
         return {}
     return {r.name: r.mark for r in edits.edited_blocks(config.backbone, num_classes, e, resolved_image_size(config))
-            if r.mark != "removed"}
+            if r.mark == "added"}
 
 
 def _with_removed(rows: list[BlockRow], config: TrainConfig, num_classes: int) -> list[BlockRow]:

@@ -298,7 +298,7 @@ def test_the_model_page_edits_the_model_and_shows_the_edited_block_table(app_env
     assert validate(config) == []
     table = at.data_editor[0].value
     notes = dict(zip(table["block"], table["note"]))
-    assert notes["adapter_stage3"] == "added" and notes["head"] == "new" and notes["stem"] == ""
+    assert notes["adapter_stage3"] == "added" and notes["head"] == "" and notes["stem"] == ""
     assert [b for b, n in notes.items() if n == "removed"] == ["stage6", "stage7", "conv_head"]
     expected = explore.block_table(config, 10)
     assert list(table["parameters"]) == expected.columns()["parameters"]
