@@ -106,8 +106,8 @@ if refused:  # a frozen head or adapter, a removed block ticked: show the table 
     state[K.EDITOR_VERSION] += 1
     st.rerun()
 if state.pop(K.HEAD_WARNING, False):
-    st.warning("The new head and any adapters always train: they start untrained. Removed blocks are not in "
-               "the model.")
+    st.warning("The new head always trains: it starts from random weights. So do adapters (they start as the "
+               "identity), and removed blocks are not in the model.")
 if wanted != table.frozen:
     S.choose_frozen(state, wanted, blocks)
     table = resources.block_table(S.current_config(state), num_classes)
