@@ -86,7 +86,7 @@ def _block_list(text: str) -> tuple[str, ...]:
 def _default_and_range(f: dataclasses.Field, kind: type) -> str:
     """What `train --help` adds to an option's own words, e.g. " (default: 0.2; range 0.05 to 0.5)"."""
     meta, shown = f.metadata, []
-    if f.default not in (None, "", ()):
+    if f.default not in (None, ""):
         shown.append(f"default: {f.default}")
     elif "default" not in meta["help"]:  # lr and image size say themselves what an empty value means
         shown.append("default: none")
