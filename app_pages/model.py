@@ -3,6 +3,9 @@ import pandas as pd
 import streamlit as st
 
 from ftlab import backbones, data
+from ftlab.config import resolved_image_size
+from ftlab.edits import ACTIVATIONS, editable_blocks
+from ftlab.freeze import backbone_blocks
 from ui import charts, keys as K, resources, session as S
 
 state = st.session_state
@@ -12,16 +15,23 @@ names = backbones.list_backbones()
 backbone = st.selectbox("Backbone", names, key=K.cfg("backbone"), persist_state=K.PERSIST,
                         format_func=lambda n: f"{n} — {backbones.get_spec(n).description}")
 spec = backbones.get_spec(backbone)
-blocks = backbones.freezable_blocks(backbone)
-S.fit_to_backbone(state, blocks)  # before the preset widgets are drawn: N and a custom choice fit this backbone
+S.fit_edits(state, backbone)  # before the edit widgets are drawn: a cut and adapters at this backbone's blocks
 config = S.current_config(state)
 try:
-    num_classes = len(resources.dataset(config).classes)
-except data.DataError:
-    num_classes = 10
-    st.caption("The chosen data set cannot be read right now; counts assume a 10-class head.")
-
-table = resources.block_table(config, num_classes)
+    blocks = backbones.freezable_blocks(backbone, config.edits(), resolved_image_size(config))
+    S.fit_to_backbone(state, blocks)  # before the preset widgets are drawn: N and a custom choice fit this backbone
+    config = S.current_config(state)
+    try:
+        num_classes = len(resources.dataset(config).classes)
+    except data.DataError:
+        num_classes = 10
+        st.caption("The chosen data set cannot be read right now; counts assume a 10-class head.")
+    table = resources.block_table(config, num_classes)
+except ValueError as err:  # edited shapes at an image size the blocks cannot take
+    st.error(f"The edited model cannot be built: {err}. Choose another image size on the Train page, or undo "
+             "the model edits.")
+    st.button("Undo the model edits", key=K.UNDO_EDITS, on_click=S.clear_edits, args=(state,))
+    st.stop()
 offline = backbones.weights_available_offline(backbone)
 
 m = st.columns(3)
@@ -44,14 +54,32 @@ elif weights == "imagenet" and not offline:
                "torchvision's download. Offline, choose random weights or efficientnet_lite0, whose weights "
                "come with ftlab.")
 
-h = st.columns(2)
-h[0].number_input("Hidden units in the new head", 0, 8192, step=64, key=K.cfg("hidden"), persist_state=K.PERSIST,
-                  help="0: a single linear layer")
-h[1].slider("Dropout in the new head", 0.0, 0.9, step=0.05, key=K.cfg("dropout"), persist_state=K.PERSIST)
+st.subheader("The model's parts")
+h = st.columns(4, vertical_alignment="bottom")
+h[0].text_input("Head: hidden widths", key=K.HEAD_TEXT, persist_state=K.PERSIST, placeholder="none: one linear layer",
+                on_change=S.take_head_text, args=(state,),
+                help="Widths of the new head's hidden layers, separated by commas, e.g. 512,128.")
+h[1].selectbox("Activation", ACTIVATIONS, key=K.cfg("activation"), persist_state=K.PERSIST,
+               help="Between the head's hidden layers.")
+h[2].slider("Dropout in the new head", 0.0, 0.9, step=0.05, key=K.cfg("dropout"), persist_state=K.PERSIST)
+h[3].checkbox("BatchNorm in the head", key=K.cfg("head_batchnorm"), persist_state=K.PERSIST,
+              help="BatchNorm between each hidden layer and its activation.")
+if state.get(K.HEAD_ERROR):
+    st.error(f"Head widths not taken: {state[K.HEAD_ERROR]}")
+e = st.columns(3, vertical_alignment="bottom")
+e[0].selectbox("Remove the blocks after", ("", *editable_blocks(backbone)), key=K.cfg("truncate_after"),
+               persist_state=K.PERSIST, format_func=lambda b: b or "(none: keep every block)",
+               help="The head sits on this block's pooled output: a smaller, faster model on mid-level features.")
+e[1].multiselect("Add an adapter after", editable_blocks(backbone, state[K.cfg("truncate_after")]),
+                 key=K.cfg("adapter_after"), persist_state=K.PERSIST,
+                 help="A small residual bottleneck, zero-initialised (the model starts as the pretrained one), "
+                      "that always trains while the blocks around it may stay frozen.")
+e[2].number_input("Adapter channels", 1, 8192, key=K.cfg("adapter_dim"), persist_state=K.PERSIST,
+                  help="Channels of each adapter's bottleneck.")
 
 st.subheader("Which blocks train")
 p = st.columns(4, vertical_alignment="bottom")
-p[1].number_input("N", 1, len(blocks) - 1, key=K.TOP_N, persist_state=K.PERSIST)
+p[1].number_input("N", 1, len(backbone_blocks(blocks)), key=K.TOP_N, persist_state=K.PERSIST)
 p[3].number_input("k (epochs)", 1, 100, key=K.cfg("gradual_every"), persist_state=K.PERSIST)
 for col, (label, name, preset) in zip(p, [("Linear probe", "linear_probe", "linear-probe"), ("Top-N", "top_n", "top-N"),
                                           ("Full", "full", "full"), ("Gradual", "gradual", "gradual")]):
@@ -72,13 +100,14 @@ edited = st.data_editor(
     column_config={"train": st.column_config.CheckboxColumn("train", help="untick to freeze the block"),
                    "parameters": st.column_config.NumberColumn(format="localized"),
                    "learning rate ×": st.column_config.NumberColumn(format="%.3g")})
-wanted = {b for b, t in zip(edited["block"], edited["train"]) if not t}
-if "head" in wanted:  # untrainable head: nothing would learn; show the table afresh, with a word why
+wanted, refused = table.unticked(list(edited["block"]), list(edited["train"]))
+if refused:  # a frozen head or adapter, a removed block ticked: show the table afresh, with a word why
     state[K.HEAD_WARNING] = True
     state[K.EDITOR_VERSION] += 1
     st.rerun()
 if state.pop(K.HEAD_WARNING, False):
-    st.warning("The new head always trains: it starts from random weights.")
+    st.warning("The new head always trains: it starts from random weights. So do adapters (they start as the "
+               "identity), and removed blocks are not in the model.")
 if wanted != table.frozen:
     S.choose_frozen(state, wanted, blocks)
     table = resources.block_table(S.current_config(state), num_classes)

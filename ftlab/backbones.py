@@ -16,12 +16,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ftlab import paths
 from ftlab.messages import some
+
+if TYPE_CHECKING:
+    from ftlab.edits import ModelEdits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -137,10 +141,17 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 @functools.cache
-def freezable_blocks(name: str) -> tuple[str, ...]:
-    """The blocks of ``name`` that have parameters, ``head`` last, as ``BlockModel.param_blocks``
-    names them: read from the architecture alone, built on the meta device (no weights, no
-    memory), so that options can be checked before any data or weights are loaded."""
+def freezable_blocks(name: str, edits: "ModelEdits | None" = None, image_size: int | None = None) -> tuple[str, ...]:
+    """The blocks of ``name`` (edited by ``edits``, at ``image_size`` where shapes matter) that
+    have parameters, ``head`` last, as ``BlockModel.param_blocks`` names them: truncated blocks
+    gone, adapters in place. Read from the architecture alone, built on the meta device (no
+    weights, no memory), so that options can be checked before any data or weights are loaded.
+    Raises ``ValueError`` for edits that do not fit the backbone."""
+    from ftlab import edits as model_edits
+
+    if edits is not None and edits.edited:
+        rows = model_edits.edited_blocks(name, 2, edits, image_size)
+        return tuple(r.name for r in rows if r.mark != "removed" and r.params > 0)
     spec = get_spec(name)
     try:
         with torch.device("meta"):
@@ -199,21 +210,33 @@ class BlockModel(nn.Sequential):
 
 
 def make_head(in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Sequential:
-    """A fresh classifier: dropout and a linear layer, or a hidden layer in between."""
-    if hidden:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-                             nn.Dropout(dropout), nn.Linear(hidden, num_classes))
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+    """A fresh classifier: dropout and a linear layer, or a hidden ReLU layer in between. The
+    head before model edits existed, as `ftlab.edits.make_head` builds it (the same state-dict
+    keys, so old checkpoints load)."""
+    from ftlab import edits
+
+    return edits.make_head(in_features, num_classes, (hidden,) if hidden else (), "relu", dropout)
 
 
-def create_model(name: str, num_classes: int, weights: str = "imagenet", *,
-                 hidden: int = 0, dropout: float = 0.0) -> BlockModel:
-    """Build ``name`` with ``weights`` ("imagenet", "random" or a file path) and a new head."""
-    spec, source = get_spec(name), Weights.parse(weights)
-    if source.pretrained and not spec.has_imagenet:
-        raise WeightsUnavailable(f"{name} has no ImageNet weights; use --weights random or a file.")
-    blocks = spec.blocks(source.pretrained)
-    blocks["head"] = make_head(spec.head_in_features, num_classes, hidden, dropout)
+def create_model(name: str, num_classes: int, weights: str = "imagenet", *, hidden: int = 0,
+                 dropout: float = 0.0, edits: "ModelEdits | None" = None,
+                 image_size: int | None = None) -> BlockModel:
+    """Build ``name`` with ``weights`` ("imagenet", "random" or a file path) and a new head.
+
+    ``edits`` (`ftlab.edits.ModelEdits`) replace the head, truncate the backbone or add adapters;
+    ``image_size`` is the size the edited shapes are found at (the backbone's own by default).
+    ``hidden`` and ``dropout`` are the head options from before edits, for calls without ``edits``.
+    """
+    from ftlab import edits as model_edits
+
+    if edits is None:
+        edits = model_edits.ModelEdits(head=(hidden,) if hidden else (), dropout=dropout)
+    elif hidden or dropout:
+        raise ValueError("give the head's hidden layers and dropout in edits, not also as hidden and dropout")
+    source = Weights.parse(weights)
+    # a file is loaded into the finished model: its blocks are built with random weights first
+    blocks = model_edits.build_blocks(name, num_classes, "imagenet" if source.pretrained else "random", edits,
+                                      image_size)
     model = BlockModel(name, blocks, num_classes)
     if source.kind == "file":
         load_weights_file(model, Path(source.path))
@@ -222,7 +245,8 @@ def create_model(name: str, num_classes: int, weights: str = "imagenet", *,
 
 def load_weights_file(model: BlockModel, path: Path) -> None:
     """Load a state dict saved from a model of the same backbone (an ftlab checkpoint or a
-    plain state dict in ftlab's block naming); the head is kept when its shape differs."""
+    plain state dict in ftlab's block naming); the new blocks (the head, adapters) keep their fresh
+    weights where the file has none of their name and shape."""
     if not path.is_file():
         raise WeightsUnavailable(f"weights file {path} does not exist")
     from ftlab import safeload
@@ -235,10 +259,13 @@ def load_weights_file(model: BlockModel, path: Path) -> None:
         state = state["model"]
     if not isinstance(state, dict):
         raise WeightsUnavailable(f"{path} holds a {type(state).__name__}, not a state dict")
+    from ftlab.edits import is_new_block
+
     own = model.state_dict()
     usable = {k: v for k, v in state.items()
               if k in own and isinstance(v, torch.Tensor) and own[k].shape == v.shape}
-    body = [k for k in own if not k.startswith("head.")]
+    # the new blocks (the head, adapters) start fresh where the file has none of their shape
+    body = [k for k in own if not is_new_block(k.split(".", 1)[0])]
     if sum(k in usable for k in body) < len(body):
         missing = len(body) - sum(k in usable for k in body)
         raise WeightsUnavailable(f"{path} does not fit {model.backbone}: {missing} of {len(body)} "

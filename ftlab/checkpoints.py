@@ -8,12 +8,14 @@ run store (`ftlab.runs`) only writes and reads the file.
 from __future__ import annotations
 
 import math
+import typing
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ftlab import backbones, safeload
+from ftlab.edits import ModelEdits, block_names
 from ftlab.transforms import Preprocessing
 
 
@@ -26,7 +28,7 @@ def build(model: backbones.BlockModel, config, classes: tuple[str, ...], preproc
     """Everything needed to rebuild and use ``model`` (trained with ``config``, a `TrainConfig`)."""
     return {"model": weights_only_dict(model), "backbone": model.backbone, "num_classes": model.num_classes, "classes": list(classes),
             "image_size": preprocessing.size, "preprocessing": preprocessing.to_dict(),
-            "hidden": config.hidden, "dropout": config.dropout,
+            "hidden": config.hidden, "dropout": config.dropout, "edits": config.edits().to_dict(),
             "config": config.to_dict(), "epoch": epoch, "val_accuracy": val_accuracy}
 
 
@@ -61,14 +63,19 @@ def _option_problems(values: dict) -> list[str]:
         if f.name not in values or (values[f.name] is None and f.default is None):
             continue
         value, kind, meta = values[f.name], option_type(f), f.metadata
-        if f.name == "frozen_blocks":
-            ok = isinstance(value, (list, tuple)) and all(isinstance(b, str) for b in value)
+        if typing.get_origin(kind) is tuple:  # frozen_blocks, head, adapter_after: lists in JSON
+            item = typing.get_args(kind)[0]
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, item) and not isinstance(v, bool)
+                                                          for v in value)
+            wanted = "a list of whole numbers" if item is int else "a list of names"
         elif kind is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            wanted = kind.__name__
         else:
             ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+            wanted = kind.__name__
         if not ok:
-            problems.append(f"{f.name} is {type(value).__name__} {str(value)[:40]!r}, not {kind.__name__}")
+            problems.append(f"{f.name} is {type(value).__name__} {str(value)[:40]!r}, not {wanted}")
         elif meta["choices"] and value not in meta["choices"]:
             problems.append(f"{f.name} {value!r} is not one of {', '.join(meta['choices'])}")
         elif meta["lo"] is not None and kind is not bool and not meta["lo"] <= value <= meta["hi"]:
@@ -93,6 +100,25 @@ def _preprocessing_problems(checkpoint: dict) -> list[str]:
     return []
 
 
+def edits(checkpoint: dict) -> ModelEdits:
+    """The model edits the checkpoint's model was built with. Checkpoints written before edits
+    existed name only ``hidden`` and ``dropout``: the head ``()`` or ``(hidden,)``."""
+    d = checkpoint.get("edits")
+    if d is None:
+        d = {"hidden": checkpoint.get("hidden", 0), "dropout": float(checkpoint.get("dropout", 0.0))}
+    if not isinstance(d, dict):
+        raise ValueError(f"edits must be a mapping of edit options (got {type(d).__name__})")
+    return ModelEdits.from_dict(d)
+
+
+def _edits_problems(checkpoint: dict) -> list[str]:
+    try:
+        found = edits(checkpoint).problems(block_names(checkpoint["backbone"]))
+    except ValueError as err:  # a value of the wrong type
+        return [f"its model edits do not describe a model: {err}"]
+    return [f"its model edits: {p}" for p in found]
+
+
 def problems(checkpoint: dict) -> list[str]:
     """What in a checkpoint's metadata does not describe a usable model, in words (none: usable).
     The metadata is checked before anything is built from it: a crafted file must neither
@@ -110,7 +136,7 @@ def problems(checkpoint: dict) -> list[str]:
     else:
         found.append(f"its config is {type(config).__name__}, not a mapping of options")
     if not found:
-        found += _preprocessing_problems(checkpoint)
+        found += _preprocessing_problems(checkpoint) + _edits_problems(checkpoint)
     state = checkpoint["model"]
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         return found + ["its model holds something other than named tensors"]
@@ -139,13 +165,13 @@ def load_model(checkpoint: dict) -> backbones.BlockModel:
         raise CheckpointError(f"the checkpoint cannot be used: {'; '.join(found)}")
     try:
         model = backbones.create_model(checkpoint["backbone"], int(checkpoint["num_classes"]), "random",
-                                       hidden=int(checkpoint.get("hidden", 0)),
-                                       dropout=float(checkpoint.get("dropout", 0.0)))
+                                       edits=edits(checkpoint), image_size=int(checkpoint["image_size"]))
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"the checkpoint names no usable model: {err}") from None
     state = checkpoint["model"]
     own = model.state_dict()
-    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    # both ways: tensors of blocks the edits do not build (an adapter left out) are a misfit too
+    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape] + [k for k in state if k not in own]
     if wrong:
         raise CheckpointError(f"the checkpoint does not fit {checkpoint['backbone']} with "
                               f"{checkpoint['num_classes']} classes ({len(wrong)} tensors missing or of another "

@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import threading
+import typing
 
 from ftlab import config as cfg
 from ftlab import events, explore
@@ -58,12 +59,28 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         help_text = meta["help"] + _default_and_range(f, kind)
         if kind is bool:
             parser.add_argument(flag, action=_FlagOnce, default=f.default, help=help_text)
-        elif f.name == "frozen_blocks":
-            parser.add_argument(flag, type=lambda s: tuple(b.strip() for b in s.split(",") if b.strip()),
-                                action=_Once, default=None, metavar="BLOCK,BLOCK", help=help_text)
+        elif typing.get_origin(kind) is tuple:  # frozen_blocks, adapter_after, head: comma lists
+            widths = typing.get_args(kind)[0] is int
+            parser.add_argument(flag, type=_widths if widths else _block_list, action=_Once, default=f.default,
+                                metavar="N,N" if widths else "BLOCK,BLOCK", help=help_text)
         else:
             parser.add_argument(flag, type=kind, action=_Once, default=f.default, choices=meta["choices"],
                                 help=help_text)
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """``--head 512,128``; argparse turns the ValueError's message into a usage error (exit 2)."""
+    from ftlab.edits import parse_widths
+
+    try:
+        return parse_widths(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _block_list(text: str) -> tuple[str, ...]:
+    """``--adapter-after stage5,stage6``: block names separated by commas (empty ones dropped)."""
+    return tuple(b.strip() for b in text.split(",") if b.strip())
 
 
 def _default_and_range(f: dataclasses.Field, kind: type) -> str:

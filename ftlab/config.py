@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlab import paths
+from ftlab.edits import ACTIVATIONS, ModelEdits
 from ftlab.messages import some
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -50,9 +51,22 @@ class TrainConfig:
     # model
     backbone: str = _opt("efficientnet_lite0", "backbone name (see `python -m ftlab backbones`)", section="model")
     weights: str = _opt("imagenet", "imagenet, random, or the path of a weights file", section="model")
-    hidden: int = _opt(0, "hidden units in the new head (0: a single linear layer)", lo=0, hi=8192,
-                       section="model")
+    hidden: int = _opt(0, "hidden units in the new head (0: a single linear layer); the same as --head H",
+                       lo=0, hi=8192, section="model")
+    head: tuple[int, ...] = _opt((), "hidden layer widths of the new head, e.g. 512,128 (none: a single linear "
+                                 "layer)", section="model")
+    activation: str = _opt("relu", "activation between the head's hidden layers", choices=ACTIVATIONS,
+                           section="model")
     dropout: float = _opt(0.0, "dropout before the new head's linear layers", lo=0.0, hi=0.9, section="model")
+    head_batchnorm: bool = _opt(False, "BatchNorm between each hidden layer of the head and its activation",
+                                section="model")
+    truncate_after: str = _opt("", "remove the blocks after this one and put the head on its pooled output: a "
+                               "smaller, faster model on mid-level features (a block name, e.g. stage5; a "
+                               "wrong name lists the backbone's blocks)", section="model")
+    adapter_after: tuple[str, ...] = _opt((), "insert a small residual bottleneck (zero-initialised, always "
+                                          "trains) after each of these blocks, e.g. stage5,stage6",
+                                          section="model")
+    adapter_dim: int = _opt(64, "channels of each adapter's bottleneck", lo=1, hi=8192, section="model")
     # freezing
     strategy: str = _opt("linear-probe", "linear-probe, top-N (e.g. top-2), full, or gradual", section="freezing")
     gradual_every: int = _opt(2, "gradual: unfreeze one more block from the top every k epochs", lo=1, hi=100,
@@ -99,15 +113,25 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["frozen_blocks"] = list(self.frozen_blocks) if self.frozen_blocks is not None else None
+        d["head"], d["adapter_after"] = list(self.head), list(self.adapter_after)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
-        if d.get("frozen_blocks") is not None:
-            d["frozen_blocks"] = tuple(d["frozen_blocks"])
+        for name in ("frozen_blocks", "head", "adapter_after"):  # JSON lists back to tuples
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
         return cls(**d)
+
+    def edits(self) -> ModelEdits:
+        """The model edits these options ask for. ``hidden`` is the option from before edits:
+        ``hidden=h`` is the head ``(h,)`` (``validate`` refuses both given and different)."""
+        head = self.head or ((self.hidden,) if self.hidden else ())
+        return ModelEdits(head=tuple(head), activation=self.activation, dropout=self.dropout,
+                          head_batchnorm=self.head_batchnorm, truncate_after=self.truncate_after,
+                          adapter_after=tuple(self.adapter_after), adapter_dim=self.adapter_dim)
 
 
 @dataclass(frozen=True)
@@ -138,6 +162,9 @@ _WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: 
 def _wrong_type(value: Any, kind: type) -> str:
     """What ``value`` should have been, or "" when it is of ``kind`` (a config from a dict or the API)."""
     if typing.get_origin(kind) is tuple:
+        if typing.get_args(kind)[0] is int:
+            ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            return "" if ok else "a tuple of whole numbers"
         return "" if isinstance(value, tuple) and all(isinstance(v, str) for v in value) else "a tuple of block names"
     ok = isinstance(value, bool) if kind is bool else \
         isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
@@ -231,7 +258,9 @@ def _check_names(config: TrainConfig) -> list[str]:
         spec = backbones.get_spec(config.backbone)
     except ValueError as err:
         return problems + [str(err) + "."]
-    if strategy_known:
+    edit_problems = _check_edits(config)
+    problems += edit_problems
+    if strategy_known and not edit_problems:
         problems += _check_blocks(config)
     weights = backbones.Weights.parse(config.weights)
     if weights.kind == "file" and not _path_is(weights.path, Path.is_file):
@@ -247,16 +276,35 @@ def _check_names(config: TrainConfig) -> list[str]:
     return problems
 
 
-def _check_blocks(config: TrainConfig) -> list[str]:
-    """The freeze plan against the backbone's blocks, known from its architecture alone."""
-    from ftlab import backbones, freeze
+def _check_edits(config: TrainConfig) -> list[str]:
+    """The model edits against the backbone's blocks (the ranges of dropout, adapter_dim and the
+    activation's choices are the fields' own, checked above)."""
+    from ftlab import edits
 
-    blocks = backbones.freezable_blocks(config.backbone)
+    problems = []
+    if config.hidden and config.head and tuple(config.head) != (config.hidden,):
+        problems.append(f"hidden ({config.hidden}) and head ({','.join(map(str, config.head))}) both set the "
+                        "head's hidden layers: give only head (hidden H is the same as head H).")
+    return problems + config.edits().shape_problems(edits.block_names(config.backbone))
+
+
+def _check_blocks(config: TrainConfig) -> list[str]:
+    """The freeze plan against the (edited) model's blocks, known from its architecture alone."""
+    from ftlab import backbones, edits, freeze
+
+    try:
+        blocks = backbones.freezable_blocks(config.backbone, config.edits(), resolved_image_size(config))
+    except ValueError as err:  # edited shapes at an image size the blocks cannot take
+        return [f"{config.backbone}: {err}."]
     try:
         plan = freeze.make_plan(blocks, config.strategy, gradual_every=config.gradual_every,
                                 frozen_blocks=config.frozen_blocks)
     except ValueError as err:
         return [f"{config.backbone}: {err}."]
+    adapters = [b for b in config.frozen_blocks or () if b.startswith(edits.ADAPTER_PREFIX)]
+    if adapters:
+        return [f"frozen_blocks names {some(adapters)}: an adapter is a new block and always trains (it starts as "
+                "the identity, so frozen it would do nothing); leave it out."]
     if set(blocks) <= plan.frozen_at_start:
         return [f"frozen_blocks freezes every block of {config.backbone}, so nothing would train: leave at least "
                 f"one of {some(blocks)} out (the head, usually)."]

@@ -105,9 +105,14 @@ class ModelEdits:
     def problems(self, blocks: Sequence[str]) -> list[str]:
         """Every problem of these edits, in words, against a backbone's block names in order
         (``BlockModel.block_names`` of the unedited model: ..., ``pool``, ``head``)."""
-        return self._value_problems() + self._block_problems(list(blocks))
+        return self._value_problems() + self.shape_problems(blocks)
 
-    def _value_problems(self) -> list[str]:
+    def shape_problems(self, blocks: Sequence[str]) -> list[str]:
+        """The problems of the head's widths and of the blocks named: what a `TrainConfig`'s
+        own option ranges (dropout, activation, adapter_dim) do not already check."""
+        return self._head_problems() + self._block_problems(list(blocks))
+
+    def _head_problems(self) -> list[str]:
         problems = []
         bad = [w for w in self.head if not 1 <= w <= MAX_WIDTH]
         if bad:
@@ -115,6 +120,10 @@ class ModelEdits:
                             "leave head empty for a single linear layer.")
         if len(self.head) > MAX_LAYERS:
             problems.append(f"head: at most {MAX_LAYERS} hidden layers (got {len(self.head)}).")
+        return problems
+
+    def _value_problems(self) -> list[str]:
+        problems = []
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {some(ACTIVATIONS)} (got {self.activation!r}).")
         if not 0.0 <= self.dropout <= MAX_DROPOUT:  # also false for nan
@@ -467,6 +476,19 @@ def build_blocks(backbone: str, num_classes: int, weights: str, edits: ModelEdit
         raise WeightsUnavailable(f"{backbone} has no ImageNet weights; use --weights random or a file.")
     blocks = spec.blocks(weights == "imagenet")
     return apply(blocks, edits, num_classes, spec.head_in_features, resolved_size(backbone, image_size))
+
+
+def editable_blocks(backbone: str, truncate_after: str = "") -> tuple[str, ...]:
+    """The blocks of ``backbone`` an edit may cut at or put an adapter after: those before its
+    pool; with ``truncate_after`` (a block of them) only those up to it, which the cut keeps.
+
+    >>> editable_blocks("small_cnn"), editable_blocks("small_cnn", "stage1")
+    (('stem', 'stage1', 'stage2', 'stage3'), ('stem', 'stage1'))
+    """
+    blocks = _editable(list(block_names(backbone)))
+    if truncate_after in blocks:
+        blocks = blocks[:blocks.index(truncate_after) + 1]
+    return tuple(blocks)
 
 
 @functools.cache

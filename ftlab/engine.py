@@ -267,8 +267,8 @@ class _Trainer:
         self.weights_identity = backbones.Weights.parse(c.weights).identity(c.seed)
         self.store.set_data(self.run_id, list(self.classes), self.data.split.to_dict())
         self._say(f"building {c.backbone} ({backbones.Weights.parse(c.weights).describe()})")
-        self.model = backbones.create_model(c.backbone, len(self.classes), c.weights, hidden=c.hidden,
-                                            dropout=c.dropout).to(self.device)
+        self.model = backbones.create_model(c.backbone, len(self.classes), c.weights, edits=c.edits(),
+                                            image_size=self.preprocessing.size).to(self.device)
         self.plan = freeze.make_plan(self.model.param_blocks(), c.strategy, gradual_every=c.gradual_every,
                                      frozen_blocks=c.frozen_blocks)
         freeze.apply_freeze(self.model, self.plan.frozen_at(0), c.bn_frozen)
@@ -391,7 +391,12 @@ class _Trainer:
         c = self.config
         inputs = self.prep.identity(train=view > 0) + (f"; views of seed {c.seed}" if view else "") + \
             ("; autocast" if self.amp else "")
-        return cache.CacheKey(c.backbone, self.weights_identity, self.model.block_names[start], inputs,
+        # Of the model edits only truncation changes the cached prefix: it removes the blocks after its
+        # block and may put another pool in, so a linear probe's prefix (all but the head) differs while
+        # its boundary is still "head". Adapters and the head always train, so they are never cached.
+        boundary = self.model.block_names[start] + (f" (truncated after {c.truncate_after})"
+                                                     if c.truncate_after else "")
+        return cache.CacheKey(c.backbone, self.weights_identity, boundary, inputs,
                               self.data_identity, split, cache.digest(getattr(self.data, split).indices), view)
 
     def _cached(self, split: str, start: int, view: int) -> torch.Tensor | None:

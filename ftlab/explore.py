@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ftlab import backbones, data, diversity, freeze
-from ftlab.config import TrainConfig, resolved_lr
+from ftlab import backbones, data, diversity, edits, freeze
+from ftlab.config import TrainConfig, resolved_image_size, resolved_lr
+from ftlab.edits import ModelEdits
 from ftlab.messages import printable
 from ftlab.metrics import most_confused
 
@@ -20,7 +21,8 @@ SPLITS = ("train", "val", "test")
 CONFUSION_CLASSES = 30  # classes a confusion matrix shows legibly; beyond, the most confused ones
 REPORT_ROWS = 200  # rows of a per-class table; beyond, the classes with the lowest F1
 # options a run's default label names when they differ from the defaults (epochs always)
-LABEL_OPTIONS = ("weights", "lr", "image_size", "imbalance_ratio", "optimizer", "schedule", "batch_size", "hidden",
+# (a head with hidden layers, truncation and adapters are named by `edits_text`)
+LABEL_OPTIONS = ("weights", "lr", "image_size", "imbalance_ratio", "optimizer", "schedule", "batch_size",
                  "dropout", "label_smoothing", "class_weighting", "balanced_sampling", "random_crop", "flip",
                  "color_jitter", "early_stopping")
 
@@ -193,8 +195,24 @@ def run_label(config: TrainConfig | dict) -> str:
         else:
             options.append(f"{name.replace('_', ' ')} {value:g}" if isinstance(value, float)
                            else f"{name.replace('_', ' ')} {value}")
+    edited = edits_text(c)
     return " · ".join([display_name(str(c.get("dataset", "?"))), str(c.get("backbone", "?")), strategy,
-                       ", ".join(options)])
+                       ", ".join(options)] + ([edited] if edited else []))
+
+
+def edits_text(config: dict) -> str:
+    """A run's model edits in words (`ModelEdits.describe`), "" for none; a config from before
+    edits names its hidden layer. A config whose edit options are not of their types says so.
+
+    >>> edits_text({"head": [512, 128], "activation": "gelu", "truncate_after": "stage5"})
+    'head 512,128 gelu; truncated after stage5'
+    >>> edits_text({"hidden": 64}), edits_text({"dropout": 0.2})
+    ('head 64 relu', '')
+    """
+    try:
+        return ModelEdits.from_dict(config).describe()
+    except ValueError:
+        return "edits unreadable"
 
 
 def record_label(record, with_id: bool = True) -> str:
@@ -215,7 +233,7 @@ class BlockRow:
     block: str
     parameters: int
     train: bool  # trains from the first epoch (a gradual plan adds blocks later: `BlockTable.schedule`)
-    lr_factor: float  # the block's learning rate over the head's, as the optimiser's param group has it
+    lr_factor: float | None  # the block's learning rate over the head's, as its param group has it (None: removed)
     note: str = ""  # how an edit of the model changed the block ("added", "removed"); "" for the backbone's own
 
 
@@ -235,7 +253,22 @@ class BlockTable:
 
     @property
     def frozen(self) -> frozenset[str]:
-        return frozenset(r.block for r in self.rows if not r.train)
+        """The model's frozen blocks (a block an edit removed is not in the model)."""
+        return frozenset(r.block for r in self.rows if not r.train and r.note != "removed")
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """The model's blocks with parameters, in order: what a plan freezes."""
+        return tuple(r.block for r in self.rows if r.note != "removed")
+
+    def unticked(self, blocks: list[str], train: list[bool]) -> tuple[frozenset[str], bool]:
+        """What a user's edit of the table's ``train`` column asks for: the model's blocks left
+        unticked, and whether it asked for what cannot be (a new block, the head or an adapter,
+        frozen: they start untrained and always train; a removed block ticked: it is not in the model)."""
+        removed = {r.block for r in self.rows if r.note == "removed"}
+        frozen = frozenset(b for b, t in zip(blocks, train) if not t and b not in removed)
+        refused = any(edits.is_new_block(b) for b in frozen) or any(t and b in removed for b, t in zip(blocks, train))
+        return frozen, refused
 
     def columns(self) -> dict[str, list]:
         """The rows as the table's columns; ``note`` only when some row has one."""
@@ -258,9 +291,32 @@ def block_table(config: TrainConfig, num_classes: int) -> BlockTable:
     head_lr = groups[-1]["lr"]
     counts = model.block_params()
     rates = {g["name"]: g["lr"] for g in groups}  # with weight decay a block has two groups at one rate
-    rows = tuple(BlockRow(name, counts[name], name not in plan.frozen_at(0), lr / head_lr) for name, lr in rates.items())
+    notes = _edit_notes(config, num_classes)
+    rows = [BlockRow(name, counts[name], name not in plan.frozen_at(0), lr / head_lr, notes.get(name, ""))
+            for name, lr in rates.items()]
     trainable, total = freeze.count_params(model)
-    return BlockTable(rows, trainable, total, _schedule(plan))
+    return BlockTable(tuple(_with_removed(rows, config, num_classes)), trainable, total, _schedule(plan))
+
+
+def _edit_notes(config: TrainConfig, num_classes: int) -> dict[str, str]:
+    """What the edits added ("added": adapters). The head is new in every model, so it has no note."""
+    e = config.edits()
+    if not e.adapter_after:
+        return {}
+    return {r.name: r.mark for r in edits.edited_blocks(config.backbone, num_classes, e, resolved_image_size(config))
+            if r.mark == "added"}
+
+
+def _with_removed(rows: list[BlockRow], config: TrainConfig, num_classes: int) -> list[BlockRow]:
+    """``rows`` with the blocks a truncation removed (what they held), before the pool and head."""
+    e = config.edits()
+    if not e.truncate_after:
+        return rows
+    removed = [BlockRow(r.name, r.params, False, None, "removed")
+               for r in edits.edited_blocks(config.backbone, num_classes, e, resolved_image_size(config))
+               if r.mark == "removed"]
+    cut = next((i for i, r in enumerate(rows) if r.block in ("pool", "head")), len(rows))
+    return rows[:cut] + removed + rows[cut:]
 
 
 def _architecture(config: TrainConfig, num_classes: int):
@@ -269,8 +325,8 @@ def _architecture(config: TrainConfig, num_classes: int):
 
     from ftlab import backbones
 
-    build = lambda: backbones.create_model(config.backbone, num_classes, "random", hidden=config.hidden,  # noqa: E731
-                                           dropout=config.dropout)
+    build = lambda: backbones.create_model(config.backbone, num_classes, "random", edits=config.edits(),  # noqa: E731
+                                           image_size=resolved_image_size(config))
     try:
         with torch.device("meta"):
             return build()
@@ -282,7 +338,7 @@ def _schedule(plan: freeze.FreezePlan) -> str:
     """How a gradual plan goes on from the first epochs, in a sentence; "" for a plan that stays as it starts."""
     if plan.strategy != "gradual":
         return ""
-    order = " → ".join(reversed(plan.blocks[:-1]))
+    order = " → ".join(reversed(freeze.backbone_blocks(plan.blocks)))  # adapters train from the start
     return f"The table shows the first epochs; then every {plan.gradual_every} epoch(s) one more block trains: {order}."
 
 
@@ -409,6 +465,7 @@ def runs_table(records: list, running: set[str] = frozenset()) -> list[dict]:
             status = "running elsewhere"  # the CLI, or another app process (`RunStore.mark_interrupted` tells)
         rows.append({"run": r.id, "label": record_label(r, with_id=False), "data": display_name(r.dataset),
                      "backbone": r.backbone, "strategy": r.strategy,
+                     "edits": edits_text(r.config if isinstance(r.config, dict) else {}),
                      "trainable params": _number(s.get("trainable_params")),
                      "total params": _number(s.get("total_params")),
                      "best val accuracy": _number(s.get("best_val_accuracy")),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ftlab.edits import ADAPTER_PREFIX, is_new_block
 from ftlab.messages import some
 
 if TYPE_CHECKING:
@@ -34,12 +35,13 @@ class FreezePlan:
         """Blocks frozen during ``epoch`` (0-based)."""
         if self.strategy != "gradual" or self.gradual_every <= 0:
             return self.frozen_at_start
-        body = self.blocks[:-1]
+        body = backbone_blocks(self.blocks)
         unfrozen = min(len(body), epoch // self.gradual_every)
         return frozenset(body[:len(body) - unfrozen])
 
     def first_trainable(self, epoch: int) -> int:
-        """Index in ``blocks`` of the first block that trains: everything before it is frozen."""
+        """Index in ``blocks`` of the first block that trains: everything before it is frozen.
+        New blocks (adapters, the head) always train, so it is at or before the first of them."""
         frozen = self.frozen_at(epoch)
         return next(i for i, name in enumerate(self.blocks) if name not in frozen or name == "head")
 
@@ -111,11 +113,18 @@ def _unknown(text: object) -> str:
     return f"unknown strategy {text!r}; choose one of: linear-probe, top-N (e.g. top-2), full, gradual"
 
 
+def backbone_blocks(blocks: tuple[str, ...]) -> tuple[str, ...]:
+    """The pretrained blocks below the head: what presets freeze and count. New blocks (the
+    head, adapters: `ftlab.edits.is_new_block`) start untrained and always train."""
+    return tuple(b for b in blocks if not is_new_block(b))
+
+
 def make_plan(blocks: list[str] | tuple[str, ...], strategy: str, *, gradual_every: int = 1,
               frozen_blocks: tuple[str, ...] | None = None) -> FreezePlan:
-    """The plan for a preset, or for an explicit set of frozen blocks (``strategy="custom"``)."""
+    """The plan for a preset, or for an explicit set of frozen blocks (``strategy="custom"``).
+    Adapters train under every plan, an explicit one too: only backbone blocks can be frozen."""
     blocks = tuple(blocks)
-    body = blocks[:-1]
+    body = backbone_blocks(blocks)
     # explicit blocks override the preset: a gradual schedule would otherwise ignore them
     parsed = Strategy.parse(strategy, frozen_blocks)
     kind, n = parsed.kind, parsed.n
@@ -123,7 +132,7 @@ def make_plan(blocks: list[str] | tuple[str, ...], strategy: str, *, gradual_eve
         unknown = set(parsed.frozen_blocks) - set(blocks)
         if unknown:
             raise ValueError(f"no block named {some(sorted(unknown))}; blocks are: {some(blocks)}")
-        frozen = frozenset(parsed.frozen_blocks)
+        frozen = frozenset(b for b in parsed.frozen_blocks if not b.startswith(ADAPTER_PREFIX))
     elif kind in ("linear-probe", "gradual"):
         frozen = frozenset(body)
     elif kind == "top-N":

@@ -179,7 +179,7 @@ def test_a_frozen_models_adapter_gets_a_gradient_from_the_first_step():
     torch.manual_seed(0)
     m = model("small_cnn", ModelEdits(adapter_after=("stage1",), adapter_dim=8))
     freeze.apply_freeze(m, frozenset(n for n in m.param_blocks() if n not in ("adapter_stage1", "head")))
-    freeze.set_train_mode(m)
+    m.train()  # frozen blocks stay in eval mode (the BatchNorm rule)
     loss = nn.functional.cross_entropy(m(torch.rand(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
     loss.backward()
     assert m.adapter_stage1.up.weight.grad.abs().sum() > 0

@@ -29,6 +29,8 @@ PRESET = "model.preset"  # linear-probe | top-N | full | gradual | custom
 TOP_N = "model.top_n"
 FROZEN = "model.frozen_blocks"  # tuple of block names when PRESET is custom
 EDITOR_VERSION = "model.editor_version"  # bumped by a preset, so the block table starts afresh
+HEAD_TEXT = "model.head_text"  # the head's hidden widths as typed ("512,128"); cfg.head holds them parsed
+HEAD_ERROR = "model.head_error"  # why the typed widths were not taken
 
 # Train, Runs and Inspect pages
 CM_NORMALISED = "train.cm_normalised"
@@ -48,6 +50,7 @@ SUGGESTION = "data.suggestion.{}"  # .format(index)
 PRESET_BUTTON = "model.preset.{}"  # .format(linear_probe | top_n | full | gradual)
 BLOCK_TABLE = "model.blocks.{}"  # .format(EDITOR_VERSION)
 HEAD_WARNING = "model.head_warning"
+UNDO_EDITS = "model.undo_edits"
 TRAIN_FORM = "train.options"
 START = "train.start"
 STOP = "train.stop"

@@ -13,9 +13,10 @@ from collections.abc import MutableMapping
 
 from ftlab.backbones import Weights
 from ftlab.config import TrainConfig
-from ftlab.freeze import Strategy
-from ui.keys import (BUILTIN, CM_NORMALISED, DATASET, DOWNLOAD, EDITOR_VERSION, FOLDER, FROZEN,
-                     INSPECT_CM_NORMALISED, INSPECT_TOP_K, OWNER, PRESET, SIM_APPLY, SIM_RATIO, SOURCE, SOURCES,
+from ftlab.edits import ModelEdits, editable_blocks, parse_widths
+from ftlab.freeze import Strategy, backbone_blocks
+from ui.keys import (BUILTIN, CM_NORMALISED, DATASET, DOWNLOAD, EDITOR_VERSION, FOLDER, FROZEN, HEAD_ERROR,
+                     HEAD_TEXT, INSPECT_CM_NORMALISED, INSPECT_TOP_K, OWNER, PRESET, SIM_APPLY, SIM_RATIO, SOURCE, SOURCES,
                      TOP_N, WEIGHTS, WEIGHTS_FILE, cfg)
 
 # Fields that come from other choices rather than from a widget of their own.
@@ -28,7 +29,7 @@ def _defaults() -> dict:
     values.update({
         DATASET: d.dataset, SOURCE: SOURCES[0], BUILTIN: d.dataset, FOLDER: "", SIM_RATIO: 10.0,
         SIM_APPLY: False, WEIGHTS: d.weights, WEIGHTS_FILE: "", PRESET: d.strategy, TOP_N: 2, FROZEN: None,
-        EDITOR_VERSION: 0, CM_NORMALISED: False, INSPECT_CM_NORMALISED: False, INSPECT_TOP_K: 5,
+        EDITOR_VERSION: 0, HEAD_TEXT: "", CM_NORMALISED: False, INSPECT_CM_NORMALISED: False, INSPECT_TOP_K: 5,
     })
     return values
 
@@ -50,6 +51,7 @@ def strategy_of(state: MutableMapping) -> Strategy:
 def current_config(state: MutableMapping) -> TrainConfig:
     """The run configuration the session's choices add up to (nothing is checked here)."""
     direct = {f.name: state[cfg(f.name)] for f in dataclasses.fields(TrainConfig) if f.name not in DERIVED}
+    direct["adapter_after"] = tuple(direct["adapter_after"])  # a multiselect keeps a list
     weights = str(Weights(state[WEIGHTS], state[WEIGHTS_FILE].strip() if state[WEIGHTS] == "file" else ""))
     strategy = strategy_of(state)
     return TrainConfig(dataset=state[DATASET], imbalance_ratio=float(state[SIM_RATIO]) if state[SIM_APPLY] else 1.0,
@@ -79,6 +81,10 @@ def adopt_config(state: MutableMapping, config: TrainConfig) -> None:
     state[WEIGHTS] = weights.kind
     if weights.kind == "file":
         state[WEIGHTS_FILE] = weights.path
+    # the page sets the head by its widths: a config's old hidden option becomes them
+    state[cfg("head")], state[cfg("hidden")] = config.edits().head, 0
+    state[HEAD_TEXT] = ",".join(map(str, config.edits().head))
+    state.pop(HEAD_ERROR, None)
     strategy = Strategy.parse(config.strategy, config.frozen_blocks)
     state[PRESET], state[FROZEN] = strategy.kind, strategy.frozen_blocks
     if strategy.kind == "top-N":
@@ -102,9 +108,41 @@ def fit_to_backbone(state: MutableMapping, blocks: tuple[str, ...] | list[str]) 
     """Keep the freezing choices possible for a backbone with these blocks (``head`` last), before
     the Model page draws them: N within the blocks below the head, and a hand-made selection
     that names another backbone's blocks replaced by the linear probe."""
-    state[TOP_N] = min(max(1, state[TOP_N]), len(blocks) - 1)
+    state[TOP_N] = min(max(1, state[TOP_N]), len(backbone_blocks(tuple(blocks))))
     if state[PRESET] == "custom" and not set(state[FROZEN] or ()) <= set(blocks):
         set_preset(state, "linear-probe")
+
+
+def fit_edits(state: MutableMapping, backbone: str) -> None:
+    """Keep the model edits possible for ``backbone``, before the Model page draws them: a cut at
+    one of its blocks (else none), adapters only after blocks the cut keeps."""
+    if state[cfg("truncate_after")] not in editable_blocks(backbone):
+        state[cfg("truncate_after")] = ""
+    kept = editable_blocks(backbone, state[cfg("truncate_after")])
+    state[cfg("adapter_after")] = [b for b in state[cfg("adapter_after")] if b in kept]
+
+
+def clear_edits(state: MutableMapping) -> None:
+    """No model edits: the backbone as it is with a linear head (dropout stays, an option of its own)."""
+    for name in ("head", "activation", "head_batchnorm", "truncate_after", "adapter_after", "adapter_dim", "hidden"):
+        state[cfg(name)] = getattr(TrainConfig(), name)
+    state[HEAD_TEXT] = ""
+    state.pop(HEAD_ERROR, None)
+
+
+def take_head_text(state: MutableMapping) -> None:
+    """The head widths typed on the Model page (``512,128``) become the config's head, or a
+    sentence saying why not (the head stays as it was)."""
+    try:
+        widths = parse_widths(state[HEAD_TEXT])
+        problems = ModelEdits(head=widths).shape_problems(())
+    except ValueError as err:
+        problems = [str(err)]
+    if problems:
+        state[HEAD_ERROR] = " ".join(problems)
+        return
+    state[cfg("head")], state[cfg("hidden")] = widths, 0
+    state.pop(HEAD_ERROR, None)
 
 
 def apply_suggestion(state: MutableMapping, setting: dict, config: TrainConfig) -> None:
