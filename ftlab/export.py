@@ -96,7 +96,7 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.size = int(preprocessing.size)
-        self.crop_fraction = float(preprocessing.size) / float(preprocessing.resize)
+        self.resize = int(preprocessing.resize)
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1) * 255)
 
@@ -107,11 +107,19 @@ class ImageClassifier(nn.Module):
         return self.model((x - self.mean) / self.std).softmax(1)
 
     def resize_and_crop(self, x: torch.Tensor) -> torch.Tensor:
+        # the box of `ftlab.data.decoding.crop_box`: torchvision's Resize(resize) + CenterCrop(size)
+        # with their rounding (the longer side truncated, the crop's offset rounded half to even)
         h, w = x.shape[2], x.shape[3]
         height, width = torch.tensor(h, dtype=torch.float32), torch.tensor(w, dtype=torch.float32)
-        crop = torch.minimum(height, width) * self.crop_fraction  # the crop's side in source pixels
-        rows = _filter_weights(h, (height - crop) / 2, crop, self.size)
-        cols = _filter_weights(w, (width - crop) / 2, crop, self.size)
+        short, long = torch.minimum(height, width), torch.maximum(height, width)
+        new_long = torch.floor(self.resize * long / short)
+        resized = torch.tensor(float(self.resize), dtype=torch.float32)
+        new_w = torch.where(width <= height, resized, new_long)
+        new_h = torch.where(width <= height, new_long, resized)
+        left, top = torch.round((new_w - self.size) / 2.0), torch.round((new_h - self.size) / 2.0)
+        sx, sy = width / new_w, height / new_h
+        rows = _filter_weights(h, top * sy, self.size * sy, self.size)
+        cols = _filter_weights(w, left * sx, self.size * sx, self.size)
         x = torch.floor(torch.matmul(x, cols.t()) + 0.5)
         return torch.floor(torch.matmul(rows, x) + 0.5)
 
