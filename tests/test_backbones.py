@@ -118,7 +118,7 @@ def test_blocks_compute_what_the_original_model_computes(name, monkeypatch):
     if name == "efficientnet_lite0":
         import timm
 
-        reference = timm.create_model("efficientnet_lite0", pretrained=False)
+        reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)  # the network ftlab builds
     else:
         reference = torchvision.models.get_model(name, weights=None)
     with torch.no_grad():  # BatchNorm statistics other than 0/1, so a misplaced norm layer shows
