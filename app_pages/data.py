@@ -118,7 +118,7 @@ m[4].metric("Imbalance ratio", f"{figures.imbalance_ratio:.2f}", help="largest /
 
 st.subheader("Samples")
 base = data.split_for(replace(config, imbalance_ratio=1.0), ds)
-sample_key = f"{data.identity(config)}|{config.val_fraction}|{config.test_fraction}"
+sample_key = data.split_identity(config)
 grid = resources.samples(sample_key, ds, base.train, SAMPLES_PER_CLASS, SAMPLE_PX)
 for cls, images in grid.items():
     label, pics = st.columns([1, 6])
@@ -130,7 +130,7 @@ if len(ds.classes) > len(grid):
 st.subheader("Imbalance simulator")
 st.caption("Subsample the training split to a long tail: the largest class stays, each next one keeps fewer "
            "images, down to largest / ratio. See what it does to the figures before you apply it.")
-before = diversity.counts_of(ds.labels[base.train], len(ds.classes))
+before = explore.split_counts(ds, base)["train"]
 ratio = st.select_slider("Imbalance ratio (largest / smallest class)", RATIOS, key=K.SIM_RATIO,
                          persist_state=K.PERSIST, format_func=lambda r: f"{r:g}")
 after, tail_figures = explore.long_tail_figures(before, ratio)

@@ -31,6 +31,5 @@ if not running:
 for job in running:
     snap = job.snapshot()
     c = job.config
-    step = snap.last_step
-    progress = f"epoch {step.epoch}/{c.epochs}, batch {step.step}/{step.steps}" if step else snap.message
+    progress = explore.progress(snap, c.epochs, ended=False)[1]
     st.markdown(f"{parts.run_title(job.run_id, c)} — {progress}")

@@ -50,9 +50,7 @@ if weights == "file":
                   help="An ftlab checkpoint or a state dict of the same backbone; the head is replaced when the "
                        "classes differ.")
 elif weights == "imagenet" and not offline:
-    st.warning(f"{backbone}'s ImageNet weights ({spec.weights_file}) are not on this machine: the run will try "
-               "torchvision's download. Offline, choose random weights or efficientnet_lite0, whose weights "
-               "come with ftlab.")
+    st.warning(backbones.download_note(backbone))
 
 st.subheader("The model's parts")
 h = st.columns(4, vertical_alignment="bottom")
@@ -102,12 +100,11 @@ edited = st.data_editor(
                    "learning rate ×": st.column_config.NumberColumn(format="%.3g")})
 wanted, refused = table.unticked(list(edited["block"]), list(edited["train"]))
 if refused:  # a frozen head or adapter, a removed block ticked: show the table afresh, with a word why
-    state[K.HEAD_WARNING] = True
+    state[K.HEAD_WARNING] = refused
     state[K.EDITOR_VERSION] += 1
     st.rerun()
-if state.pop(K.HEAD_WARNING, False):
-    st.warning("The new head always trains: it starts from random weights. So do adapters (they start as the "
-               "identity), and removed blocks are not in the model.")
+if why := state.pop(K.HEAD_WARNING, ""):
+    st.warning(why)
 if wanted != table.frozen:
     S.choose_frozen(state, wanted, blocks)
     table = resources.block_table(S.current_config(state), num_classes)
@@ -117,5 +114,5 @@ if table.schedule:
 st.metric("Trainable parameters", f"{table.trainable:,}", f"{table.percent:.1f}% of {table.total:,}",
           delta_color="off", delta_arrow="off")
 columns = table.columns()
-st.plotly_chart(charts.block_params(columns["block"], columns["parameters"], columns["train"]),
+st.plotly_chart(charts.block_params(columns["block"], columns["parameters"], columns["train"], table.title),
                 key="model.params_chart")

@@ -362,6 +362,13 @@ def weights_available_offline(name: str) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_file).is_file()
 
 
+def download_note(name: str) -> str:
+    """What a user should know before choosing ``name``'s ImageNet weights when they are not here."""
+    return (f"{name}'s ImageNet weights ({get_spec(name).weights_file}) are not on this machine: the run will try "
+            "torchvision's download. Offline, choose random weights or efficientnet_lite0, whose weights "
+            "come with ftlab.")
+
+
 def weights_status(name: str) -> str:
     """Where ``name``'s ImageNet weights stand, in words for a listing."""
     if not get_spec(name).has_imagenet:

@@ -261,14 +261,21 @@ class BlockTable:
         """The model's blocks with parameters, in order: what a plan freezes."""
         return tuple(r.block for r in self.rows if r.note != "removed")
 
-    def unticked(self, blocks: list[str], train: list[bool]) -> tuple[frozenset[str], bool]:
+    @property
+    def title(self) -> str:
+        """The block chart's title: the model's trainable and total parameters (removed blocks not counted)."""
+        return f"Trainable {self.trainable:,} of {self.total:,} parameters ({self.percent:.1f}%)"
+
+    def unticked(self, blocks: list[str], train: list[bool]) -> tuple[frozenset[str], str]:
         """What a user's edit of the table's ``train`` column asks for: the model's blocks left
-        unticked, and whether it asked for what cannot be (a new block, the head or an adapter,
-        frozen: they start untrained and always train; a removed block ticked: it is not in the model)."""
+        unticked, and why it asked for what cannot be ("" when it did not): a new block (the head
+        or an adapter) frozen — they start untrained and always train; a removed block ticked."""
         removed = {r.block for r in self.rows if r.note == "removed"}
         frozen = frozenset(b for b, t in zip(blocks, train) if not t and b not in removed)
-        refused = any(edits.is_new_block(b) for b in frozen) or any(t and b in removed for b, t in zip(blocks, train))
-        return frozen, refused
+        if any(edits.is_new_block(b) for b in frozen) or any(t and b in removed for b, t in zip(blocks, train)):
+            return frozen, ("The new head always trains: it starts from random weights. So do adapters (they start "
+                            "as the identity), and removed blocks are not in the model.")
+        return frozen, ""
 
     def columns(self) -> dict[str, list]:
         """The rows as the table's columns; ``note`` only when some row has one."""

@@ -2,6 +2,7 @@
 param groups and counts, and the one run picker and run title the pages share."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -163,3 +164,36 @@ def test_the_final_split_shown_is_test_when_there_is_one_and_the_device_in_words
     assert explore.final_split({"val": {}, "test": {}}) == "test" and explore.final_split({"val": {}}) == "val"
     assert explore.device_text(torch.device("cpu")) == f"CPU · {os.cpu_count()} cores"
     assert explore.device_text(torch.device("mps")) == "Apple MPS"
+
+
+def test_the_sample_grid_key_names_the_split_seed_and_fractions():
+    """The Data page keys its sample grid by the split's identity: another seed is another split
+    (for digits the data set's identity alone does not name the seed)."""
+    from ftlab import data
+
+    base = TrainConfig(dataset="digits")
+    assert data.identity(dataclasses.replace(base, seed=1)) == data.identity(base)
+    keys = {data.split_identity(c) for c in (base, dataclasses.replace(base, seed=1),
+                                              dataclasses.replace(base, val_fraction=0.3),
+                                              dataclasses.replace(base, test_fraction=0.1))}
+    assert len(keys) == 4
+    assert data.split_identity(dataclasses.replace(base, epochs=9)) == data.split_identity(base)
+
+
+def test_the_block_chart_title_counts_the_model_not_its_removed_blocks():
+    table = explore.block_table(TrainConfig(backbone="small_cnn", truncate_after="stage2"), 4)
+    removed = sum(r.parameters for r in table.rows if r.note == "removed")
+    assert removed > 0 and table.total == freeze_total(table) - removed
+    assert table.title == f"Trainable {table.trainable:,} of {table.total:,} parameters ({table.percent:.1f}%)"
+
+
+def freeze_total(table) -> int:
+    return sum(r.parameters for r in table.rows)
+
+
+def test_unticking_the_head_is_refused_with_the_reason():
+    table = explore.block_table(TrainConfig(backbone="small_cnn"), 4)
+    blocks = [r.block for r in table.rows]
+    frozen, why = table.unticked(blocks, [False] * len(blocks))
+    assert "head always trains" in why and "head" in frozen
+    assert table.unticked(blocks, [b == "head" for b in blocks])[1] == ""

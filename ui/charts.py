@@ -31,18 +31,15 @@ def long_tail(classes: Sequence[str], before: Sequence[int], after: Sequence[int
                    xaxis_type="category", yaxis_title="images")
 
 
-def block_params(blocks: Sequence[str], params: Sequence[int], trainable: Sequence[bool]) -> go.Figure:
-    """Stacked bars per block: the trainable and the frozen parameters."""
+def block_params(blocks: Sequence[str], params: Sequence[int], trainable: Sequence[bool], title: str) -> go.Figure:
+    """Stacked bars per block: the trainable and the frozen parameters; ``title`` from ftlab."""
     fig = go.Figure([
         go.Bar(name="trainable", x=list(blocks), y=[p if t else 0 for p, t in zip(params, trainable)],
                marker_color=TRAINABLE),
         go.Bar(name="frozen", x=list(blocks), y=[0 if t else p for p, t in zip(params, trainable)],
                marker_color=FROZEN),
     ])
-    t = sum(p for p, tr in zip(params, trainable) if tr)
-    total = sum(params)
-    return _layout(fig, f"Trainable {t:,} of {total:,} parameters ({100 * t / max(total, 1):.1f}%)",
-                   barmode="stack", yaxis_title="parameters", xaxis_type="category")
+    return _layout(fig, title, barmode="stack", yaxis_title="parameters", xaxis_type="category")
 
 
 def curves(epochs: Sequence[Mapping], metric: str) -> go.Figure:

@@ -63,6 +63,13 @@ def identity(config, data_dir: Path | None = None) -> str:
         return f"unreadable {config.dataset!r}"  # the loader says what is wrong; nothing gets cached
 
 
+def split_identity(config, data_dir: Path | None = None) -> str:
+    """What determines ``split_for``'s split before any long tail: the data set's identity and
+    the split's fractions and seed."""
+    return (f"{identity(config, data_dir)} val {config.val_fraction} test {config.test_fraction} "
+            f"seed {config.seed}")
+
+
 def _folder_digest(root: Path) -> str:
     h = hashlib.sha1()
     for folder, dirs, files in os.walk(root):
