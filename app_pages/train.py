@@ -65,7 +65,7 @@ def others_running(job: Job | None) -> None:
 
 
 def is_running(job: Job | None) -> bool:
-    return job is not None and job.alive and job.snapshot().status not in END_STATUSES
+    return job is not None and job.active
 
 
 def start(config: TrainConfig) -> None:

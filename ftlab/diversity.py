@@ -132,6 +132,38 @@ def describe_setting(setting: Mapping[str, object]) -> str:
     return ", ".join(words[k].format(v) if k in words else f"{k.replace('_', ' ')} {v}" for k, v in setting.items())
 
 
+def setting_values(setting: Mapping[str, object], config) -> dict[str, object]:
+    """The option values a suggestion's ``setting`` gives ``config`` (a `TrainConfig`): factors
+    applied (the learning rate to three figures) and kept inside each option's range, since a
+    widget given a value outside its range silently shows its minimum (a learning rate of 8
+    doubled became 1e-07).
+
+    >>> from ftlab.config import TrainConfig
+    >>> setting_values({"lr_factor": 2.0, "epochs_factor": 0.5, "flip": True}, TrainConfig(epochs=5))
+    {'lr': 0.006, 'epochs': 2, 'flip': True}
+    >>> setting_values({"lr_factor": 2.0}, TrainConfig(lr=8.0))
+    {'lr': 10.0}
+    """
+    import dataclasses
+
+    from ftlab.config import TrainConfig, resolved_lr
+
+    meta = {f.name: f.metadata for f in dataclasses.fields(TrainConfig)}
+
+    def within(name: str, value):
+        return type(value)(min(max(value, meta[name]["lo"]), meta[name]["hi"]))
+
+    values: dict[str, object] = {}
+    for name, value in setting.items():
+        if name == "lr_factor":
+            values["lr"] = within("lr", float(f"{resolved_lr(config) * value:.3g}"))
+        elif name == "epochs_factor":
+            values["epochs"] = within("epochs", round(config.epochs * value))
+        else:
+            values[name] = value
+    return values
+
+
 def suggestions(train_counts: Sequence[int]) -> list[Suggestion]:
     """What the class distribution of the training split suggests.
 

@@ -64,6 +64,12 @@ class Job:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def active(self) -> bool:
+        """Still preparing or training: its thread alive and no end event yet (the thread outlives
+        its end event by the moment it takes to return)."""
+        return self.alive and self.snapshot().status not in END_STATUSES
+
     def snapshot(self) -> JobSnapshot:
         with self._lock:
             s = self._snap

@@ -1,10 +1,12 @@
 """The process-wide job registry: one running job per owner, lookup, the newest running job, stop."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ftlab.config import TrainConfig
-from ftlab.jobs import JobBusy, JobRegistry
+from ftlab.jobs import Job, JobBusy, JobRegistry
 from ftlab.runs import RunStore
 
 LONG = TrainConfig(dataset="digits", backbone="small_cnn", weights="random", image_size=16, epochs=500,
@@ -55,3 +57,25 @@ def test_ended_jobs_are_pruned_beyond_the_limit(registry, store):
     assert registry.get(last.run_id) is last
     assert registry.get(jobs[0].run_id) is None and registry.get(jobs[1].run_id) is None
     assert sum(registry.get(j.run_id) is not None for j in jobs) <= 1
+
+
+def test_a_job_is_active_until_its_end_event_not_only_while_its_thread_lives(tmp_path):
+    """`Job.active` (what the Train page's Start/Stop follow): preparing or training, not ended."""
+    import threading
+
+    from training_gate import hold_training
+
+    gate = threading.Event()
+    undo = hold_training(gate.is_set)
+    try:
+        job = Job(TrainConfig(dataset="digits", backbone="small_cnn", weights="random", image_size=16,
+                              epochs=1, batch_size=256), RunStore(tmp_path / "home")).start()
+        deadline = time.monotonic() + 120
+        while job.snapshot().last_step is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.snapshot().last_step is not None and job.active  # held after its first step
+    finally:
+        gate.set()
+        undo()
+    assert job.join(timeout=120)
+    assert not job.active and job.snapshot().status == "finished"

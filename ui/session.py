@@ -147,24 +147,13 @@ def take_head_text(state: MutableMapping) -> None:
 
 def apply_suggestion(state: MutableMapping, setting: dict, config: TrainConfig) -> None:
     """Apply a `ftlab.diversity.Suggestion`'s setting when the user asks for it."""
-    from ftlab.config import resolved_lr
+    from ftlab.diversity import setting_values
 
-    for name, value in setting.items():
+    for name, value in setting_values(setting, config).items():
         if name == "strategy":
             strategy = Strategy.parse(value)
             set_preset(state, strategy.kind)
             if strategy.kind == "top-N":
                 state[TOP_N] = strategy.n
-        elif name == "lr_factor":
-            state[cfg("lr")] = _within("lr", float(f"{resolved_lr(config) * value:.3g}"))
-        elif name == "epochs_factor":
-            state[cfg("epochs")] = _within("epochs", round(config.epochs * value))
         elif cfg(name) in state:
             state[cfg(name)] = value
-
-
-def _within(name: str, value: float) -> float:
-    """``value`` moved into the option's range: a widget given a value outside it silently shows its minimum
-    instead (a learning rate of 8 doubled became 1e-07)."""
-    meta = next(f.metadata for f in dataclasses.fields(TrainConfig) if f.name == name)
-    return type(value)(min(max(value, meta["lo"]), meta["hi"]))
