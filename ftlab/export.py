@@ -325,7 +325,7 @@ def model_name(fmt: str, quantize: str) -> str:
 def target(out: Path | str | None, run_dir: Path, fmt: str, quantize: str) -> Path:
     """The model file's path: ``out`` when it names a file of ``fmt``'s kind, else a file in the
     folder ``out`` (by default the run's own ``export`` folder). Refuses what cannot be used."""
-    if out is None or str(out) == "":
+    if out is None or not str(out).strip():  # an empty --out (a blank page field) is the default, not "."
         return run_dir / "export" / model_name(fmt, quantize)
     out = Path(out).expanduser()
     if out.suffix.lower() in FILE_SUFFIXES:
