@@ -73,6 +73,8 @@ run = parts.run_picker(records, K.RUNS_SELECTED)
 run_id = run.id
 if run.message:
     st.caption(f"{run.status}: {run.message}")
+for note in explore.run_notes(run.summary):
+    st.caption(parts.plain(note))
 with st.expander("Configuration"):
     st.json(run.config)
 d = st.columns(3)

@@ -13,7 +13,8 @@ from ftlab.runs import StoreError
 from ui import charts, keys as K, parts, resources, session as S
 
 state = st.session_state
-LABELS = {"lr": "Learning rate", "amp": "Mixed precision (CUDA only)", "random_crop": "Random resized crop",
+LABELS = {"lr": "Learning rate", "precision": "Precision", "feature_cache": "Feature cache",
+          "augment_views": "Augmented views to cache", "cache_memory_mb": "Cache memory (MB, 0: auto)", "random_crop": "Random resized crop",
           "flip": "Horizontal flip", "grad_clip": "Gradient clipping (max norm)", "step_size": "Step schedule: every",
           "gamma": "Step schedule: factor", "early_stopping": "Early stopping (patience)"}
 STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "momentum": 0.01, "grad_clip": 0.5, "label_smoothing": 0.05,
@@ -175,6 +176,12 @@ with st.form(K.TRAIN_FORM, border=True):
     for i, f in enumerate(fields):
         with cols[i // per_col]:
             option_widget(f, auto)
+    with st.expander("Speed: precision and the feature cache"):
+        st.caption(explore.machine_text())
+        cols = st.columns(2)
+        for i, f in enumerate(f for f in options() if f.metadata["section"] == "speed"):
+            with cols[i % 2]:
+                option_widget(f, auto)
     submitted = st.form_submit_button("Start training", type="primary", disabled=running, key=K.START)
 if submitted:
     start(S.current_config(state))

@@ -15,7 +15,10 @@ its own process (so that peak RSS is each one's own and no cache survives betwee
 * ftlab's ``engine.run`` with the feature cache emptied first, so it pays for decoding and
   caching; then, in the same process, a second run that finds the features cached;
 * for full fine-tuning, the compute ceiling: the same model's forward, backward and optimiser
-  step on random tensors already in memory, at the same batch shape.
+  step on random tensors already in memory, at the same batch shape, in the precision ftlab
+  trained in.
+
+ftlab runs once per ``--precisions`` entry (fp32 and auto by default), a table row each.
 
 Both build the model with ``ftlab.backbones.create_model`` (same architecture, weights and
 seed) and train it with the same optimiser, learning rate, batch size and epochs. Wall time
@@ -124,7 +127,7 @@ def ftlab_config(job: dict):
     return TrainConfig(dataset=job["dataset"], backbone=job["backbone"], weights=job["weights"],
                        strategy=job["strategy"], optimizer=job["optimizer"], lr=job["lr"],
                        weight_decay=job["weight_decay"], epochs=job["epochs"], batch_size=job["batch_size"],
-                       image_size=job["image_size"], seed=job["seed"])
+                       image_size=job["image_size"], seed=job["seed"], precision=job.get("precision", "auto"))
 
 
 def ftlab_runs(job: dict) -> dict:
@@ -148,18 +151,21 @@ def ftlab_runs(job: dict) -> dict:
             out[label] = {"wall_s": wall, "best_val_accuracy": summary["best_val_accuracy"],
                           "images_per_second": summary["images_per_second"],
                           "train_seconds": summary["train_seconds"], "peak_rss_mb": peak_rss_mb(),
-                          "feature_cache": summary.get("feature_cache", "")}
+                          "feature_cache": summary.get("feature_cache", ""),
+                          "cache_seconds": summary.get("cache_seconds", 0.0), "precision": summary.get("precision", {})}
         out["cache_peak_mb"] = cache.SHARED.peak_bytes / 2**20
         out["cache_budget_mb"] = cache.SHARED.budget / 2**20
     return out
 
 
 def ceiling(job: dict) -> dict:
-    """The same model's training step on random in-memory tensors: what the arithmetic allows."""
+    """The same model's training step on random in-memory tensors: what the arithmetic allows, in
+    the precision the ftlab run trained in (bf16/fp16 by autocast, as the engine does)."""
     import torch
     from torch import nn
 
     from ftlab import backbones
+    from ftlab.precision import Choice
 
     torch.manual_seed(job["seed"])
     model = backbones.create_model(job["backbone"], job["num_classes"], job["weights"]).train()
@@ -167,9 +173,13 @@ def ceiling(job: dict) -> dict:
     x = torch.randn(job["batch_size"], 3, job["image_size"], job["image_size"])
     y = torch.randint(0, job["num_classes"], (job["batch_size"],))
 
+    autocast = Choice(job["ceiling_precision"], "").autocast
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        with autocast("cpu"):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
         optimizer.step()
 
     for _ in range(2):  # warm-up: allocator, oneDNN primitives
@@ -256,20 +266,27 @@ def measure(dataset: str, backbone: str, strategy: str, args, folder: Path) -> d
            "lr": DEFAULT_LR[Strategy.parse(strategy).kind], "momentum": 0.9, "weight_decay": 1e-4,
            "epochs": epochs, "batch_size": args.batch_size, "image_size": size, "seed": 0,
            "warm": strategy != "full", "num_classes": 2 if dataset == "hymenoptera" else 10}
-    row = {"dataset": dataset, "backbone": backbone, "weights": weights, "strategy": strategy,
-           "image_size": size, "epochs": epochs, "batch_size": args.batch_size, "load_before": os.getloadavg()[0]}
+    base = {"dataset": dataset, "backbone": backbone, "weights": weights, "strategy": strategy,
+            "image_size": size, "epochs": epochs, "batch_size": args.batch_size}
     say(f"{dataset} / {backbone} ({weights}) / {strategy} at {size} px, {epochs} epochs: reference ...")
-    row["reference"] = child("reference", job)
-    say(f"  reference {row['reference']['wall_s']:.1f} s, acc {row['reference']['best_val_accuracy']:.3f}; ftlab ...")
-    row["ftlab"] = child("ftlab", job)
-    say(f"  ftlab {row['ftlab']['cold']['wall_s']:.1f} s, acc {row['ftlab']['cold']['best_val_accuracy']:.3f}")
-    if strategy == "full":
-        steps = max(4, -(-len_train(dataset) // args.batch_size) // (1 if not args.quick else 4))
-        row["ceiling"] = child("ceiling", {**job, "ceiling_steps": steps})
-        say(f"  ceiling {row['ceiling']['images_per_second']:.1f} img/s, "
-            f"ftlab {row['ftlab']['cold']['images_per_second']:.1f} img/s")
-    row["load_after"] = os.getloadavg()[0]
-    return row
+    reference_figures = child("reference", job)
+    say(f"  reference {reference_figures['wall_s']:.1f} s, acc {reference_figures['best_val_accuracy']:.3f}")
+    rows = []
+    for precision in args.precisions:  # a row each: the reference (the tutorial's fp32 loop) is the same
+        row = {**base, "precision": precision, "load_before": os.getloadavg()[0], "reference": reference_figures}
+        say(f"  ftlab --precision {precision} ...")
+        row["ftlab"] = child("ftlab", {**job, "precision": precision})
+        cold = row["ftlab"]["cold"]
+        say(f"  ftlab {cold['wall_s']:.1f} s, acc {cold['best_val_accuracy']:.3f}, {cold['precision']}")
+        if strategy == "full":
+            steps = max(4, -(-len_train(dataset) // args.batch_size) // (1 if not args.quick else 4))
+            trained_in = cold["precision"].get("training", "fp32")
+            row["ceiling"] = child("ceiling", {**job, "ceiling_steps": steps, "ceiling_precision": trained_in})
+            say(f"  ceiling ({trained_in}) {row['ceiling']['images_per_second']:.1f} img/s, "
+                f"ftlab {cold['images_per_second']:.1f} img/s")
+        row["load_after"] = os.getloadavg()[0]
+        rows.append(row)
+    return rows
 
 
 def len_train(dataset: str) -> int:
@@ -281,8 +298,8 @@ def say(message: str) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| data | backbone (weights) | strategy | px | epochs | wall ref s | wall ftlab s | ref/ftlab | "
-            "ftlab warm s | val acc ref | val acc ftlab | peak RSS ref / ftlab MB | cache peak / budget MB | "
+    head = ("| data | backbone (weights) | strategy | px | epochs | precision | wall ref s | wall ftlab s | ref/ftlab | "
+            "ftlab warm s | caching s | val acc ref | val acc ftlab | peak RSS ref / ftlab MB | cache peak / budget MB | "
             "train img/s ref / ftlab / ceiling | load |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -291,9 +308,13 @@ def table(rows: list[dict]) -> str:
         if "ceiling" in r:
             c = r["ceiling"]["images_per_second"]
             ips += f" / {c:.0f} (ftlab {cold['images_per_second'] / c:.2f} of it)"
+        used = cold.get("precision") or {}
+        shown = used.get("training", "?") if used.get("caching") in (None, used.get("training")) else \
+            f"train {used.get('training')}, cache {used['caching']}"
         cells = [r["dataset"], f"{r['backbone']} ({r['weights']})", r["strategy"], r["image_size"], r["epochs"],
+                 f"{r.get('precision', '?')}: {shown}",
                  f"{ref['wall_s']:.1f}", f"{cold['wall_s']:.1f}", f"**{ref['wall_s'] / cold['wall_s']:.1f}x**",
-                 f"{warm['wall_s']:.1f}" if warm else "–",
+                 f"{warm['wall_s']:.1f}" if warm else "–", f"{cold.get('cache_seconds', 0):.1f}",
                  f"{ref['best_val_accuracy']:.3f}", f"{cold['best_val_accuracy']:.3f}",
                  f"{ref['peak_rss_mb']:.0f} / {cold['peak_rss_mb']:.0f}",
                  f"{r['ftlab']['cache_peak_mb']:.1f} / {r['ftlab']['cache_budget_mb']:.0f}", ips,
@@ -313,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resnet-full-size", type=int, default=0,
                    help="image size for ResNet-18 full fine-tuning on hymenoptera (0: as the others)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=["auto", "fp32", "bf16", "fp16"],
+                   help="a row per precision for each configuration (the ceiling too, in what ftlab trained in)")
     p.add_argument("--fgbg", default="digits:efficientnet_lite0:full:2:64,hymenoptera:resnet18:full:1:224",
                    help="comma-separated data:backbone:strategy:epochs:px configurations to run in the background "
                         "and the foreground ('' skips)")
@@ -339,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         for dataset in args.datasets:
             for backbone in args.backbones:
                 for strategy in args.strategies:
-                    rows.append(measure(dataset, backbone, strategy, args, folders[dataset]))
+                    rows.extend(measure(dataset, backbone, strategy, args, folders[dataset]))
                     report(rows, fgbg, args, started)
     print(report(rows, fgbg, args, started))
 
@@ -363,6 +386,9 @@ def report(rows: list[dict], fgbg: list[dict], args, started: float) -> str:
         text += (f"\n\nBackground runner ({f['config']}; alternating runs): {f['background_ips']:.1f} img/s "
                  f"(median of {rates}) against {f['foreground_ips']:.1f} in the foreground ({fg_rates}): "
                  f"**{f['ratio']:.3f}** of it.")
+    from ftlab import precision
+
+    text += f"\n\nMachine: {precision.describe_machine()}"
     text += (f"\n\nElapsed {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.1f} "
              f"on {os.cpu_count()} cores; reference DataLoader num_workers={REFERENCE_WORKERS}.")
     if args.out:

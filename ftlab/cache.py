@@ -108,33 +108,38 @@ SHARED = FeatureCache()
 
 
 @torch.no_grad()
-def compute(prefix: nn.Module, images: torch.Tensor, prep: Callable[[torch.Tensor], torch.Tensor], *,
-            batch_size: int, dtype: torch.dtype, should_stop: Callable[[], bool] = lambda: False,
-            amp: bool = False) -> torch.Tensor:
-    """``prefix`` over every image, stored on the CPU in ``dtype``."""
-    # channels-last convolutions measured 1.6x faster for EfficientNet-Lite0's forward pass on
-    # a 2-core CPU (4.2 s against 6.8 s for 64 images at 224 px); training steps showed no
-    # steady gain, so only this inference pass uses them
-    prefix.eval().to(memory_format=torch.channels_last)
+def compute(prefix: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+            prep: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int, dtype: torch.dtype,
+            should_stop: Callable[[], bool] = lambda: False) -> torch.Tensor:
+    """``prefix`` over every image, stored on the CPU in ``dtype``. ``prefix`` is the frozen
+    blocks as `ftlab.fastpath.accelerate` built them (in the run's precision), or a module."""
+    if isinstance(prefix, nn.Module):
+        # channels-last convolutions measured 1.6x faster for EfficientNet-Lite0's forward pass on
+        # a 2-core CPU (4.2 s against 6.8 s for 64 images at 224 px); training steps showed no
+        # steady gain, so only this inference pass uses them
+        prefix.eval().to(memory_format=torch.channels_last)
     out = []
     for start in range(0, len(images), batch_size):
         if should_stop():
             raise StopRequested("caching", start // batch_size + 1)
         x = prep(images[start:start + batch_size])
         x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-        with torch.autocast(x.device.type, enabled=amp):
-            out.append(prefix(x).to("cpu", dtype).contiguous())
+        out.append(prefix(x).to("cpu", dtype).contiguous())
     features = torch.cat(out)
     # page-locked on a CUDA machine, so each batch's copy to the GPU overlaps the compute
     return features.pin_memory() if out and x.device.type == "cuda" else features
 
 
-def storage_dtype(bytes_fp32: int, budget: int, free_bytes: int | None) -> torch.dtype | None:
-    """fp32 when it fits, else fp16 (features of pretrained blocks lose ~3 decimal digits,
-    far below what changes a prediction), else ``None``: recompute instead."""
+def storage_dtype(bytes_fp32: int, budget: int, free_bytes: int | None,
+                  computed: torch.dtype = torch.float32) -> torch.dtype | None:
+    """The dtype to keep features in that take ``bytes_fp32`` in fp32 and were computed in
+    ``computed``: as computed when they fit; fp32 features else in fp16 (features of pretrained
+    blocks lose ~3 decimal digits, far below what changes a prediction); else ``None``:
+    recompute instead. bf16/fp16 features are kept as they are (in fp32 they would take twice
+    the memory and hold no more digits)."""
     room = budget if free_bytes is None else min(budget, free_bytes)
-    if bytes_fp32 <= room:
-        return torch.float32
-    if bytes_fp32 // 2 <= room:
+    if bytes_fp32 // 4 * computed.itemsize <= room:
+        return computed
+    if computed == torch.float32 and bytes_fp32 // 2 <= room:
         return torch.float16
     return None

@@ -223,7 +223,7 @@ def _print_summary(s: dict) -> None:
     caching = f" (and {explore.format_duration(s['cache_seconds'])} caching)" if s.get("cache_seconds") else ""
     print(f"run {s['run_id']}: {s['stopped_reason']} after {s['epochs_run']} epoch{'' if s['epochs_run'] == 1 else 's'}; best val accuracy {best}, "
           f"test accuracy {test}; {explore.format_duration(s['train_seconds'])} training{caching}, "
-          f"{s['images_per_second']:.0f} img/s")
+          f"{s['images_per_second']:.0f} img/s" + (f"; {explore.precision_text(s)}" if s.get("precision") else ""))
 
 
 # --- listings ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ device, augmented and normalised there, so no epoch decodes a file again.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -20,15 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab import backbones, cache, checkpoints, data, events, freeze, metrics
+from ftlab import backbones, cache, checkpoints, data, events, fastpath, freeze, metrics
+from ftlab import precision as precisions
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
 from ftlab.errors import NonFiniteLoss, StopRequested
 from ftlab.objectives import Batch, CrossEntropy, Objective, class_weights
+from ftlab.precision import FP32, Choice
 from ftlab.records import EpochRecord, RunSummary
 from ftlab.runs import RunStore, StoreError, new_run_id
 from ftlab.transforms import FeaturePrep, Preprocess, Preprocessing
 
 Emit = Callable[[events.Event], None]
+_SAMPLE = 8  # images: the batch that checks the fast prefix and times each precision
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -77,7 +81,7 @@ class EpochResult:
 
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, order: Iterator[torch.Tensor], *,
                     optimizer: torch.optim.Optimizer, objective: Objective, prep: Preprocess,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, amp: bool = False,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, precision: Choice = FP32,
                     scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0, start: int = 0,
                     should_stop: Callable[[], bool] = lambda: False,
                     on_step: Callable[[int, float, int], None] = lambda step, loss, n: None) -> EpochResult:
@@ -85,7 +89,8 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 
     ``images`` are the inputs of block ``start``: decoded images when ``start`` is 0, the
     cached output of the frozen blocks before it otherwise. ``objective`` turns the model's
-    outputs and the batch into the loss (and the correct predictions it counted).
+    outputs and the batch into the loss (and the correct predictions it counted). The forward
+    pass and the loss run in ``precision`` (autocast); the weights and the optimiser stay fp32.
     """
     model.train()  # a BlockModel keeps its frozen blocks in eval mode where its BatchNorm rule says so
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -95,7 +100,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         if should_stop():
             raise StopRequested("training", step)
         batch = Batch(prep(images[idx], train=True), labels[idx].to(prep.device, non_blocking=True), idx)
-        with torch.autocast(device_type, enabled=amp):
+        with precision.autocast(device_type):
             result = objective(model.forward_from(batch.inputs, start), batch)
         loss = result.loss
         if not torch.isfinite(loss):
@@ -134,7 +139,7 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, prep: Preprocess,
-             batch_size: int = 128, amp: bool = False, start: int = 0,
+             batch_size: int = 128, precision: Choice = FP32, start: int = 0,
              should_stop: Callable[[], bool] = lambda: False) -> Evaluation:
     model.eval()
     preds, losses, probs = [], [], []
@@ -142,7 +147,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, pr
         if should_stop():
             raise StopRequested("evaluating", step)
         x, y = prep(images[idx], train=False), labels[idx].to(prep.device)
-        with torch.autocast(prep.device.type, enabled=amp):
+        with precision.autocast(prep.device.type):
             logits = model.forward_from(x, start).float()
         losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
         probs.append(logits.softmax(1).cpu())
@@ -217,7 +222,7 @@ class _Trainer:
     cache_budget: int = field(init=False)  # this run's: the shared cache is not changed by it
     data_identity: str = field(init=False)  # what the cache keys say of the data and the weights
     weights_identity: str = field(init=False)
-    amp: bool = field(init=False)
+    precision: Choice = FP32  # what the blocks that train compute in this epoch (`_training_precision`)
     objective: Objective = field(init=False)
     sample_weights: torch.Tensor | None = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
@@ -228,6 +233,9 @@ class _Trainer:
     best_state: dict | None = None  # the best epoch's weights, on the CPU
     best_val: "Evaluation | None" = None  # its val figures: the final evaluation need not recompute them
     computed: set = field(default_factory=set)  # cache keys this run computed itself
+    training_choices: dict = field(default_factory=dict)  # first trained block -> its precision Choice
+    prefixes: dict = field(default_factory=dict)  # first block after the cached ones -> (Choice, Accelerated)
+    caching_precision: Choice = FP32  # of the prefix `_cached` computes now
     stopped_at: StopRequested | None = None  # where a user's stop landed
 
     def run(self) -> dict:
@@ -274,7 +282,6 @@ class _Trainer:
         freeze.apply_freeze(self.model, self.plan.frozen_at(0), c.bn_frozen)
         self.prep = Preprocess.for_config(c, self.preprocessing, self.device)
         self.cache_budget = c.cache_memory_mb << 20 if c.cache_memory_mb else self.shared_cache.budget
-        self.amp = c.amp and self.device.type == "cuda"
         train_labels = self.data.train.labels
         weight = class_weights(train_labels, len(self.classes)).to(self.device) if c.class_weighting == "balanced" \
             else None
@@ -287,7 +294,7 @@ class _Trainer:
                       f"epoch is one batch of {len(train_labels)}")
         self.steps = math.ceil(len(train_labels) / c.batch_size)
         self.scheduler, self.per_step = make_scheduler(c, self.optimizer, self.steps)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.scaler = None  # fp16 training makes one (`_training_precision`)
         trainable, total = freeze.count_params(self.model)
         self.summary.trainable_params, self.summary.total_params = trainable, total
         self.summary.image_size = self.data.image_size
@@ -314,14 +321,18 @@ class _Trainer:
                 # preparing the inputs (the caching pass, looking features up) is not training: the clocks
                 # of progress and time left leave it out
                 started += time.perf_counter() - began
-                on_step = self._step_reporter(epoch, started, images_seen)
                 with _threads_for(self.model, inputs.start):
+                    began = time.perf_counter()
+                    self.precision = self._training_precision(inputs)
+                    started += time.perf_counter() - began
+                    on_step = self._step_reporter(epoch, started, images_seen)
                     result = train_one_epoch(
                         self.model, inputs.train, d.train.labels,
                         batches(len(d.train.labels), c.batch_size, generator=generator,
                                 sample_weights=self.sample_weights),
                         optimizer=self.optimizer, objective=self.objective, prep=inputs.prep, start=inputs.start,
-                        scheduler=self.scheduler if self.per_step else None, amp=self.amp, scaler=self.scaler,
+                        scheduler=self.scheduler if self.per_step else None, precision=self.precision,
+                        scaler=self.scaler,
                         grad_clip=c.grad_clip, should_stop=self.stop.is_set, on_step=on_step)
             except NonFiniteLoss as err:
                 return "non_finite_loss", (f"Stopped in epoch {epoch + 1}: {err}. Lower the learning rate "
@@ -334,7 +345,8 @@ class _Trainer:
             try:
                 with _threads_for(self.model, inputs.start):
                     ev = evaluate(self.model, inputs.val, d.val.labels, prep=inputs.val_prep, start=inputs.start,
-                                  batch_size=2 * c.batch_size, amp=self.amp, should_stop=self.stop.is_set)
+                                  batch_size=2 * c.batch_size, precision=self.precision,
+                                  should_stop=self.stop.is_set)
             except StopRequested as where:
                 self.stopped_at = where
                 return "user", f"stopped by the user while evaluating epoch {epoch + 1}"
@@ -389,8 +401,10 @@ class _Trainer:
     def _cache_key(self, split: str, start: int, view: int) -> cache.CacheKey:
         """Everything that determines the output of blocks ..``start`` on ``split`` (view ``view``)."""
         c = self.config
+        # --precision as asked: `auto` resolves the same way for the same prefix throughout a process
+        # (its measurement is remembered), and the cache lives in one process
         inputs = self.prep.identity(train=view > 0) + (f"; views of seed {c.seed}" if view else "") + \
-            ("; autocast" if self.amp else "")
+            ("" if c.precision == "fp32" else f"; precision {c.precision}")
         # Of the model edits only truncation changes the cached prefix: it removes the blocks after its
         # block and may put another pool in, so a linear probe's prefix (all but the head) differs while
         # its boundary is still "head". Adapters and the head always train, so they are never cached.
@@ -409,12 +423,14 @@ class _Trainer:
                 self._note_cache(f"training blocks {', '.join(self.model.block_names[start:])} on features of the "
                                  f"frozen blocks ({blocks}) cached by an earlier run")
             return found
-        prefix = self.model[:start]
+        sample = self.prep(decoded.images[:_SAMPLE], train=False)
+        fast = self._fast_prefix(start, sample)
         with torch.no_grad():
-            prefix.eval()
-            one = prefix(self.prep(decoded.images[:1], train=False))
-        need = one[0].numel() * 4 * len(decoded.labels)
-        dtype = cache.storage_dtype(need, self.cache_budget, cache.free_memory_bytes())
+            one = fast.fn(sample[:1])
+        fp32_bytes = one[0].numel() * 4 * len(decoded.labels)
+        dtype = cache.storage_dtype(fp32_bytes, self.cache_budget, cache.free_memory_bytes(),
+                                    self.caching_precision.dtype)
+        need = fp32_bytes // 4 * (dtype or self.caching_precision.dtype).itemsize
         if dtype is None:
             self._note_cache(f"not caching: the features of {split} would take {need / 2**20:,.0f} MB, more than "
                              f"the cache's {self.cache_budget / 2**20:,.0f} MB budget; the frozen blocks run "
@@ -422,14 +438,14 @@ class _Trainer:
             return None
         what = f"{split} view {view}" if view else split
         self._say(f"caching the output of {blocks} for {len(decoded.labels):,} {what} images "
-                  f"({need / (2 if dtype == torch.float16 else 1) / 2**20:,.1f} MB, {str(dtype)[6:]})")
+                  f"({need / 2**20:,.1f} MB, {str(dtype)[6:]})")
         if view:
             torch.manual_seed(c.seed * 1000 + view)  # the same views in every run with this seed
         began = time.perf_counter()
         try:
-            features = cache.compute(prefix, decoded.images, lambda x: self.prep(x, train=view > 0),
+            features = cache.compute(fast.fn, decoded.images, lambda x: self.prep(x, train=view > 0),
                                      batch_size=max(64, 2 * c.batch_size), dtype=dtype,
-                                     should_stop=self.stop.is_set, amp=self.amp)
+                                     should_stop=self.stop.is_set)
         finally:  # not training time: progress and time left leave it out, the summary reports it apart
             self.summary.cache_seconds += time.perf_counter() - began
         self.shared_cache.put(key, features, self.cache_budget)
@@ -437,6 +453,84 @@ class _Trainer:
         self._note_cache(f"training blocks {', '.join(self.model.block_names[start:])} on cached features of "
                          f"the frozen blocks ({blocks})")
         return features
+
+    def _speed_key(self, start: int, part: str) -> str:
+        """What the speed of a part of this model depends on: its blocks, their edits, the input size."""
+        c, names = self.config, self.model.block_names
+        blocks = f"{names[0]}..{names[start - 1]}" if part == "caching" else f"{names[start]}.."
+        edits = repr(c.edits())
+        edited = "" if edits == repr(TrainConfig().edits()) else f" edited {hashlib.sha1(edits.encode()).hexdigest()[:8]}"
+        return f"{c.backbone}{edited} [{blocks}] at {self.preprocessing.size} px"
+
+    def _fast_prefix(self, start: int, sample: torch.Tensor) -> "fastpath.Accelerated":
+        """Blocks ..``start`` as the fastest equivalent function, in the run's caching precision
+        (decided here, once per boundary; `auto` measures both candidates on ``sample``)."""
+        if start in self.prefixes:
+            self.caching_precision = self.prefixes[start][0]
+            return self.prefixes[start][1]
+        prefix, built = self.model[:start], {}
+
+        def build(name: str) -> fastpath.Accelerated:
+            if name not in built:
+                built[name] = fastpath.accelerate(prefix, sample, precision=name)
+            return built[name]
+
+        def measure(name: str) -> float:
+            fn = build(name).fn
+            with torch.no_grad():
+                return precisions.timed(lambda: fn(sample))
+
+        began = time.perf_counter()
+        choice = precisions.resolve(self.config.precision, self.device, part="caching",
+                                    key=self._speed_key(start, "caching"), measure=measure)
+        fast = build(choice.name)
+        self.summary.cache_seconds += time.perf_counter() - began
+        self.prefixes[start] = (choice, fast)
+        self.caching_precision = choice
+        self.summary.precision["caching"], self.summary.precision["caching_reason"] = choice.name, choice.reason
+        self.summary.prefix = fast.note()
+        self._say(f"caching in {choice.name}: {choice.reason}")
+        self._say(fast.note())
+        return fast
+
+    def _training_precision(self, inputs: "EpochInputs") -> Choice:
+        """The precision the blocks from ``inputs.start`` train in, decided once per boundary;
+        `auto` on a CPU measures a forward and backward pass of a small batch in each."""
+        if inputs.start not in self.training_choices:
+            choice = precisions.resolve(self.config.precision, self.device, part="training",
+                                        key=self._speed_key(inputs.start, "training"),
+                                        measure=self._training_step_timer(inputs))
+            self.training_choices[inputs.start] = choice
+            self.summary.precision["training"], self.summary.precision["training_reason"] = choice.name, choice.reason
+            self._say(f"training in {choice.name}: {choice.reason}")
+            if choice.name == "fp16" and self.scaler is None:
+                self.scaler = choice.scaler(self.device)
+        return self.training_choices[inputs.start]
+
+    def _training_step_timer(self, inputs: "EpochInputs") -> Callable[[str], float]:
+        """Seconds of one forward and backward pass of the first training images in a precision.
+        It leaves no trace: the random state, BatchNorm's running statistics and the gradients are
+        as they were, and no optimiser step is taken."""
+        n = min(_SAMPLE, self.config.batch_size, len(self.data.train.labels))
+        idx = torch.arange(n)
+        labels = self.data.train.labels[idx].to(self.device)
+
+        def measure(name: str) -> float:
+            buffers = {k: v.clone() for k, v in self.model.named_buffers()}
+            with torch.random.fork_rng(devices=[]):
+                self.model.train()
+                x = inputs.prep(inputs.train[idx], train=True)
+                began = time.perf_counter()
+                with Choice(name, "").autocast(self.device.type):
+                    loss = self.objective(self.model.forward_from(x, inputs.start), Batch(x, labels, idx)).loss
+                loss.backward()
+                seconds = time.perf_counter() - began
+            self.model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for k, v in self.model.named_buffers():
+                    v.copy_(buffers[k])
+            return seconds
+        return measure
 
     def _step_reporter(self, epoch: int, started: float, images_before: int):
         c, total_steps = self.config, self.config.epochs * self.steps
@@ -501,7 +595,7 @@ class _Trainer:
         if cached is not None:
             images, start, prep = cached, boundary, FeaturePrep(self.device)
         return evaluate(self.model, images, split.labels, prep=prep, start=start,
-                        batch_size=2 * self.config.batch_size, amp=self.amp)
+                        batch_size=2 * self.config.batch_size, precision=self.precision)
 
     def _finish(self, reason: str, message: str) -> dict:
         self.summary.stopped_reason = reason

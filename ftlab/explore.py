@@ -477,9 +477,48 @@ def runs_table(records: list, running: set[str] = frozenset()) -> list[dict]:
                      "total params": _number(s.get("total_params")),
                      "best val accuracy": _number(s.get("best_val_accuracy")),
                      "test accuracy": _number(s.get("test_accuracy")), "epochs": _number(s.get("epochs_run")),
-                     "train seconds": _number(s.get("train_seconds")), "status": status,
+                     "train seconds": _number(s.get("train_seconds")), "precision": precision_text(s),
+                     "status": status,
                      "message": r.message})
     return rows
+
+
+def precision_text(summary: dict) -> str:
+    """The number formats a run computed in, short: "bf16", or "train fp32, cache bf16" where
+    the two parts differ; "" for a run from before --precision (or one that never got that far).
+
+    >>> precision_text({"precision": {"training": "fp32", "caching": "bf16"}})
+    'train fp32, cache bf16'
+    >>> precision_text({"precision": {"training": "bf16"}}), precision_text({})
+    ('bf16', '')
+    """
+    p = summary.get("precision")
+    p = p if isinstance(p, dict) else {}
+    train, caching = (p.get(k) if isinstance(p.get(k), str) else "" for k in ("training", "caching"))
+    if not caching or caching == train:
+        return printable(train)
+    return printable(f"train {train or '?'}, cache {caching}")
+
+
+def machine_text() -> str:
+    """This machine's number formats as torch reports them, for the Train page's precision control."""
+    from ftlab import precision
+
+    return (f"This machine: {precision.describe_machine()} Precision auto takes bf16 where it measures faster, "
+            "else fp32; the run's record says which it used and why.")
+
+
+def run_notes(summary: dict) -> list[str]:
+    """What a run's record says of how it computed, a sentence each: the precision of each part
+    and why, what the feature cache did, and how the frozen prefix ran with its check."""
+    p = summary.get("precision")
+    p = p if isinstance(p, dict) else {}
+    notes = [f"{what} in {p[part]}: {p.get(part + '_reason', '')}" for part, what in
+             (("training", "Trained"), ("caching", "Cached features computed")) if isinstance(p.get(part), str)]
+    for key, what in (("feature_cache", "Feature cache"), ("prefix", "Frozen prefix")):
+        if isinstance(summary.get(key), str) and summary[key]:
+            notes.append(f"{what}: {summary[key]}")
+    return [printable(n) for n in notes]
 
 
 def _number(value) -> float | int | None:

@@ -2,7 +2,7 @@
 is the JSON contract (`python -m ftlab train --json`, the run store, the events)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -27,6 +27,10 @@ class RunSummary:
     image_size: int | None = None
     feature_cache: str | None = None  # what the feature cache did, in words
     cache_seconds: float = 0.0  # computing cached features, reported apart from training
+    # the number format of each part and why: {"training": "bf16", "training_reason": "auto: ...",
+    # "caching": ..., "caching_reason": ...} (no caching keys where nothing was cached)
+    precision: dict = field(default_factory=dict)
+    prefix: str | None = None  # how the frozen prefix ran for the cache, and its check against eager fp32
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,8 +7,10 @@ from ftlab.transforms import FeaturePrep, Preprocess, Preprocessing
 from ftlab.config import TrainConfig
 from ftlab.runs import RunStore
 
+# fp32: the equivalence of cached and uncached runs is exact up to rounding there (issue 13); `auto`
+# may train in bf16 on a CPU that has it, whose rounding is the subject of tests/test_precision.py
 FAST = dict(dataset="digits", backbone="small_cnn", weights="random", image_size=16, batch_size=64, epochs=2,
-            lr=3e-3)
+            lr=3e-3, precision="fp32")
 
 
 @pytest.fixture(autouse=True)
