@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_export(sub) -> None:
-    from ftlab import export
+    from ftlab import export_formats as export  # its names and words: ftlab.export itself imports torch
 
     ex = sub.add_parser("export", help="write a run's best model as a TorchScript or ONNX file, checked against ftlab",
                         description="The file takes RGB uint8 images (N, 3, H, W) and returns class probabilities "
@@ -242,14 +242,13 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _backbones(args: argparse.Namespace) -> int:
-    from ftlab import backbones
+    from ftlab import catalogue  # the facts `ftlab.backbones` registers, without torch
 
     rows = []
-    for name in backbones.list_backbones():
-        spec = backbones.get_spec(name)
-        rows.append({"name": name, "description": spec.description, "default_size": spec.default_size,
-                     "imagenet": spec.has_imagenet, "imagenet_offline": backbones.weights_available_offline(name),
-                     "imagenet_weights": backbones.weights_status(name)})
+    for spec in catalogue.CATALOGUE:
+        rows.append({"name": spec.name, "description": spec.description, "default_size": spec.default_size,
+                     "imagenet": spec.has_imagenet, "imagenet_offline": catalogue.weights_here(spec),
+                     "imagenet_weights": catalogue.weights_words(spec)})
     if args.json:
         print(json.dumps(rows))
     else:

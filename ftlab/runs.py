@@ -26,10 +26,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ftlab import checkpoints, paths
-from ftlab.checkpoints import CheckpointError
+from ftlab import paths
+from ftlab.errors import CheckpointError  # not ftlab.checkpoints: listing runs needs no torch
 from ftlab.messages import printable
 from ftlab.paths import StoreError  # noqa: F401  (raised here; callers import it from ftlab.runs)
 
@@ -488,6 +486,8 @@ class RunStore:
             if target.exists() and not target.is_file():
                 raise StoreError(f"{target} is a folder, not a checkpoint file: move it away and train again")
             target.parent.mkdir(parents=True, exist_ok=True)
+            import torch
+
             with open(tmp, "wb") as fh:
                 torch.save(checkpoint, fh)
                 fh.flush()
@@ -525,4 +525,6 @@ class RunStore:
             raise CheckpointError(f"{path} is not a regular file (a pipe, socket or device), not a checkpoint")
         if not path.exists():
             raise CheckpointError(f"run {run_id} has no checkpoint (it may have stopped before its first epoch)")
+        from ftlab import checkpoints
+
         return checkpoints.load_file(path)
