@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -96,8 +97,15 @@ def _default_and_range(f: dataclasses.Field, kind: type) -> str:
     return f" ({'; '.join(shown)})" if shown else ""
 
 
+def _prog() -> str:
+    """The command as the user typed it, for usage lines: ``ftlab`` (the installed console script,
+    `pyproject.toml`) or ``python -m ftlab``."""
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "ftlab" if called.removesuffix(".exe") == "ftlab" else "python -m ftlab"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ftlab", description="ftlab, the Fine-Tuning Lab")
+    p = argparse.ArgumentParser(prog=_prog(), description="ftlab, the Fine-Tuning Lab")
     sub = p.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="fine-tune a backbone on a data set")
     _add_config_options(train)
