@@ -480,14 +480,14 @@ class RunStore:
     def save_checkpoint(self, run_id: str, checkpoint: dict) -> Path:
         """Write atomically: a temporary file, flushed to disk, renamed over the old one. A write
         that fails (a full disk) leaves the previous checkpoint and no temporary file."""
+        import torch  # here, not at the top: listing runs needs no torch
+
         target = self.checkpoint_path(run_id)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             if target.exists() and not target.is_file():
                 raise StoreError(f"{target} is a folder, not a checkpoint file: move it away and train again")
             target.parent.mkdir(parents=True, exist_ok=True)
-            import torch
-
             with open(tmp, "wb") as fh:
                 torch.save(checkpoint, fh)
                 fh.flush()
