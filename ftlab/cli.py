@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -96,8 +97,15 @@ def _default_and_range(f: dataclasses.Field, kind: type) -> str:
     return f" ({'; '.join(shown)})" if shown else ""
 
 
+def _prog() -> str:
+    """The command as the user typed it, for usage lines: ``ftlab`` (the installed console script,
+    `pyproject.toml`) or ``python -m ftlab``."""
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "ftlab" if called.removesuffix(".exe") == "ftlab" else "python -m ftlab"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ftlab", description="ftlab, the Fine-Tuning Lab")
+    p = argparse.ArgumentParser(prog=_prog(), description="ftlab, the Fine-Tuning Lab")
     sub = p.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="fine-tune a backbone on a data set")
     _add_config_options(train)
@@ -128,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_export(sub) -> None:
-    from ftlab import export
+    from ftlab import export_formats as export  # its names and words: ftlab.export itself imports torch
 
     ex = sub.add_parser("export", help="write a run's best model as a TorchScript or ONNX file, checked against ftlab",
                         description="The file takes RGB uint8 images (N, 3, H, W) and returns class probabilities "
@@ -242,14 +250,13 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _backbones(args: argparse.Namespace) -> int:
-    from ftlab import backbones
+    from ftlab import catalogue  # the facts `ftlab.backbones` registers, without torch
 
     rows = []
-    for name in backbones.list_backbones():
-        spec = backbones.get_spec(name)
-        rows.append({"name": name, "description": spec.description, "default_size": spec.default_size,
-                     "imagenet": spec.has_imagenet, "imagenet_offline": backbones.weights_available_offline(name),
-                     "imagenet_weights": backbones.weights_status(name)})
+    for spec in catalogue.CATALOGUE:
+        rows.append({"name": spec.name, "description": spec.description, "default_size": spec.default_size,
+                     "imagenet": spec.has_imagenet, "imagenet_offline": catalogue.weights_here(spec),
+                     "imagenet_weights": catalogue.weights_words(spec)})
     if args.json:
         print(json.dumps(rows))
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlab import paths
-from ftlab.edits import ACTIVATIONS, ModelEdits
+from ftlab.edit_options import ACTIVATIONS, ModelEdits
 from ftlab.messages import some
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

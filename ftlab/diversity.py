@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import entropy as _scipy_entropy
 
 # Past this max/min ratio an unweighted loss mostly learns the big classes.
 IMBALANCE_WARN_RATIO = 3.0
@@ -49,9 +48,11 @@ def entropy(counts: Sequence[int], base: float = math.e) -> float:
     >>> entropy([7, 0])
     0.0
     """
+    from scipy.stats import entropy as scipy_entropy  # 1 s to import: not for a command that lists names
+
     if sum(counts) == 0:
         return 0.0
-    return float(_scipy_entropy(np.asarray(counts, dtype=float), base=base))
+    return float(scipy_entropy(np.asarray(counts, dtype=float), base=base))
 
 
 def distribution(counts: Sequence[int]) -> Distribution:

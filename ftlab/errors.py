@@ -15,3 +15,8 @@ class StopRequested(Exception):
 
 class NonFiniteLoss(Exception):
     """The loss became NaN or infinite."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason (here, not in `ftlab.checkpoints`, so that
+    the run store imports no torch until it reads or writes one)."""

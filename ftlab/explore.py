@@ -11,9 +11,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ftlab import backbones, data, diversity, edits, freeze
+from ftlab import data, diversity, freeze
+from ftlab.catalogue import Weights
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr
-from ftlab.edits import ModelEdits
+from ftlab.edit_options import ModelEdits, is_new_block  # not ftlab.edits: it imports torch
 from ftlab.messages import printable
 from ftlab.metrics import most_confused
 
@@ -185,7 +186,7 @@ def run_label(config: TrainConfig | dict) -> str:
         if value == default[name] or value is None:
             continue
         if name == "weights":
-            options.append(backbones.Weights.parse(str(value)).describe())
+            options.append(Weights.parse(str(value)).describe())
         elif name == "image_size":
             options.append(f"{value} px")
         elif name == "imbalance_ratio":
@@ -272,7 +273,7 @@ class BlockTable:
         or an adapter) frozen — they start untrained and always train; a removed block ticked."""
         removed = {r.block for r in self.rows if r.note == "removed"}
         frozen = frozenset(b for b, t in zip(blocks, train) if not t and b not in removed)
-        if any(edits.is_new_block(b) for b in frozen) or any(t and b in removed for b, t in zip(blocks, train)):
+        if any(is_new_block(b) for b in frozen) or any(t and b in removed for b, t in zip(blocks, train)):
             return frozen, ("The new head always trains: it starts from random weights. So do adapters (they start "
                             "as the identity), and removed blocks are not in the model.")
         return frozen, ""
@@ -307,6 +308,8 @@ def block_table(config: TrainConfig, num_classes: int) -> BlockTable:
 
 def _edit_notes(config: TrainConfig, num_classes: int) -> dict[str, str]:
     """What the edits added ("added": adapters). The head is new in every model, so it has no note."""
+    from ftlab import edits
+
     e = config.edits()
     if not e.adapter_after:
         return {}
@@ -316,6 +319,8 @@ def _edit_notes(config: TrainConfig, num_classes: int) -> dict[str, str]:
 
 def _with_removed(rows: list[BlockRow], config: TrainConfig, num_classes: int) -> list[BlockRow]:
     """``rows`` with the blocks a truncation removed (what they held), before the pool and head."""
+    from ftlab import edits
+
     e = config.edits()
     if not e.truncate_after:
         return rows

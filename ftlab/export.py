@@ -34,13 +34,11 @@ from torch import nn
 
 from ftlab import checkpoints, data
 from ftlab.checkpoints import CheckpointError
+from ftlab.export_formats import (  # noqa: F401  (the names and words, re-exported)
+    FILE_SUFFIXES, FORMAT_HELP, FORMATS, QUANTIZATIONS, QUANTIZE_HELP, SUFFIX)
 from ftlab.runs import RunStore
 from ftlab.transforms import Preprocess, Preprocessing
 
-FORMATS = ("torchscript", "onnx")
-QUANTIZATIONS = ("none", "int8")
-SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
-FILE_SUFFIXES = (".pt", ".pth", ".onnx")  # an --out ending so names a model file, not a folder
 TOLERANCE = 1e-4  # max |Δ probability| allowed for an fp32 export on images at the model's size
 INT8_POINTS = 0.01  # an int8 export may lose at most this much validation accuracy
 # Max |Δ probability| for raw photos resized inside the model, against ftlab's PIL decoding of the
@@ -51,16 +49,7 @@ INT8_POINTS = 0.01  # an int8 export may lose at most this much validation accur
 RAW_TOLERANCE = 0.05
 INPUT_LAYOUT = "RGB uint8 NCHW"
 OPSET = 17
-FORMAT_HELP = ("A file that takes RGB uint8 images (N, 3, H, W) and returns class probabilities, with normalisation, "
-               "resize and crop inside; it needs only torch (TorchScript) or onnxruntime (ONNX). labels.json beside "
-               "it names the classes and the preprocessing.")
 WORKING = "Exporting, then checking the file against ftlab's predictions on the run's validation images…"
-QUANTIZE_HELP = {
-    "torchscript": "int8 quantizes the Linear layers (the head, and any Linear in the backbone) dynamically, "
-                   "with torch.ao.quantization.quantize_dynamic; convolutions stay float32",
-    "onnx": "int8 quantizes the MatMul and Gemm nodes (the Linear layers) dynamically, with "
-            "onnxruntime.quantization.quantize_dynamic; convolutions stay float32",
-}
 
 
 class ExportError(ValueError):

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from torch import nn
-
-from ftlab.edits import ADAPTER_PREFIX, is_new_block
+from ftlab.edit_options import ADAPTER_PREFIX, is_new_block
 from ftlab.messages import some
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # plans and strategies need no torch: a run's label is made without it
+    from torch import nn
+
     from ftlab.backbones import BlockModel
 
 STRATEGIES = ("linear-probe", "top-N", "full", "gradual")

@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 def classification_figures(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict:
@@ -14,6 +13,8 @@ def classification_figures(y_true: Sequence[int], y_pred: Sequence[int], num_cla
     >>> f["confusion"], f["recall"], [round(p, 3) for p in f["precision"]]
     ([[1, 1], [0, 2]], [0.5, 1.0], [1.0, 0.667])
     """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # 1.5 s: only when used
+
     labels = list(range(num_classes))
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     p, r, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)

@@ -26,10 +26,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ftlab import checkpoints, paths
-from ftlab.checkpoints import CheckpointError
+from ftlab import paths
+from ftlab.errors import CheckpointError  # not ftlab.checkpoints: listing runs needs no torch
 from ftlab.messages import printable
 from ftlab.paths import StoreError  # noqa: F401  (raised here; callers import it from ftlab.runs)
 
@@ -482,6 +480,8 @@ class RunStore:
     def save_checkpoint(self, run_id: str, checkpoint: dict) -> Path:
         """Write atomically: a temporary file, flushed to disk, renamed over the old one. A write
         that fails (a full disk) leaves the previous checkpoint and no temporary file."""
+        import torch  # here, not at the top: listing runs needs no torch
+
         target = self.checkpoint_path(run_id)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
@@ -525,4 +525,6 @@ class RunStore:
             raise CheckpointError(f"{path} is not a regular file (a pipe, socket or device), not a checkpoint")
         if not path.exists():
             raise CheckpointError(f"run {run_id} has no checkpoint (it may have stopped before its first epoch)")
+        from ftlab import checkpoints
+
         return checkpoints.load_file(path)

@@ -251,7 +251,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(home, monkeypatch, where):
     rid = new_run_id()
     store.save_checkpoint(rid, _checkpoint(epoch=1))
     if where == "torch.save":
-        monkeypatch.setattr(runs.torch, "save", _fake_torch_save_that_fills_the_disk)
+        monkeypatch.setattr(torch, "save", _fake_torch_save_that_fills_the_disk)
     else:
         def replace(*a):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -277,7 +277,7 @@ def test_a_full_disk_fails_the_run_cleanly_even_when_the_failure_cannot_be_recor
         runs.RunStore.release(a[0])
         raise store._fault(sqlite3.OperationalError("database or disk is full"), True)
 
-    monkeypatch.setattr(runs.torch, "save", save)
+    monkeypatch.setattr(torch, "save", save)
     monkeypatch.setattr(store, "finish", finish)
     summary = run(TrainConfig(**TINY), store=store, emit=seen.append)
     failed = [e for e in seen if isinstance(e, events.RunFailed)]
