@@ -125,19 +125,25 @@ def eager(prefix: nn.Module, precision: str = "fp32") -> Callable[[torch.Tensor]
     return fn
 
 
+class UntraceableError(RuntimeError):
+    """A module whose trace would be right only for the sample it was traced on."""
+
+
 def frozen_script(prefix: nn.Module, sample: torch.Tensor, precision: str = "fp32", *,
                   optimize: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """The prefix traced on ``sample`` (autocast traced in for bf16/fp16), frozen (conv+BN and
     constants folded into new tensors) and, with ``optimize``, optimised for inference."""
-    with torch.no_grad(), evaluating(prefix), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notices: the fallback covers its removal
-        # a tensor turned into a Python bool or number (data-dependent control flow) is traced as
-        # a constant, right only for the sample: refuse it (no registered backbone does this)
-        warnings.simplefilter("error", torch.jit.TracerWarning)
+    with torch.no_grad(), evaluating(prefix), warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")  # TorchScript's deprecation notices are dropped below
         with _autocast(sample.device.type, precision):
             # the batch size is not baked in (checked on another size); the image size may be,
             # by shape arithmetic such as timm's "same" padding, so fn is only used at that size
             traced = torch.jit.trace(prefix, _channels_last(sample), check_trace=False)
+        # a tensor turned into a Python bool or number (data-dependent control flow) is traced
+        # as a constant, right only for the sample: refuse it (no registered backbone does this)
+        refused = [w for w in said if issubclass(w.category, torch.jit.TracerWarning)]
+        if refused:
+            raise UntraceableError(f"TracerWarning: {refused[0].message}")
         graph = torch.jit.freeze(traced.eval())
         if optimize:
             graph = torch.jit.optimize_for_inference(graph)
