@@ -6,7 +6,8 @@
 The prefix is every block but the head, in eval mode, under ``torch.inference_mode()``, on
 real images (ants/bees, decoded as the backbone's weights were evaluated) where the shared
 data are here, else on random ones. For each path: the build (trace, freeze, optimise), the
-first call (oneDNN's warm-up), the steady images/s (median of ``--repeats`` batches) and the
+first call (oneDNN's warm-up), the steady images/s (median of ``--repeats`` batches, the paths
+taken in turn so that a load that drifts slows them alike) and the
 error of the features and of the logits (the head applied to them) relative to the output's
 scale, max |x - eager| / max |eager| (`ftlab.fastpath.relative_error`). The row marked ``*``
 is the one `ftlab.fastpath.accelerate` builds for that precision.
@@ -96,25 +97,33 @@ def paths(precision: str) -> dict[str, Builder]:
     return out
 
 
-def measure(build: Builder, prefix: nn.Module, head: nn.Module, x: torch.Tensor, reference: torch.Tensor,
-            logits: torch.Tensor, repeats: int) -> dict:
+def build(make: Builder, prefix: nn.Module, x: torch.Tensor, reference: torch.Tensor, head: nn.Module,
+          logits: torch.Tensor) -> dict:
+    """Build one path and call it once: build and first-call seconds, and its errors."""
     began = time.perf_counter()
     try:
-        fn = build(prefix, x[:2])
+        fn = make(prefix, x[:2])
     except Exception as err:
         return {"error": fastpath._why(err)[:70]}
     built = time.perf_counter() - began
     began = time.perf_counter()
     out = fn(x)
-    first = time.perf_counter() - began
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - began)
-    return {"build": built, "first": first, "ips": len(x) / statistics.median(times),
+    return {"fn": fn, "build": built, "first": time.perf_counter() - began,
             "feat": fastpath.relative_error(out, reference)[1],
             "logits": fastpath.relative_error(head(out.float()), logits)[1]}
+
+
+def time_round_robin(rows: dict[str, dict], x: torch.Tensor, repeats: int) -> None:
+    """Each path once per round, ``repeats`` rounds: a machine whose load drifts (2 shared cores)
+    slows every path alike. Adds each one's median images/s."""
+    times: dict[str, list[float]] = {k: [] for k, r in rows.items() if "fn" in r}
+    for _ in range(repeats):
+        for label in times:
+            began = time.perf_counter()
+            rows[label]["fn"](x)
+            times[label].append(time.perf_counter() - began)
+    for label, t in times.items():
+        rows[label]["ips"] = len(x) / statistics.median(t)
 
 
 def main() -> None:
@@ -139,17 +148,18 @@ def main() -> None:
         with torch.inference_mode():
             reference = fastpath.eager(prefix)(x)
             logits = head(reference)
-            base = None
-            for precision in a.precisions:
-                for label, build in paths(precision).items():
-                    r = measure(build, prefix, head, x, reference, logits, a.repeats)
-                    if "error" in r:
-                        print(f"| {name} ({weights}) | {precision} | {label} | failed: {r['error']} | | | | | |")
-                        continue
-                    base = base or r["ips"]
-                    print(f"| {name} ({weights}) | {precision} | {label} | {r['build']:.2f} | {r['first']:.2f} | "
-                          f"{r['ips']:.1f} | {r['ips'] / base:.2f}x | {r['feat']:.1e} | {r['logits']:.1e} |",
-                          flush=True)
+            rows = {(p, label): build(make, prefix, x, reference, head, logits)
+                    for p in a.precisions for label, make in paths(p).items()}
+            time_round_robin(rows, x, a.repeats)
+            base = next((r["ips"] for r in rows.values() if "ips" in r), 1.0)
+            for (precision, label), r in rows.items():
+                if "error" in r:
+                    print(f"| {name} ({weights}) | {precision} | {label} | failed: {r['error']} | | | | | |")
+                    continue
+                print(f"| {name} ({weights}) | {precision} | {label} | {r['build']:.2f} | {r['first']:.2f} | "
+                      f"{r['ips']:.1f} | {r['ips'] / base:.2f}x | {r['feat']:.1e} | {r['logits']:.1e} |",
+                      flush=True)
+            del rows
             began = time.perf_counter()
             for precision in a.precisions:
                 began = time.perf_counter()

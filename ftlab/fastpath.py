@@ -66,10 +66,12 @@ class Accelerated:
     check: Check
     precision: str  # what ``fn`` computes in: fp32, bf16 or fp16
     build_seconds: float  # trace, freeze, optimise, first call and the check, all together
-    fallback: str = ""  # why the fast path is not used ("" when it is)
+    fallback: str = ""  # why the frozen graph is not used ("" when it is)
 
     @property
     def fast(self) -> bool:
+        """Whether ``fn`` runs the frozen graph (it holds its own folded copy of the prefix's
+        weights: drop this object when the caching pass is done)."""
         return not self.fallback
 
     def note(self) -> str:
@@ -165,6 +167,12 @@ def _why(err: Exception) -> str:
     return f"{type(err).__name__}: {text[:160]}" if text else type(err).__name__
 
 
+def _synchronize(device: torch.device) -> None:
+    # CUDA runs kernels asynchronously: without this a timing is only the launches'
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @dataclass(frozen=True)
 class _Tried:
     fn: Callable[[torch.Tensor], torch.Tensor]
@@ -179,6 +187,7 @@ def _try(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, refere
         err, rel = relative_error(fn(batch), reference)
         began = time.perf_counter()
         fn(batch)
+        _synchronize(batch.device)
         seconds = time.perf_counter() - began
     return _Tried(fn, Check(err, rel, tolerance, len(batch)), len(batch) / max(seconds, 1e-9))
 
