@@ -57,8 +57,7 @@ def fx_fused(prefix: nn.Module, sample: torch.Tensor, precision: str) -> Callabl
 
 
 def cast(prefix: nn.Module, sample: torch.Tensor, precision: str, script: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A copy with its weights cast to the low precision (BN folded first in fp32 by TorchScript
-    would need the frozen graph cast; here the copy is cast, then traced)."""
+    """A copy with its weights cast to the low precision (BatchNorm too), then run or traced."""
     dtype = fastpath._DTYPES[precision]
     low = copy.deepcopy(prefix).eval().to(dtype)
     run = fastpath.frozen_script(low, sample.to(dtype)) if script else fastpath.eager(low)
@@ -86,14 +85,14 @@ def paths(precision: str) -> dict[str, Builder]:
     low = precision != "fp32"
     out: dict[str, Builder] = {
         f"eager{', autocast' if low else ''}": lambda p, s: fastpath.eager(p, precision),
-        "jit.freeze": lambda p, s: fastpath.frozen_script(p, s, precision, optimize=False),
-        "jit.freeze + optimize_for_inference *": lambda p, s: fastpath.frozen_script(p, s, precision),
+        "jit.freeze *": lambda p, s: fastpath.frozen_script(p, s, precision),
+        "jit.freeze + optimize_for_inference": lambda p, s: fastpath.frozen_script(p, s, precision, optimize=True),
         "fx fuse": lambda p, s: fx_fused(p, s, precision),
         "oneDNN graph (jit.freeze)": lambda p, s: onednn(p, s, precision),
     }
     if low:
         out["eager, weights cast"] = lambda p, s: cast(p, s, precision, False)
-        out["jit.freeze + optimize, weights cast"] = lambda p, s: cast(p, s, precision, True)
+        out["jit.freeze, weights cast"] = lambda p, s: cast(p, s, precision, True)
     return out
 
 

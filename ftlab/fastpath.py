@@ -62,10 +62,10 @@ class Accelerated:
     """A frozen prefix as a function of a batch, how it runs and how it compared with eager."""
 
     fn: Callable[[torch.Tensor], torch.Tensor]  # batch -> features, float32 or the compute dtype
-    how: str  # e.g. "TorchScript, conv+BN folded (torch.jit.freeze + optimize_for_inference), channels-last"
+    how: str  # e.g. "TorchScript, conv+BN folded (torch.jit.freeze), channels-last, bf16 autocast"
     check: Check
     precision: str  # what ``fn`` computes in: fp32, bf16 or fp16
-    build_seconds: float  # trace, freeze, optimise, first call and the check, all together
+    build_seconds: float  # the eager reference, trace, freeze, first call and the check, all together
     fallback: str = ""  # why the frozen graph is not used ("" when it is)
 
     @property
@@ -74,11 +74,26 @@ class Accelerated:
         weights: drop this object when the caching pass is done)."""
         return not self.fallback
 
+    def as_module(self) -> nn.Module:
+        """``fn`` as a module without parameters, for code that takes the prefix as a module
+        (`ftlab.cache.compute`: its ``eval()`` and channels-last ``to()`` change nothing here;
+        pass ``amp=False``, ``fn`` autocasts itself)."""
+        return _Function(self.fn)
+
     def note(self) -> str:
         """One sentence for the run's notes."""
         why = f" ({self.fallback})" if self.fallback else ""
         return (f"the frozen prefix ran as {self.how}{why}; its output matched the eager fp32 prefix "
                 f"within {self.check.describe()}; built and checked in {self.build_seconds:.1f} s")
+
+
+class _Function(nn.Module):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -132,9 +147,11 @@ class UntraceableError(RuntimeError):
 
 
 def frozen_script(prefix: nn.Module, sample: torch.Tensor, precision: str = "fp32", *,
-                  optimize: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The prefix traced on ``sample`` (autocast traced in for bf16/fp16), frozen (conv+BN and
-    constants folded into new tensors) and, with ``optimize``, optimised for inference."""
+                  optimize: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The prefix traced on ``sample`` (autocast traced in for bf16/fp16) and frozen (conv+BN and
+    constants folded into new tensors of its own). ``optimize`` adds ``optimize_for_inference``
+    (oneDNN weight prepacking on a CPU): it measured slower for Lite0 (1.0x eager fp32 against
+    1.5x for the frozen graph alone), faster for ResNet-18 (1.4x against 1.2x), so it is off."""
     with torch.no_grad(), evaluating(prefix), warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")  # TorchScript's deprecation notices are dropped below
         with _autocast(sample.device.type, precision):
@@ -157,7 +174,7 @@ def frozen_script(prefix: nn.Module, sample: torch.Tensor, precision: str = "fp3
 
 
 def _what(precision: str, script: bool) -> str:
-    runs = ("TorchScript, conv+BN folded (torch.jit.freeze + optimize_for_inference), channels-last"
+    runs = ("TorchScript, conv+BN folded (torch.jit.freeze), channels-last"
             if script else "the eager prefix, channels-last")
     return runs + {"fp32": "", "bf16": ", bf16 autocast", "fp16": ", fp16 autocast"}[precision]
 
@@ -167,29 +184,10 @@ def _why(err: Exception) -> str:
     return f"{type(err).__name__}: {text[:160]}" if text else type(err).__name__
 
 
-def _synchronize(device: torch.device) -> None:
-    # CUDA runs kernels asynchronously: without this a timing is only the launches'
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@dataclass(frozen=True)
-class _Tried:
-    fn: Callable[[torch.Tensor], torch.Tensor]
-    check: Check
-    images_per_second: float
-
-
-def _try(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, reference: torch.Tensor,
-         tolerance: float) -> _Tried:
-    """``fn``'s error on ``batch`` (its first call: oneDNN's warm-up) and its speed on a second call."""
+def _check(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, reference: torch.Tensor,
+           tolerance: float) -> Check:
     with torch.no_grad():
-        err, rel = relative_error(fn(batch), reference)
-        began = time.perf_counter()
-        fn(batch)
-        _synchronize(batch.device)
-        seconds = time.perf_counter() - began
-    return _Tried(fn, Check(err, rel, tolerance, len(batch)), len(batch) / max(seconds, 1e-9))
+        return Check(*relative_error(fn(batch), reference), tolerance, len(batch))
 
 
 def accelerate(prefix: nn.Module, sample: torch.Tensor, *, precision: str = "fp32",
@@ -198,49 +196,40 @@ def accelerate(prefix: nn.Module, sample: torch.Tensor, *, precision: str = "fp3
 
     ``sample`` is one preprocessed batch (float, NCHW, on the target device); the function
     takes any batch size at its image size (at another it runs the eager prefix). ``precision``
-    is what it computes in (bf16/fp16 by autocast). Two candidates, the frozen TorchScript graph
-    and the eager prefix, each run twice on the first ``check_images`` images of ``sample``: the
-    first output is checked against the eager fp32 prefix (error relative to the output's scale,
-    `relative_error`, within ``tolerance``, default `TOLERANCE`), the second call is timed, and
-    the faster one that passes is kept (which is faster depends on the model and the machine:
-    Lite0's depthwise convolutions gain little from bf16 in the frozen graph). When the graph
-    cannot be built or neither passes, the result is the eager prefix (in ``precision`` if that
-    passes the check, else fp32) with the reason in ``fallback`` and the note; this never raises
-    for that. ``prefix`` is left as it was: parameters, buffers, training flags, requires_grad.
+    is what it computes in (bf16/fp16 by autocast). The frozen TorchScript graph (`frozen_script`)
+    is traced on two images of ``sample`` and its output on the first ``check_images`` is checked
+    against the eager fp32 prefix: error relative to the output's scale (`relative_error`) within
+    ``tolerance`` (default `TOLERANCE`). When the graph cannot be built or fails the check, the
+    result is the eager prefix (in ``precision`` if that passes the check, else fp32) with the
+    reason in ``fallback`` and the note; this never raises for that. ``prefix`` is left as it
+    was: parameters, buffers, training flags, requires_grad.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     tolerance = TOLERANCE[precision] if tolerance is None else tolerance
     began = time.perf_counter()
     batch = sample[:max(1, check_images)]
-    reference = eager(prefix)(batch)  # also the eager path's warm-up
-    tried, why = {}, ""
+    reference = eager(prefix)(batch)
     try:
         # traced on two images, checked on more: a batch size baked into the graph would show
-        script = _same_size(frozen_script(prefix, sample[:2], precision), eager(prefix, precision), sample)
-        tried[True] = _try(script, batch, reference, tolerance)
-        if not tried[True].check.passed:
-            why = f"the frozen graph's output was off by {tried[True].check.max_rel:.1e} of the output's scale"
+        fn = _same_size(frozen_script(prefix, sample[:2], precision), eager(prefix, precision), sample)
+        check = _check(fn, batch, reference, tolerance)
+        if check.passed:
+            return Accelerated(fn, _what(precision, True), check, precision, time.perf_counter() - began)
+        why = f"the frozen graph's output was off by {check.max_rel:.1e} of the output's scale"
     except Exception as err:  # tracing or freezing a custom module can fail in many ways: run it eager
         why = f"the frozen graph could not be built: {_why(err)}"
-    try:
-        tried[False] = _try(eager(prefix, precision), batch, reference, tolerance)
-    except Exception as err:  # an op without a kernel in this precision on this device
-        why += f"; eager {precision} failed: {_why(err)}"
-    passed = {script: t for script, t in tried.items() if t.check.passed}
-    if passed:
-        script = max(passed, key=lambda s: passed[s].images_per_second)
-        if not script and not why:
-            why = (f"the eager prefix measured faster: {passed[False].images_per_second:.3g} against "
-                   f"{passed[True].images_per_second:.3g} images/s on the check's batch")
-        best = passed[script]
-        return Accelerated(best.fn, _what(precision, script), best.check, precision, time.perf_counter() - began,
-                           fallback=why)
-    if False in tried:
-        why += f"; eager {precision} was off by {tried[False].check.max_rel:.1e} of the output's scale"
-    why += "; so fp32"
+    if precision != "fp32":
+        try:
+            fn = eager(prefix, precision)
+            check = _check(fn, batch, reference, tolerance)
+            if check.passed:
+                return Accelerated(fn, _what(precision, False), check, precision, time.perf_counter() - began, why)
+            why += f"; eager {precision} was off by {check.max_rel:.1e} of the output's scale, so fp32"
+        except Exception as err:  # an op without a kernel in this precision on this device
+            why += f"; eager {precision} failed ({_why(err)}), so fp32"
     return Accelerated(eager(prefix), _what("fp32", False), Check(0.0, 0.0, TOLERANCE["fp32"], len(batch)),
-                       "fp32", time.perf_counter() - began, fallback=why.lstrip("; "))
+                       "fp32", time.perf_counter() - began, why)
 
 
 def _same_size(fast: Callable[[torch.Tensor], torch.Tensor], slow: Callable[[torch.Tensor], torch.Tensor],

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ftlab import backbones, fastpath
+from ftlab import backbones, cache, fastpath
 from ftlab.freeze import apply_freeze
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,8 @@ def test_the_callers_module_is_left_as_it_was():
         acc.fn(x)
     after = model.state_dict()
     assert after.keys() == state.keys()
-    assert all(torch.equal(after[k], v) and after[k].dtype == v.dtype for k, v in state.items())
+    assert all(after[k].numpy().tobytes() == v.numpy().tobytes() and after[k].dtype == v.dtype
+               for k, v in state.items())  # byte for byte: freezing folded BN into its own copies
     assert {k: v.stride() for k, v in after.items()} == formats
     assert {n: m.training for n, m in model.named_modules()} == flags
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
@@ -191,3 +192,14 @@ def test_the_note_prints_under_a_strict_utf8_stdout():
                          env={"PYTHONIOENCODING": "utf-8:strict", "PATH": "", "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("the frozen prefix ran as ") and "on a batch of 3" in out.stdout
+
+
+def test_the_accelerated_prefix_caches_what_the_eager_prefix_caches():
+    # through ftlab.cache.compute, as the caching pass runs it: batches of 4, the last one of 2
+    prefix = prefix_of("resnet18")
+    images = batch(10, 32, seed=3)
+    acc = fastpath.accelerate(prefix, images[:4])
+    fast = cache.compute(acc.as_module(), images, lambda x: x, batch_size=4, dtype=torch.float32)
+    slow = cache.compute(prefix, images, lambda x: x, batch_size=4, dtype=torch.float32)
+    assert fast.shape == slow.shape == (10, 512)
+    assert max_rel(fast, slow) <= 1e-4
