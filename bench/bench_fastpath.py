@@ -65,30 +65,19 @@ def cast(prefix: nn.Module, sample: torch.Tensor, precision: str, script: bool) 
 
 
 def onednn(prefix: nn.Module, sample: torch.Tensor, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    torch.jit.enable_onednn_fusion(True)
-    try:
-        fn = fastpath.frozen_script(prefix, sample, precision, optimize=False)
-        fn(sample), fn(sample)  # the profiling executor fuses on the third call
-    finally:
-        torch.jit.enable_onednn_fusion(False)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        torch.jit.enable_onednn_fusion(True)
-        try:
-            return fn(x)
-        finally:
-            torch.jit.enable_onednn_fusion(False)
-    return run
+    fn = fastpath.frozen_script(prefix, sample, precision, onednn=True)
+    fn(sample), fn(sample)  # the profiling calls
+    return fn
 
 
 def paths(precision: str) -> dict[str, Builder]:
     low = precision != "fp32"
     out: dict[str, Builder] = {
         f"eager{', autocast' if low else ''}": lambda p, s: fastpath.eager(p, precision),
-        "jit.freeze *": lambda p, s: fastpath.frozen_script(p, s, precision),
+        "jit.freeze": lambda p, s: fastpath.frozen_script(p, s, precision),
         "jit.freeze + optimize_for_inference": lambda p, s: fastpath.frozen_script(p, s, precision, optimize=True),
         "fx fuse": lambda p, s: fx_fused(p, s, precision),
-        "oneDNN graph (jit.freeze)": lambda p, s: onednn(p, s, precision),
+        "jit.freeze + oneDNN graph *": lambda p, s: onednn(p, s, precision),
     }
     if low:
         out["eager, weights cast"] = lambda p, s: cast(p, s, precision, False)

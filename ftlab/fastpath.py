@@ -19,6 +19,7 @@ images, and falls back to the eager prefix, saying why, when the build or the ch
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -66,13 +67,13 @@ class Accelerated:
     check: Check
     precision: str  # what ``fn`` computes in: fp32, bf16 or fp16
     build_seconds: float  # the eager reference, trace, freeze, first call and the check, all together
-    fallback: str = ""  # why the frozen graph is not used ("" when it is)
+    fallback: str = ""  # why a faster path is not used: oneDNN fusion, the frozen graph ("" when both are)
 
     @property
     def fast(self) -> bool:
         """Whether ``fn`` runs the frozen graph (it holds its own folded copy of the prefix's
         weights: drop this object when the caching pass is done)."""
-        return not self.fallback
+        return self.how.startswith("TorchScript")
 
     def as_module(self) -> nn.Module:
         """``fn`` as a module without parameters, for code that takes the prefix as a module
@@ -101,7 +102,7 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     per-element ratio would blow up where a feature is near zero, as after a ReLU).
 
     >>> relative_error(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([1.0, 2.0, 3.0]))
-    (1.0, 0.3333333432674408)
+    (1.0, 0.3333333333333333)
     """
     out, ref = out.detach().float().cpu(), ref.detach().float().cpu()
     if out.shape != ref.shape:
@@ -147,11 +148,13 @@ class UntraceableError(RuntimeError):
 
 
 def frozen_script(prefix: nn.Module, sample: torch.Tensor, precision: str = "fp32", *,
-                  optimize: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+                  optimize: bool = False, onednn: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """The prefix traced on ``sample`` (autocast traced in for bf16/fp16) and frozen (conv+BN and
     constants folded into new tensors of its own). ``optimize`` adds ``optimize_for_inference``
     (oneDNN weight prepacking on a CPU): it measured slower for Lite0 (1.0x eager fp32 against
-    1.5x for the frozen graph alone), faster for ResNet-18 (1.4x against 1.2x), so it is off."""
+    1.5x for the frozen graph alone), faster for ResNet-18 (1.4x against 1.2x), so it is off.
+    ``onednn`` runs the graph with oneDNN graph fusion (CPU only): its first two calls at a batch
+    shape profile the graph, the next ones run fused kernels."""
     with torch.no_grad(), evaluating(prefix), warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")  # TorchScript's deprecation notices are dropped below
         with _autocast(sample.device.type, precision):
@@ -170,12 +173,32 @@ def frozen_script(prefix: nn.Module, sample: torch.Tensor, precision: str = "fp3
     def fn(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return graph(_channels_last(x))
-    return fn
+    return _with_onednn(fn) if onednn else fn
 
 
-def _what(precision: str, script: bool) -> str:
-    runs = ("TorchScript, conv+BN folded (torch.jit.freeze), channels-last"
-            if script else "the eager prefix, channels-last")
+_ONEDNN = threading.Lock()  # the switch is the process's: one fused call at a time, left as found
+
+
+def _with_onednn(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def fused(x: torch.Tensor) -> torch.Tensor:
+        with _ONEDNN:
+            was = torch.jit.onednn_fusion_enabled()
+            torch.jit.enable_onednn_fusion(True)
+            try:
+                return fn(x)
+            finally:
+                torch.jit.enable_onednn_fusion(was)
+    return fused
+
+
+def onednn_available(device: torch.device) -> bool:
+    """Whether oneDNN graph fusion can run the frozen graph on ``device`` (a CPU with oneDNN)."""
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.jit, "enable_onednn_fusion")
+
+
+def _what(precision: str, script: bool, onednn: bool = False) -> str:
+    runs = (f"TorchScript, conv+BN folded (torch.jit.freeze){', oneDNN graph fusion' if onednn else ''}, "
+            "channels-last" if script else "the eager prefix, channels-last")
     return runs + {"fp32": "", "bf16": ", bf16 autocast", "fp16": ", fp16 autocast"}[precision]
 
 
@@ -196,13 +219,14 @@ def accelerate(prefix: nn.Module, sample: torch.Tensor, *, precision: str = "fp3
 
     ``sample`` is one preprocessed batch (float, NCHW, on the target device); the function
     takes any batch size at its image size (at another it runs the eager prefix). ``precision``
-    is what it computes in (bf16/fp16 by autocast). The frozen TorchScript graph (`frozen_script`)
-    is traced on two images of ``sample`` and its output on the first ``check_images`` is checked
-    against the eager fp32 prefix: error relative to the output's scale (`relative_error`) within
-    ``tolerance`` (default `TOLERANCE`). When the graph cannot be built or fails the check, the
-    result is the eager prefix (in ``precision`` if that passes the check, else fp32) with the
-    reason in ``fallback`` and the note; this never raises for that. ``prefix`` is left as it
-    was: parameters, buffers, training flags, requires_grad.
+    is what it computes in (bf16/fp16 by autocast). The frozen TorchScript graph (`frozen_script`),
+    fused by oneDNN graph on a CPU, is traced on two images of ``sample`` and its output on the
+    first ``check_images`` (after its two profiling calls) is checked against the eager fp32
+    prefix: error relative to the output's scale (`relative_error`) within ``tolerance`` (default
+    `TOLERANCE`). When it cannot be built or fails the check, the frozen graph without oneDNN
+    fusion is tried, then the eager prefix (in ``precision`` if that passes the check, else fp32),
+    with the reasons in ``fallback`` and the note; this never raises for that. ``prefix`` is
+    left as it was: parameters, buffers, training flags, requires_grad.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -210,15 +234,23 @@ def accelerate(prefix: nn.Module, sample: torch.Tensor, *, precision: str = "fp3
     began = time.perf_counter()
     batch = sample[:max(1, check_images)]
     reference = eager(prefix)(batch)
-    try:
-        # traced on two images, checked on more: a batch size baked into the graph would show
-        fn = _same_size(frozen_script(prefix, sample[:2], precision), eager(prefix, precision), sample)
-        check = _check(fn, batch, reference, tolerance)
-        if check.passed:
-            return Accelerated(fn, _what(precision, True), check, precision, time.perf_counter() - began)
-        why = f"the frozen graph's output was off by {check.max_rel:.1e} of the output's scale"
-    except Exception as err:  # tracing or freezing a custom module can fail in many ways: run it eager
-        why = f"the frozen graph could not be built: {_why(err)}"
+    why = ""
+    for onednn in (True, False) if onednn_available(sample.device) else (False,):
+        try:
+            # traced on two images, checked on more: a batch size baked into the graph would show
+            fn = _same_size(frozen_script(prefix, sample[:2], precision, onednn=onednn), eager(prefix, precision),
+                            sample)
+            for _ in range(2 if onednn else 0):  # the profiling calls: the check is on the fused graph
+                fn(batch)
+            check = _check(fn, batch, reference, tolerance)
+            if check.passed:
+                return Accelerated(fn, _what(precision, True, onednn), check, precision,
+                                   time.perf_counter() - began, why.lstrip("; "))
+            why += f"; the frozen graph{' fused by oneDNN' if onednn else ''} was off by {check.max_rel:.1e} " \
+                   "of the output's scale"
+        except Exception as err:  # tracing or freezing a custom module can fail in many ways: run it eager
+            why += f"; the frozen graph{' fused by oneDNN' if onednn else ''} could not be built: {_why(err)}"
+    why = why.lstrip("; ")
     if precision != "fp32":
         try:
             fn = eager(prefix, precision)

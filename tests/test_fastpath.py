@@ -203,3 +203,29 @@ def test_the_accelerated_prefix_caches_what_the_eager_prefix_caches():
     slow = cache.compute(prefix, images, lambda x: x, batch_size=4, dtype=torch.float32)
     assert fast.shape == slow.shape == (10, 512)
     assert max_rel(fast, slow) <= 1e-4
+
+
+def test_on_a_cpu_the_graph_is_fused_by_onednn_and_the_switch_is_left_off():
+    prefix = prefix_of("small_cnn")
+    x = batch(4, 32)
+    acc = fastpath.accelerate(prefix, x)
+    assert "oneDNN graph fusion" in acc.how and acc.fast and acc.fallback == ""
+    for n in (4, 3, 1, 3):  # new batch shapes re-profile the graph: every call still right
+        assert max_rel(acc.fn(x[:n]), reference(prefix, x[:n])) <= 1e-4
+    assert not torch.jit.onednn_fusion_enabled()
+
+
+def test_when_onednn_fusion_fails_the_plain_frozen_graph_runs(monkeypatch):
+    prefix = prefix_of("small_cnn")
+    x = batch(4, 32)
+    good = fastpath.frozen_script
+
+    def no_onednn(*args, onednn=False, **kw):
+        if onednn:
+            raise RuntimeError("LLGA unavailable")
+        return good(*args, **kw)
+    monkeypatch.setattr(fastpath, "frozen_script", no_onednn)
+    acc = fastpath.accelerate(prefix, x, precision="bf16")
+    assert acc.fast and "oneDNN" not in acc.how and "torch.jit.freeze" in acc.how
+    assert "fused by oneDNN could not be built: RuntimeError: LLGA unavailable" in acc.note()
+    assert max_rel(acc.fn(x), reference(prefix, x)) <= fastpath.TOLERANCE["bf16"]
