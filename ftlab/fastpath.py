@@ -1,20 +1,22 @@
 """The frozen prefix as the fastest equivalent function.
 
 A cached prefix is frozen and runs in eval mode, so it is a fixed function of its input: its
-BatchNorm layers can be folded into the convolutions before them and the whole graph run
-through TorchScript's inference optimisations (``torch.jit.freeze`` folds conv+BN and
-constants, ``torch.jit.optimize_for_inference`` prepacks the weights for oneDNN on a CPU).
-On a 2-core CPU this measured 1.7-1.9x eager fp32 (channels-last) for EfficientNet-Lite0 and
-ResNet-18 at 224 px, and bf16 autocast traced into the frozen graph 2-3x more where the CPU has
-native bf16 (``bench/bench_fastpath.py`` prints the table). ``torch.fx`` conv-BN fusion cannot
-trace timm's "same"-padded convolutions, oneDNN graph fusion measured no faster than the
-frozen graph and needs a global switch and warm-up calls, and ``torch.compile`` takes about a
-minute to compile: too slow for a lab.
+BatchNorm layers can be folded into the convolutions before them and the graph run through a
+faster executor. ``torch.jit.freeze`` folds conv+BN and constants into a TorchScript graph of
+its own; on a CPU, oneDNN graph fusion then runs it as fused oneDNN kernels. Measured with
+``bench/bench_fastpath.py`` (2 shared cores, batch 64, 224 px, against eager fp32 channels-last):
+EfficientNet-Lite0 1.5x frozen, 1.7-1.9x fused; in bf16 autocast 2.4x frozen, 2.4-2.7x fused;
+ResNet-18 1.1-1.2x frozen, 1.4-1.7x fused, 2.2x / 3.5x in bf16. ``optimize_for_inference``
+(oneDNN weight prepacking) measured slower than the frozen graph alone for Lite0 (1.0-1.1x);
+``torch.fx`` conv-BN fusion cannot trace timm's "same"-padded convolutions; casting the weights
+to bf16 was slower and less accurate than autocast traced into the graph; ``torch.compile``
+takes about a minute to compile: too slow for a lab.
 
-:func:`accelerate` builds the fast function on a copy-free trace of the caller's module (the
-frozen graph holds its own folded tensors; the module's parameters, training flags and
-``requires_grad`` are left as they were), checks it against the eager fp32 prefix on a few
-images, and falls back to the eager prefix, saying why, when the build or the check fails.
+:func:`accelerate` builds the fast function on a trace of the caller's module, which it
+leaves as it was (the frozen graph holds its own folded tensors; parameters, buffers, training
+flags and ``requires_grad`` are untouched), checks it against the eager fp32 prefix on a few
+images, and falls back to the plain frozen graph, then the eager prefix, saying why, when a
+build or a check fails.
 """
 from __future__ import annotations
 
@@ -151,8 +153,9 @@ def frozen_script(prefix: nn.Module, sample: torch.Tensor, precision: str = "fp3
                   optimize: bool = False, onednn: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """The prefix traced on ``sample`` (autocast traced in for bf16/fp16) and frozen (conv+BN and
     constants folded into new tensors of its own). ``optimize`` adds ``optimize_for_inference``
-    (oneDNN weight prepacking on a CPU): it measured slower for Lite0 (1.0x eager fp32 against
-    1.5x for the frozen graph alone), faster for ResNet-18 (1.4x against 1.2x), so it is off.
+    (oneDNN weight prepacking on a CPU): it measured slower for Lite0 (0.8-1.1x eager fp32 against
+    1.2-1.5x for the frozen graph alone), faster for ResNet-18 (1.3-1.4x against 1.1-1.2x), and
+    oneDNN graph fusion beat both, so it is off.
     ``onednn`` runs the graph with oneDNN graph fusion (CPU only): its first two calls at a batch
     shape profile the graph, the next ones run fused kernels."""
     with torch.no_grad(), evaluating(prefix), warnings.catch_warnings(record=True) as said:
