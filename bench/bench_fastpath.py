@@ -2,6 +2,7 @@
 
     python bench/bench_fastpath.py                      # Lite0 (ImageNet) and ResNet-18 (random), batch 64, 224 px
     python bench/bench_fastpath.py --batch 16 --size 128 --repeats 2   # a quicker look
+    python bench/bench_fastpath.py --precisions fp32 bf16 --repeats 1 --pass-batches 3   # + a caching pass
 
 The prefix is every block but the head, in eval mode, under ``torch.inference_mode()``, on
 real images (ants/bees, decoded as the backbone's weights were evaluated) where the shared
@@ -114,6 +115,23 @@ def time_round_robin(rows: dict[str, dict], x: torch.Tensor, repeats: int) -> No
         rows[label]["ips"] = len(x) / statistics.median(t)
 
 
+def caching_pass(name: str, precision: str, prefix: nn.Module, acc: fastpath.Accelerated, x: torch.Tensor,
+                 built: float, batches: int) -> None:
+    """A caching pass of ``batches`` batches like ``x`` and a last one of half the size: eager
+    fp32 against `accelerate`'s function, its build and check included."""
+    data = [x] * batches + [x[:len(x) // 2]]
+    times = {}
+    for label, fn in (("eager fp32", fastpath.eager(prefix)), ("accelerated", acc.fn)):
+        began = time.perf_counter()
+        for b in data:
+            fn(b)
+        times[label] = time.perf_counter() - began
+    total = times["accelerated"] + built
+    print(f"caching pass, {name}, {precision}, {sum(len(b) for b in data)} images: eager fp32 "
+          f"{times['eager fp32']:.1f} s; accelerated {times['accelerated']:.1f} s + build and check {built:.1f} s "
+          f"= {total:.1f} s ({times['eager fp32'] / total:.2f}x)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet18"])
@@ -121,6 +139,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pass-batches", type=int, default=0,
+                    help="also time a caching pass of this many batches (and a half one), build included")
     a = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, batch {a.batch}, {a.size} px, inference_mode")
@@ -148,11 +168,13 @@ def main() -> None:
                       f"{r['ips']:.1f} | {r['ips'] / base:.2f}x | {r['feat']:.1e} | {r['logits']:.1e} |",
                       flush=True)
             del rows
-            began = time.perf_counter()
             for precision in a.precisions:
                 began = time.perf_counter()
                 acc = fastpath.accelerate(prefix, x, precision=precision)
-                print(f"accelerate({name}, {precision}) in {time.perf_counter() - began:.2f} s: {acc.note()}")
+                built = time.perf_counter() - began
+                print(f"accelerate({name}, {precision}) in {built:.2f} s: {acc.note()}")
+                if a.pass_batches:
+                    caching_pass(name, precision, prefix, acc, x, built, a.pass_batches)
 
 
 if __name__ == "__main__":
