@@ -213,6 +213,8 @@ def test_on_a_cpu_the_graph_is_fused_by_onednn_and_the_switch_is_left_off():
     for n in (4, 3, 1, 3):  # new batch shapes re-profile the graph: every call still right
         assert max_rel(acc.fn(x[:n]), reference(prefix, x[:n])) <= 1e-4
     assert not torch.jit.onednn_fusion_enabled()
+    plain = fastpath.accelerate(prefix, x, onednn=False)
+    assert plain.fast and "oneDNN" not in plain.how and plain.fallback == ""
 
 
 def test_when_onednn_fusion_fails_the_plain_frozen_graph_runs(monkeypatch):
