@@ -57,7 +57,8 @@ def fx_fused(prefix: nn.Module, sample: torch.Tensor, precision: str) -> Callabl
     return fastpath.eager(fused, precision)
 
 
-def cast(prefix: nn.Module, sample: torch.Tensor, precision: str, script: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+def cast(prefix: nn.Module, sample: torch.Tensor, precision: str,
+         script: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """A copy with its weights cast to the low precision (BatchNorm too), then run or traced."""
     dtype = fastpath._DTYPES[precision]
     low = copy.deepcopy(prefix).eval().to(dtype)
