@@ -13,10 +13,11 @@ from ftlab.runs import StoreError
 from ui import charts, keys as K, parts, resources, session as S
 
 state = st.session_state
-LABELS = {"lr": "Learning rate", "precision": "Precision", "feature_cache": "Feature cache",
-          "augment_views": "Augmented views to cache", "cache_memory_mb": "Cache memory (MB, 0: auto)", "random_crop": "Random resized crop",
-          "flip": "Horizontal flip", "grad_clip": "Gradient clipping (max norm)", "step_size": "Step schedule: every",
-          "gamma": "Step schedule: factor", "early_stopping": "Early stopping (patience)"}
+LABELS = {"lr": "Learning rate", "random_crop": "Random resized crop", "flip": "Horizontal flip",
+          "grad_clip": "Gradient clipping (max norm)", "step_size": "Step schedule: every",
+          "gamma": "Step schedule: factor", "early_stopping": "Early stopping (patience)", "precision": "Precision",
+          "feature_cache": "Feature cache", "fast_prefix": "Folded frozen blocks (TorchScript)",
+          "augment_views": "Augmented views to cache", "cache_memory_mb": "Cache memory (MB, 0: auto)"}
 STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "momentum": 0.01, "grad_clip": 0.5, "label_smoothing": 0.05,
          "color_jitter": 0.1, "gamma": 0.05}
 def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:

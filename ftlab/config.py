@@ -106,6 +106,9 @@ class TrainConfig:
                                section="speed")
     augment_views: int = _opt(0, "with augmentation and the feature cache: store this many augmented views per "
                               "image (0: run the frozen blocks every epoch instead)", lo=0, hi=64, section="speed")
+    fast_prefix: bool = _opt(True, "run the cached frozen blocks as one TorchScript graph with BatchNorm folded into "
+                             "the convolutions, checked against the blocks as they are first (off: as they are)",
+                             section="speed")
     cache_memory_mb: int = _opt(0, "memory budget of the feature cache in MB (0: a quarter of the free memory)",
                                 lo=0, hi=1_000_000, section="speed")
     device: str = _opt("auto", "auto picks CUDA, then MPS, then CPU", choices=DEVICES)

@@ -404,7 +404,8 @@ class _Trainer:
         # --precision as asked: `auto` resolves the same way for the same prefix throughout a process
         # (its measurement is remembered), and the cache lives in one process
         inputs = self.prep.identity(train=view > 0) + (f"; views of seed {c.seed}" if view else "") + \
-            ("" if c.precision == "fp32" else f"; precision {c.precision}")
+            ("" if c.precision == "fp32" else f"; precision {c.precision}") + \
+            ("" if c.fast_prefix else "; eager prefix")
         # Of the model edits only truncation changes the cached prefix: it removes the blocks after its
         # block and may put another pool in, so a linear probe's prefix (all but the head) differs while
         # its boundary is still "head". Adapters and the head always train, so they are never cached.
@@ -472,7 +473,7 @@ class _Trainer:
 
         def build(name: str) -> fastpath.Accelerated:
             if name not in built:
-                built[name] = fastpath.accelerate(prefix, sample, precision=name)
+                built[name] = fastpath.accelerate(prefix, sample, precision=name, graph=self.config.fast_prefix)
             return built[name]
 
         def measure(name: str) -> float:
@@ -484,6 +485,8 @@ class _Trainer:
         choice = precisions.resolve(self.config.precision, self.device, part="caching",
                                     key=self._speed_key(start, "caching"), measure=measure)
         fast = build(choice.name)
+        if fast.precision != choice.name:  # it failed its check in that precision: fp32 it is
+            choice = Choice(fast.precision, f"{choice.reason}; but {fast.fallback}")
         self.summary.cache_seconds += time.perf_counter() - began
         self.prefixes[start] = (choice, fast)
         self.caching_precision = choice

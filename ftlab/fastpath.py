@@ -218,7 +218,7 @@ def _check(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, refe
 
 def accelerate(prefix: nn.Module, sample: torch.Tensor, *, precision: str = "fp32",
                tolerance: float | None = None, check_images: int = CHECK_IMAGES,
-               onednn: bool | None = None) -> Accelerated:
+               onednn: bool | None = None, graph: bool = True) -> Accelerated:
     """The fastest function equal to ``prefix`` (frozen, run in eval mode) on batches like ``sample``.
 
     ``sample`` is one preprocessed batch (float, NCHW, on the target device); the function
@@ -233,7 +233,8 @@ def accelerate(prefix: nn.Module, sample: torch.Tensor, *, precision: str = "fp3
     left as it was: parameters, buffers, training flags, requires_grad. ``onednn=False`` skips the
     oneDNN fusion (None: wherever it is available); a whole caching pass measured the same either
     way on a quiet machine (Lite0, 352 images: 2.1x eager fp32 in bf16, 1.2-1.5x in fp32, build
-    and check included), the fused graph ahead under load.
+    and check included), the fused graph ahead under load. ``graph=False`` (``--no-fast-prefix``)
+    goes straight to the eager prefix, checked the same way.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -241,9 +242,9 @@ def accelerate(prefix: nn.Module, sample: torch.Tensor, *, precision: str = "fp3
     began = time.perf_counter()
     batch = sample[:max(1, check_images)]
     reference = eager(prefix)(batch)
-    why = ""
+    why = "" if graph else "the frozen graph is switched off (--no-fast-prefix)"
     fusing = onednn_available(sample.device) if onednn is None else onednn and onednn_available(sample.device)
-    for onednn in (True, False) if fusing else (False,):
+    for onednn in ((True, False) if fusing else (False,)) if graph else ():
         try:
             # traced on two images, checked on more: a batch size baked into the graph would show
             fn = _same_size(frozen_script(prefix, sample[:2], precision, onednn=onednn), eager(prefix, precision),

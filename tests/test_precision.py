@@ -181,3 +181,20 @@ def test_measuring_auto_leaves_the_run_as_fp32_would_have_run(tmp_path, monkeypa
         a, b = store.epochs(auto["run_id"]), store.epochs(plain["run_id"])
         assert [e["train_loss"] for e in a] == [e["train_loss"] for e in b], strategy
         assert [e["val_loss"] for e in a] == [e["val_loss"] for e in b], strategy
+
+
+def test_the_fast_prefix_is_checked_and_can_be_switched_off(tmp_path):
+    """The cached features of the folded graph equal the eager blocks' to rounding (fp32), and with
+    --no-fast-prefix the eager blocks run, the record saying so; the two never share a cache entry."""
+    fast, _ = _run(tmp_path, strategy="top-1", precision="fp32")
+    assert "TorchScript, conv+BN folded" in fast["prefix"] and "matched the eager fp32 prefix" in fast["prefix"]
+    graph_entries = dict(cache.SHARED._entries)
+    plain, notes = _run(tmp_path, strategy="top-1", precision="fp32", fast_prefix=False)
+    assert "the eager prefix" in plain["prefix"] and "switched off" in plain["prefix"]
+    assert not any("cached by an earlier run" in n for n in notes)
+    eager_entries = {k: v for k, v in cache.SHARED._entries.items() if k not in graph_entries}
+    assert len(eager_entries) == len(graph_entries) == 2  # train and val, each computed both ways
+    for key, features in eager_entries.items():
+        (twin,) = [v for k, v in graph_entries.items() if k.split == key.split]
+        scale = features.abs().max()
+        assert (twin - features).abs().max() <= 1e-4 * scale
