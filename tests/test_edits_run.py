@@ -150,7 +150,9 @@ def val_images(config: TrainConfig) -> data.Prepared:
 @pytest.mark.parametrize("name", list(EDITS))
 def test_a_run_with_each_edit_records_it_and_its_checkpoint_predicts_as_the_run_evaluated(name):
     store = RunStore()
-    config = tiny(strategy="top-1", **EDITS[name])
+    # fp32 and the eager prefix: the run's cached features are then the checkpoint's own arithmetic, to
+    # 1e-5 below; the folded graph's rounding (1e-4 of the scale) is tested in tests/test_fastpath.py
+    config = tiny(strategy="top-1", precision="fp32", fast_prefix=False, **EDITS[name])
     summary = train(config, store)
     record = store.get(summary["run_id"])
     assert TrainConfig.from_dict(record.config) == config
