@@ -469,17 +469,22 @@ class _Trainer:
         if start in self.prefixes:
             self.caching_precision = self.prefixes[start][0]
             return self.prefixes[start][1]
-        prefix, built = self.model[:start], {}
+        prefix, built, c = self.model[:start], {}, self.config
+        # auto trades no accuracy for speed: its low precision must keep closer to fp32 than one asked for
+        tolerance = fastpath.AUTO_TOLERANCE if c.precision == "auto" else fastpath.TOLERANCE
 
         def build(name: str) -> fastpath.Accelerated:
             if name not in built:
-                built[name] = fastpath.accelerate(prefix, sample, precision=name, graph=self.config.fast_prefix)
+                built[name] = fastpath.accelerate(prefix, sample, precision=name, graph=c.fast_prefix,
+                                                  tolerance=tolerance[name])
             return built[name]
 
         def measure(name: str) -> float:
-            fn = build(name).fn
+            fast = build(name)
+            if fast.precision != name:
+                raise precisions.Unusable(f"the frozen blocks failed their accuracy check ({fast.fallback})")
             with torch.no_grad():
-                return precisions.timed(lambda: fn(sample))
+                return precisions.timed(lambda: fast.fn(sample))
 
         began = time.perf_counter()
         choice = precisions.resolve(self.config.precision, self.device, part="caching",

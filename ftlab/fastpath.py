@@ -37,8 +37,13 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # 5e-6 of the scale for Lite0 and 1e-6 for ResNet-18, so 1e-4 leaves room and still catches a
 # wrong graph (whose errors are of the order of the output). bf16 keeps 8 bits of mantissa:
 # through Lite0's 16 blocks its rounding measured 4e-2 (224 px) to 9e-2 (96 px) in eager
-# autocast, 5e-3 for ResNet-18; fp16 (11 bits) 5e-3 to 8e-3 for Lite0.
+# autocast, 5e-3 for ResNet-18; fp16 (11 bits) 5e-3 to 8e-3 for Lite0. TOLERANCE is what an
+# asked-for precision may cost. `--precision auto` asks for AUTO_TOLERANCE: the frozen Lite0
+# graph in bf16 measured 6e-2 to 1.1e-1 at 224 px, and a linear probe on ants/bees on its
+# features lost one val image of 153 against fp32 in two of four splits (and gained none), so
+# auto takes bf16 only where the prefix keeps within 3e-2 (ResNet-18: 4e-3).
 TOLERANCE = {"fp32": 1e-4, "bf16": 1.5e-1, "fp16": 3e-2}
+AUTO_TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 3e-2}
 CHECK_IMAGES = 8  # images the check runs on: enough to see a wrong graph, cheap in eager fp32
 
 

@@ -101,6 +101,11 @@ def machine() -> str:
     return f"{c['cpu']} {c['cpu_capability']} x{c['threads']}, torch {torch.__version__}"
 
 
+class Unusable(Exception):
+    """Raised by a measurement whose low precision failed its accuracy check: auto keeps fp32,
+    and says why (not remembered: it depends on the model's weights and the data, not the machine)."""
+
+
 def resolve(requested: str, device: torch.device, *, part: str, key: str,
             measure: Callable[[str], float] | None) -> Choice:
     """The precision for ``part`` ("caching" or "training") of a run on ``device``.
@@ -126,7 +131,10 @@ def resolve(requested: str, device: torch.device, *, part: str, key: str,
         return Choice("fp32", f"auto: {words}, but nothing to measure")
     remembered = _memory().get(f"{machine()} | {key} | {part}")
     if remembered is None:
-        remembered = compare(measure)
+        try:
+            remembered = compare(measure)
+        except Unusable as err:
+            return Choice("fp32", f"auto: {words}, but in bf16 {err}")
         _remember(f"{machine()} | {key} | {part}", remembered)
         when = "measured now"
     else:
