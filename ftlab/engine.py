@@ -461,7 +461,9 @@ class _Trainer:
         blocks = f"{names[0]}..{names[start - 1]}" if part == "caching" else f"{names[start]}.."
         edits = repr(c.edits())
         edited = "" if edits == repr(TrainConfig().edits()) else f" edited {hashlib.sha1(edits.encode()).hexdigest()[:8]}"
-        return f"{c.backbone}{edited} [{blocks}] at {self.preprocessing.size} px"
+        # the caching pass's answer may be its accuracy check's, which depends on the weights too
+        weights = f" {self.weights_identity}" if part == "caching" else ""
+        return f"{c.backbone}{weights}{edited} [{blocks}] at {self.preprocessing.size} px"
 
     def _fast_prefix(self, start: int, sample: torch.Tensor) -> "fastpath.Accelerated":
         """Blocks ..``start`` as the fastest equivalent function, in the run's caching precision

@@ -102,8 +102,8 @@ def machine() -> str:
 
 
 class Unusable(Exception):
-    """Raised by a measurement whose low precision failed its accuracy check: auto keeps fp32,
-    and says why (not remembered: it depends on the model's weights and the data, not the machine)."""
+    """Raised by a measurement whose low precision failed its accuracy check: auto keeps fp32 and
+    says why, and remembers it like a measurement (the caller's key names the weights too)."""
 
 
 def resolve(requested: str, device: torch.device, *, part: str, key: str,
@@ -130,15 +130,16 @@ def resolve(requested: str, device: torch.device, *, part: str, key: str,
     if measure is None:
         return Choice("fp32", f"auto: {words}, but nothing to measure")
     remembered = _memory().get(f"{machine()} | {key} | {part}")
+    when = "measured earlier on this machine"
     if remembered is None:
         try:
             remembered = compare(measure)
         except Unusable as err:
-            return Choice("fp32", f"auto: {words}, but in bf16 {err}")
+            remembered = {"unusable": str(err)}
         _remember(f"{machine()} | {key} | {part}", remembered)
         when = "measured now"
-    else:
-        when = "measured earlier on this machine"
+    if "unusable" in remembered:
+        return Choice("fp32", f"auto: {words}, but in bf16 {remembered['unusable']} ({when})")
     fp32, bf16 = remembered["fp32_s"], remembered["bf16_s"]
     ratio = fp32 / max(bf16, 1e-12)
     if ratio >= FASTER_BY:

@@ -210,19 +210,20 @@ def test_auto_keeps_fp32_where_bf16_fails_its_stricter_check_and_bf16_asked_for_
     auto, _ = _run(tmp_path, strategy="top-1", precision="auto")
     assert auto["precision"]["caching"] == "fp32"
     assert "failed their accuracy check" in auto["precision"]["caching_reason"]
-    memory = tmp_path / "ftlab-home" / "precision.json"
-    remembered = json.loads(memory.read_text()) if memory.exists() else {}
-    assert not [k for k in remembered if k.endswith("| caching")]  # an accuracy answer is not the machine's
+    remembered = json.loads((tmp_path / "ftlab-home" / "precision.json").read_text())
+    (failed,) = [v for k, v in remembered.items() if k.endswith("| caching")]  # keyed by the weights too
+    assert "failed their accuracy check" in failed["unusable"]
     asked, _ = _run(tmp_path, strategy="top-1", precision="bf16")
     assert asked["precision"]["caching"] == "bf16" and "bf16 autocast" in asked["prefix"]
 
 
-def test_an_unusable_measurement_is_fp32_and_not_remembered(monkeypatch, tmp_path):
+def test_an_unusable_measurement_is_fp32_and_remembered(monkeypatch, tmp_path):
     monkeypatch.setattr(precision, "cpu_bf16", lambda: (True, "native (test)"))
 
     def refuses(name):
         raise precision.Unusable("its output was off")
 
     choice = precision.resolve("auto", CPU, part="caching", key="k", measure=refuses)
-    assert choice.name == "fp32" and choice.reason.endswith("in bf16 its output was off")
-    assert not (tmp_path / "ftlab-home" / "precision.json").exists()
+    assert choice.name == "fp32" and choice.reason.endswith("in bf16 its output was off (measured now)")
+    again = precision.resolve("auto", CPU, part="caching", key="k", measure=Timer(1.0, 0.1))
+    assert again.name == "fp32" and "its output was off (measured earlier" in again.reason  # not rebuilt
