@@ -10,7 +10,8 @@ Groups:
 * caching: ants/bees, EfficientNet-Lite0 (ImageNet), linear probe, 10 epochs at 224 px. fp32,
   then auto twice in one FTLAB_HOME: the first auto run measures fp32 against bf16 on this
   machine, the second finds the answer remembered (as every later run on this machine does);
-  then bf16 asked for (held to the looser accuracy check that auto does not accept).
+  then bf16 asked for (held to the looser accuracy check that auto does not accept), and fp32
+  with the eager blocks (``--no-fast-prefix``: the caching pass as it was before the folded graph).
 * training: ResNet-18 (random weights) full fine-tuning at 224 px, 3 epochs on ants/bees.
 * no-bf16: the caching group's configuration with the CPU's bf16 switched off
   (``FTLAB_CPU_BF16=0``, as on a CPU without it): auto must equal fp32 and cost nothing more.
@@ -66,6 +67,9 @@ def caching(tmp: Path, env: dict | None = None, label: str = "caching") -> list[
     rows = []
     fp32 = train([*args, "--precision", "fp32"], tmp / f"{label}-fp32", env)
     rows.append({"run": "fp32", **fp32})
+    if not env:  # the caching pass as it ran before the folded graph
+        rows.append({"run": "fp32, eager blocks (--no-fast-prefix)",
+                     **train([*args, "--precision", "fp32", "--no-fast-prefix"], tmp / f"{label}-eager")})
     for i, when in enumerate(("auto, first run on this machine (measures)", "auto, answer remembered")):
         rows.append({"run": when, **train([*args, "--precision", "auto"], tmp / f"{label}-auto", env)})
     if not env:  # bf16 asked for: held to the looser check (what auto refuses to trade)
