@@ -129,7 +129,7 @@ def resolve(requested: str, device: torch.device, *, part: str, key: str,
         return Choice("fp32", f"auto: {words}")
     if measure is None:
         return Choice("fp32", f"auto: {words}, but nothing to measure")
-    remembered = _memory().get(f"{machine()} | {key} | {part}")
+    remembered = _usable(_memory().get(f"{machine()} | {key} | {part}"))
     when = "measured earlier on this machine"
     if remembered is None:
         try:
@@ -145,6 +145,18 @@ def resolve(requested: str, device: torch.device, *, part: str, key: str,
     if ratio >= FASTER_BY:
         return Choice("bf16", f"auto: {words}, and bf16 ran {ratio:.2f}x as fast as fp32 ({when})")
     return Choice("fp32", f"auto: {words}, but bf16 ran {ratio:.2f}x as fast as fp32, not {FASTER_BY}x ({when})")
+
+
+def _usable(answer: object) -> dict | None:
+    """A remembered answer as `resolve` reads it, or None (measure again) for anything else: a
+    hand-edited or damaged file must not fail a run."""
+    if not isinstance(answer, dict):
+        return None
+    if isinstance(answer.get("unusable"), str):
+        return answer
+    times = [answer.get(k) for k in ("fp32_s", "bf16_s")]
+    ok = all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < float("inf") for t in times)
+    return answer if ok else None
 
 
 def compare(measure: Callable[[str], float], budget_s: float = MEASURE_BUDGET_S) -> dict:

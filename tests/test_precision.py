@@ -227,3 +227,20 @@ def test_an_unusable_measurement_is_fp32_and_remembered(monkeypatch, tmp_path):
     assert choice.name == "fp32" and choice.reason.endswith("in bf16 its output was off (measured now)")
     again = precision.resolve("auto", CPU, part="caching", key="k", measure=Timer(1.0, 0.1))
     assert again.name == "fp32" and "its output was off (measured earlier" in again.reason  # not rebuilt
+
+
+@pytest.mark.parametrize("entry", ["bf16", None, [], {"fp32_s": "1", "bf16_s": 0.5}, {"fp32_s": 1.0},
+                                   {"fp32_s": float("nan"), "bf16_s": 1.0}, {"fp32_s": 0, "bf16_s": 0},
+                                   {"unusable": 3}, {"fp32_s": True, "bf16_s": 0.5}])
+def test_a_hand_edited_memory_entry_is_measured_again(monkeypatch, tmp_path, entry):
+    """Before: a remembered answer that was not two positive times failed the run (KeyError,
+    TypeError, ZeroDivisionError) or, as the string "bf16", read as "unusable"."""
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: (True, "native (test)"))
+    home = tmp_path / "ftlab-home"
+    home.mkdir()
+    key = f"{precision.machine()} | k | caching"
+    (home / "precision.json").write_text(json.dumps({key: entry}))
+    timer = Timer(1.0, 0.5)
+    choice = precision.resolve("auto", CPU, part="caching", key="k", measure=timer)
+    assert timer.calls and choice.name == "bf16" and "measured now" in choice.reason
+    assert json.loads((home / "precision.json").read_text())[key]["bf16_s"] == 0.5  # replaced whole
