@@ -77,6 +77,7 @@ class EpochResult:
     accuracy: float
     images: int
     seconds: float
+    parts: dict = field(default_factory=dict)  # the mean of each part of the loss an objective counted
 
 
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, order: Iterator[torch.Tensor], *,
@@ -95,7 +96,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     model.train()  # a BlockModel keeps its frozen blocks in eval mode where its BatchNorm rule says so
     trainable = [p for p in model.parameters() if p.requires_grad]
     device_type = prep.device.type
-    total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
+    total_loss, counts, seen, began = 0.0, {}, 0, time.perf_counter()
     for step, idx in enumerate(order, 1):
         if should_stop():
             raise StopRequested("training", step)
@@ -122,10 +123,13 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
             scheduler.step()
         n = len(batch.labels)
         total_loss += loss.item() * n
-        correct += result.counts["correct"]
+        for name, value in result.counts.items():
+            counts[name] = counts.get(name, 0.0) + value
         seen += n
         on_step(step, loss.item(), seen)
-    return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - began)
+    parts = {name[5:]: value / max(seen, 1) for name, value in counts.items() if name.startswith("loss:")}
+    return EpochResult(total_loss / max(seen, 1), counts.get("correct", 0) / max(seen, 1), seen,
+                       time.perf_counter() - began, parts)
 
 
 @dataclass
@@ -283,9 +287,7 @@ class _Trainer:
         self.prep = Preprocess.for_config(c, self.preprocessing, self.device)
         self.cache_budget = c.cache_memory_mb << 20 if c.cache_memory_mb else self.shared_cache.budget
         train_labels = self.data.train.labels
-        weight = class_weights(train_labels, len(self.classes)).to(self.device) if c.class_weighting == "balanced" \
-            else None
-        self.objective = CrossEntropy(weight, c.label_smoothing)
+        self.objective = self._objective()
         self.sample_weights = (1.0 / torch.bincount(train_labels).float())[train_labels] if c.balanced_sampling \
             else None
         self.optimizer = make_optimizer(c, freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay))
@@ -304,6 +306,13 @@ class _Trainer:
                                     {k: len(v.labels) if v else 0 for k, v in
                                      (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))},
                                     trainable, total, tuple(skipped)))
+
+    def _objective(self) -> Objective:
+        """What this run minimises: cross-entropy on the class labels, as its options weight and smooth it."""
+        c = self.config
+        weight = class_weights(self.data.train.labels, len(self.classes)).to(self.device) \
+            if c.class_weighting == "balanced" else None
+        return CrossEntropy(weight, c.label_smoothing)
 
     def _train(self) -> tuple[str, str]:
         c, d = self.config, self.data
@@ -559,7 +568,7 @@ class _Trainer:
         trainable, _ = freeze.count_params(self.model)
         self.summary.trainable_params = trainable
         record = EpochRecord(epoch + 1, result.loss, result.accuracy, ev.loss, ev.accuracy, lr,
-                             result.images / max(result.seconds, 1e-9), result.seconds, trainable)
+                             result.images / max(result.seconds, 1e-9), result.seconds, trainable, result.parts)
         self.store.add_epoch(self.run_id, epoch + 1, record.to_dict())
         if is_best:
             self.summary.best_val_accuracy, self.summary.best_epoch = ev.accuracy, epoch + 1
@@ -570,7 +579,7 @@ class _Trainer:
         report = {k: figures[k] for k in ("precision", "recall", "f1", "support")}
         self.emit(events.EpochEnded(self.run_id, epoch + 1, self.config.epochs, result.loss, result.accuracy, ev.loss,
                                     ev.accuracy, lr, record.images_per_second, result.seconds, trainable,
-                                    figures["confusion"], report, is_best))
+                                    figures["confusion"], report, is_best, record.parts))
 
     def _final_evaluation(self) -> dict:
         """The best model on val and test: the figures the Runs and Inspect pages show."""

@@ -54,6 +54,7 @@ class EpochEnded:
     confusion: list  # val confusion matrix, rows true, columns predicted
     report: dict  # per-class precision, recall, f1, support
     is_best: bool = False
+    parts: dict = field(default_factory=dict)  # the mean of each named part of the training loss
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ class Batch:
 @dataclass(frozen=True)
 class Step:
     """An objective's result on one batch: the loss to minimise and what it counted (sums over
-    the batch, so that the loop adds them up over an epoch)."""
+    the batch, so that the loop adds them up over an epoch). ``counts["correct"]`` gives the
+    training accuracy; each ``counts["loss:NAME"]`` (a part of the loss times the batch's
+    images) becomes the epoch's mean of that part, drawn as its own curve."""
 
     loss: torch.Tensor
     counts: dict[str, float]

@@ -49,6 +49,7 @@ class EpochRecord:
     images_per_second: float
     seconds: float
     trainable_params: int
+    parts: dict = field(default_factory=dict)  # the mean of each named part of the training loss ({} for plain CE)
 
     def to_dict(self) -> dict:
         return asdict(self)
