@@ -26,6 +26,15 @@ class DatasetInfo:
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy fields make == ambiguous
+class Task:
+    """A further label of every image (the shapes' colour, a column of a folder's labels.csv)."""
+
+    name: str
+    classes: tuple[str, ...]
+    labels: np.ndarray  # int64, (N,): an index into ``classes`` for every item of the data set
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy fields make == ambiguous
 class Dataset:
     """A labelled image set. Item i is decoded by `ftlab.data.decode`; nothing is decoded here.
 
@@ -41,12 +50,21 @@ class Dataset:
     _files: tuple[str, ...] = field(default=(), repr=False)
     _pixels: np.ndarray | None = field(default=None, repr=False)
     notes: tuple[str, ...] = ()  # what the loader left out of the layout and why, for the user to read
+    # several tasks: the first task is ``classes``/``labels`` under the name ``task``; ``tasks`` are the others
+    task: str = "class"
+    tasks: tuple[Task, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.labels)
         held = len(self._files) if self._pixels is None else len(self._pixels)
         if len(self.given_split) != n or held != n:
             raise ValueError(f"inconsistent dataset: {n} labels, {len(self.given_split)} split tags, {held} items")
+        if any(len(t.labels) != n for t in self.tasks):
+            raise ValueError(f"inconsistent dataset: a task has not one label for each of the {n} items")
+
+    def task_names(self) -> tuple[str, ...]:
+        """Every task's name, the first task's first."""
+        return (self.task, *(t.name for t in self.tasks))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,10 +80,13 @@ def make_dataset(
     files: tuple[str, ...] = (),
     pixels: np.ndarray | None = None,
     notes: tuple[str, ...] = (),
+    task: str = "class",
+    tasks: tuple[Task, ...] = (),
 ) -> Dataset:
     """Build a `Dataset` with the array dtypes fixed in one place; no given split means all ""."""
     labels = np.asarray(labels, dtype=np.int64)
     if given_split is None:
         given_split = np.full(len(labels), "", dtype="<U5")
+    tasks = tuple(Task(t.name, tuple(t.classes), np.asarray(t.labels, dtype=np.int64)) for t in tasks)
     return Dataset(name, tuple(classes), labels, np.asarray(given_split, dtype="<U5"), source, files, pixels,
-                   tuple(notes))
+                   tuple(notes), task, tasks)
