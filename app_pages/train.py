@@ -29,6 +29,8 @@ def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:
         st.checkbox(label, **common)
     elif meta["choices"]:
         st.selectbox(label, meta["choices"], **common)
+    elif kind is str:
+        st.text_input(label, placeholder=placeholders.get(f.name), **common)
     elif kind is int:
         st.number_input(label, int(meta["lo"]), int(meta["hi"]), step=1, placeholder=placeholders.get(f.name),
                         **common)
@@ -183,6 +185,12 @@ with st.form(K.TRAIN_FORM, border=True):
         for i, f in enumerate(f for f in options() if f.metadata["section"] == "speed"):
             with cols[i % 2]:
                 option_widget(f, auto)
+    if objective := [f for f in options() if f.metadata["section"] == "objective"]:
+        with st.expander("Objective: distillation, several tasks, regularisation toward the pretrained weights"):
+            cols = st.columns(2)
+            for i, f in enumerate(objective):
+                with cols[i % 2]:
+                    option_widget(f, auto)
     submitted = st.form_submit_button("Start training", type="primary", disabled=running, key=K.START)
 if submitted:
     start(S.current_config(state))
