@@ -1,4 +1,7 @@
-"""Generated data: coloured shapes on noisy coloured backgrounds, deterministic by seed."""
+"""Generated data: coloured shapes on noisy coloured backgrounds, deterministic by seed.
+
+Two tasks: the shape (the first task, ``classes``) and the colour it is drawn in, one of `COLOURS`.
+"""
 from __future__ import annotations
 
 import math
@@ -7,9 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ftlab.data.dataset import DataError, Dataset, make_dataset
+from ftlab.data.dataset import DataError, Dataset, Task, make_dataset
 
 SHAPE_KINDS = ("circle", "square", "triangle", "cross", "star", "ring", "diamond", "hexagon")
+# The second task's classes: the colour a shape is drawn in, far apart in RGB and named as a person would.
+COLOURS = (("red", (220, 40, 40)), ("green", (40, 170, 60)), ("blue", (40, 90, 220)), ("yellow", (235, 205, 40)))
+# A background at least this far (RGB distance) from the shape's colour: the least today's rule of each
+# channel 96..160 levels away gave (96 * sqrt 3), so a shape stays as visible as it was before the palette.
+MIN_CONTRAST = 166.0
+_BACKGROUND_TRIES = 64  # candidate backgrounds drawn at once; about half of them contrast with any colour
 MAX_BYTES = 2 * 10**9  # generated pixels are held in memory
 SUPERSAMPLE = 3  # drawn at 3x and reduced, so edges are antialiased like a photo's
 
@@ -53,20 +62,44 @@ def make_shapes(options: ShapesOptions) -> Dataset:
         raise DataError("shapes: " + "; ".join(problems) + ".")
     counts = options.counts()
     labels = np.repeat(np.arange(options.num_classes), counts)
-    # One generator per image: changing one class's count leaves every other image as it was.
-    pixels = np.stack([_shape_image(SHAPE_KINDS[k], options.size, options.noise,
-                                    np.random.default_rng([options.seed, k, i]))
-                       for k, n in enumerate(counts) for i in range(n)])
+    colours = np.concatenate([shape_colours(options.seed, k, n) for k, n in enumerate(counts)])
+    items = [(k, i) for k, n in enumerate(counts) for i in range(n)]
+    # Generators per image: changing one class's count leaves every other class's images as they were.
+    pixels = np.stack([_shape_image(SHAPE_KINDS[k], options.size, options.noise, COLOURS[c][1],
+                                    np.random.default_rng([options.seed, k, i]),
+                                    np.random.default_rng([options.seed, k, i, 1]))
+                       for (k, i), c in zip(items, colours)])
     source = (f"generated shapes ({options.num_classes} classes, {counts} per class, "
-              f"{options.size} px, noise {options.noise}, seed {options.seed})")
-    return make_dataset("shapes", SHAPE_KINDS[:options.num_classes], labels, source, pixels=pixels)
+              f"{options.size} px, noise {options.noise}, seed {options.seed}; second task: the colour)")
+    colour = Task("colour", tuple(name for name, _ in COLOURS), colours)
+    return make_dataset("shapes", SHAPE_KINDS[:options.num_classes], labels, source, pixels=pixels,
+                        task="shape", tasks=(colour,))
 
 
-def _shape_image(kind: str, size: int, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """One (size, size, 3) uint8 image: a random shape, colour, position, scale and rotation."""
+def shape_colours(seed: int, kind: int, n: int) -> np.ndarray:
+    """The colour (an index into `COLOURS`) of each of the ``n`` images of shape ``kind``: every colour
+    equally often (to one image), in an order drawn from ``seed``, so colour says nothing of the shape.
+    Shape ``kind`` starts two colours on, so that the two smallest classes allowed (two images each)
+    already hold every colour.
+
+    >>> sorted(shape_colours(0, 1, 6).tolist()), sorted(shape_colours(0, 0, 2).tolist() + shape_colours(0, 1, 2).tolist())
+    ([0, 1, 2, 2, 3, 3], [0, 1, 2, 3])
+    """
+    tiled = (np.arange(n) + 2 * kind) % len(COLOURS)
+    return np.random.default_rng([seed, kind, 2**40]).permutation(tiled)  # 2**40: no image index is that
+
+
+def _shape_image(kind: str, size: int, noise: float, colour: tuple[int, int, int], rng: np.random.Generator,
+                 backgrounds: np.random.Generator) -> np.ndarray:
+    """One (size, size, 3) uint8 image: a random shape, position, scale and rotation in ``colour``.
+
+    ``rng`` draws what it drew before the colours had names, in the same order, so each image keeps its
+    position, scale, rotation, noise and (where it contrasts with the colour) its background;
+    ``backgrounds`` draws another background where the old one is too close to the colour."""
     background = rng.integers(0, 256, 3)
-    # Each channel at least 96 levels away (mod 256) keeps the shape visible on any background.
-    colour = (background + rng.integers(96, 161, 3)) % 256
+    rng.integers(96, 161, 3)  # the colour's offset from the background before the palette: drawn for the above
+    if np.linalg.norm(background - np.asarray(colour)) < MIN_CONTRAST:
+        background = _background(colour, backgrounds)
     big = size * SUPERSAMPLE
     radius = rng.uniform(0.22, 0.36) * big
     cx, cy = rng.uniform(radius, big - radius, 2)
@@ -76,6 +109,16 @@ def _shape_image(kind: str, size: int, noise: float, rng: np.random.Generator) -
     image = image.resize((size, size), Image.Resampling.BOX)
     noisy = np.asarray(image, dtype=np.float32) + rng.standard_normal((size, size, 3), np.float32) * (noise * 255)
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
+def _background(colour: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random background at least `MIN_CONTRAST` from ``colour``: the first of a batch of uniform draws
+    that is (the farthest of them if none is: with about half of all backgrounds far enough, a chance
+    under 1e-18)."""
+    candidates = rng.integers(0, 256, (_BACKGROUND_TRIES, 3))
+    distance = np.linalg.norm(candidates - np.asarray(colour), axis=1)
+    far = np.flatnonzero(distance >= MIN_CONTRAST)
+    return candidates[far[0] if len(far) else int(np.argmax(distance))]
 
 
 def _draw(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, angle: float,
