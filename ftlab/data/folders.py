@@ -1,7 +1,8 @@
 """User data in class-subfolder layout: a folder, or a .zip unpacked safely into the data folder.
 
 Layouts: ``root/<class>/*.jpg`` or ``root/{train,val,test}/<class>/*.jpg``; a root whose only
-entry is one folder is descended into (how most zips and downloads are packed).
+entry is one folder is descended into (how most zips and downloads are packed). A ``labels.csv``
+beside the class (or split) folders gives further tasks (`ftlab.data.labels_csv`).
 """
 from __future__ import annotations
 
@@ -24,12 +25,14 @@ import numpy as np
 from ftlab import paths
 from ftlab.messages import printable, some
 from ftlab.data.dataset import DataError, Dataset, make_dataset
+from ftlab.data.labels_csv import LABELS_FILE, find_labels, read_tasks
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # Folder names read as given splits (lower-cased), and the split each one means.
 SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
 LAYOUT_HELP = "Expected root/<class>/<images> or root/train|val|test/<class>/<images>."
+FIRST_TASK = "class"  # the name of the task the class folders give, beside a labels.csv's tasks
 
 
 def zip_limits() -> dict[str, float]:
@@ -141,7 +144,9 @@ def load_folder(path: Path, name: str, source: str | None = None) -> Dataset:
     if not path.is_dir():
         raise DataError(f"{where} is not a folder. {LAYOUT_HELP}")
     try:
-        items, notes = _scan(_data_root(path))
+        root = _data_root(path)
+        items, notes = _scan(root)
+        labels_file = find_labels(path, root)
     except OSError as e:  # a folder that cannot be listed
         raise DataError(f"{where} cannot be read ({e.strerror or e}). Check that the folder and its "
                         "subfolders can be read by this user.") from e
@@ -149,8 +154,14 @@ def load_folder(path: Path, name: str, source: str | None = None) -> Dataset:
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[c] for _, c, _ in items], dtype=np.int64)
     check_classes(classes, labels, printable(name))  # the name as given: a zip's, not its unpacked folder's
-    return make_dataset(printable(name), classes, labels, printable(source or str(path)), notes=tuple(notes),
-                        given_split=[s for _, _, s in items], files=tuple(f for f, _, _ in items))
+    files = tuple(f for f, _, _ in items)
+    # the class folders are the first task; a labels.csv (never an image: not an image's extension) adds the others
+    shown = printable(str(labels_file)) if source is None else f"{LABELS_FILE} in {printable(name)}"
+    tasks = read_tasks(labels_file, list(files), FIRST_TASK, shown) if labels_file else ()
+    source = printable(source or str(path)) + (f"; further tasks from {LABELS_FILE}: "
+                                               f"{', '.join(t.name for t in tasks)}" if tasks else "")
+    return make_dataset(printable(name), classes, labels, source, notes=tuple(notes),
+                        given_split=[s for _, _, s in items], files=files, task=FIRST_TASK, tasks=tasks)
 
 
 def load_zip(path: Path, data_dir: Path, name: str) -> Dataset:
