@@ -8,6 +8,8 @@ from ui import charts, keys as K, resources, session as S
 
 RATIOS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 SAMPLES_PER_CLASS, SAMPLE_PX = 6, 64
+LABELS_HELP = ("Further tasks: a labels.csv beside the class folders, header `file,task_a,task_b,…`, one row per "
+               "image (its path as `ants/x.jpg`, then its label in each task). The class folders stay the first task.")
 state = st.session_state
 infos = {i.name: i for i in data.list_datasets()}
 
@@ -25,6 +27,17 @@ def try_load(name: str, *, download: bool = False) -> bool:
         return False
     choose(name)
     return True
+
+
+def balance(figures: diversity.Distribution) -> None:
+    """The class balance figures of one task's training split."""
+    m = st.columns(5)
+    m[0].metric("Entropy (nats)", f"{figures.entropy_nats:.3f}", help="H = −Σ p log p over the classes")
+    m[1].metric("Entropy (bits)", f"{figures.entropy_bits:.3f}")
+    m[2].metric("Normalised entropy", f"{figures.normalised_entropy:.3f}",
+                help="H / log K: 1 when all classes are equal")
+    m[3].metric("Effective classes", f"{figures.effective_classes:.2f}", help="e^H: so many equal classes have this H")
+    m[4].metric("Imbalance ratio", f"{figures.imbalance_ratio:.2f}", help="largest / smallest class")
 
 
 st.title("Data")
@@ -58,7 +71,7 @@ elif source == "Download":
                 try_load(name, download=True)
 elif source == "Upload a .zip":
     upload = st.file_uploader("A .zip with one folder of images per class (optionally inside train/, val/, test/)",
-                              type=["zip"], key=K.UPLOAD)
+                              type=["zip"], key=K.UPLOAD, help=LABELS_HELP)
     if upload is not None:
         try:
             # every rerun sees the upload again: hash and store its bytes once per uploaded file
@@ -74,7 +87,7 @@ elif source == "Upload a .zip":
 else:
     folder = st.text_input("Folder path", key=K.FOLDER, persist_state=K.PERSIST, placeholder="/path/to/images",
                            help="A folder with one subfolder of images per class, optionally inside train/, val/, "
-                                "test/.")
+                                f"test/. {LABELS_HELP}")
     if st.button("Use this folder", key=K.USE_FOLDER):
         if folder.strip():
             try_load(folder.strip())
@@ -105,16 +118,21 @@ except data.DataError as err:
     st.error(str(err))
     st.stop()
 
+if ds.tasks:
+    st.caption(f"{explore.tasks_text(ds)} The first, {ds.task}, is split, sampled and simulated below; each "
+               "task's classes are counted.")
+    st.markdown(f"**Task {ds.task}**")
 st.plotly_chart(charts.class_counts(ds.classes, counts), key="data.counts_chart")
 figures = diversity.distribution(counts["train"])
 tail = f" ({explore.long_tail_text(config.imbalance_ratio)} applied)" if config.imbalance_ratio > 1 else ""
 st.caption(f"Class balance of the training split{tail}, {figures.total:,} images")
-m = st.columns(5)
-m[0].metric("Entropy (nats)", f"{figures.entropy_nats:.3f}", help="H = −Σ p log p over the classes")
-m[1].metric("Entropy (bits)", f"{figures.entropy_bits:.3f}")
-m[2].metric("Normalised entropy", f"{figures.normalised_entropy:.3f}", help="H / log K: 1 when all classes are equal")
-m[3].metric("Effective classes", f"{figures.effective_classes:.2f}", help="e^H: so many equal classes have this H")
-m[4].metric("Imbalance ratio", f"{figures.imbalance_ratio:.2f}", help="largest / smallest class")
+balance(figures)
+for i, (task, classes, _) in enumerate(explore.tasks(ds)[1:]):
+    st.markdown(f"**Task {task}**")
+    task_counts = explore.split_counts(ds, split, task)
+    st.plotly_chart(charts.class_counts(classes, task_counts), key=f"data.task_counts_chart.{i}")
+    st.caption(f"Balance of {task} in the training split{tail}")
+    balance(diversity.distribution(task_counts["train"]))
 
 st.subheader("Samples")
 base = data.split_for(replace(config, imbalance_ratio=1.0), ds)

@@ -245,7 +245,9 @@ def _datasets(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             print(f"{r['name']:<14} {r['kind']:<9} {r['description']}")
-        print("\nOr give the path of a folder or .zip with one subfolder per class (optionally in train/ val/ test/).")
+        print("\nOr give the path of a folder or .zip with one subfolder per class (optionally in train/ val/ test/); "
+              "a labels.csv beside the class folders (header file,task_a,task_b,...; one row per image, its path "
+              "like ants/x.jpg) adds further tasks.")
     return 0
 
 
@@ -312,26 +314,42 @@ def _stats(args: argparse.Namespace) -> int:
     for note in ds.notes:
         print(f"warning: {note}", file=sys.stderr)
     k = len(ds.classes)
-    counts = {name: diversity.counts_of(ds.labels[getattr(split, name)], k) for name in ("train", "val", "test")}
-    counts["all"] = [sum(c) for c in zip(*(counts[s] for s in ("train", "val", "test")))]
-    figures = {name: dataclasses.asdict(diversity.distribution(c)) for name, c in counts.items() if sum(c)}
+    # every task's counts and figures, the first task's also at the top as before there were several
+    tasks = {name: _task_stats(classes, labels, split) for name, classes, labels in explore.tasks(ds)}
+    counts, figures = tasks[ds.task]["counts"], tasks[ds.task]["figures"]
     tips = [dataclasses.asdict(s) for s in diversity.suggestions(counts["train"])]
     out = {"dataset": ds.name, "classes": list(ds.classes), "num_classes": k, "counts": counts,
-           "figures": figures, "suggestions": tips, "notes": list(ds.notes)}
+           "figures": figures, "suggestions": tips, "notes": list(ds.notes), "task": ds.task, "tasks": tasks}
     if args.json:
         print(json.dumps(out, default=float))
         return 0
     print(f"{ds.name}: {k} classes, {len(ds)} images ({ds.source})")
-    print(f"{'class':<20}" + "".join(f"{s:>8}" for s in ("train", "val", "test")))
-    for i, name in enumerate(ds.classes):
-        print(f"{name[:20]:<20}" + "".join(f"{counts[s][i]:>8}" for s in ("train", "val", "test")))
-    for name, f in figures.items():
-        print(f"{name:>5}: H = {f['entropy_nats']:.3f} nats = {f['entropy_bits']:.3f} bits, normalised "
-              f"{f['normalised_entropy']:.3f}, effective classes {f['effective_classes']:.2f}, "
-              f"imbalance {f['imbalance_ratio']:.2f}")
+    for name, task in tasks.items():
+        if ds.tasks:
+            print(f"\ntask {name}: {task['num_classes']} classes")
+        print(f"{'class':<20}" + "".join(f"{s:>8}" for s in ("train", "val", "test")))
+        for i, cls in enumerate(task["classes"]):
+            print(f"{cls[:20]:<20}" + "".join(f"{task['counts'][s][i]:>8}" for s in ("train", "val", "test")))
+        for split_name, f in task["figures"].items():
+            print(f"{split_name:>5}: H = {f['entropy_nats']:.3f} nats = {f['entropy_bits']:.3f} bits, normalised "
+                  f"{f['normalised_entropy']:.3f}, effective classes {f['effective_classes']:.2f}, "
+                  f"imbalance {f['imbalance_ratio']:.2f}")
+    if ds.tasks and tips:
+        print(f"\nsuggestions, from the first task ({ds.task}):")
     for t in tips:
         print(f"suggestion: {t['title']}. {t['reason']}")
     return 0
+
+
+def _task_stats(classes: tuple[str, ...], labels, split) -> dict:
+    """One task's classes, images per class in each split and in all, and the figures of each non-empty one."""
+    from ftlab import diversity
+
+    counts = {name: diversity.counts_of(labels[getattr(split, name)], len(classes))
+              for name in ("train", "val", "test")}
+    counts["all"] = [sum(c) for c in zip(*(counts[s] for s in ("train", "val", "test")))]
+    figures = {name: dataclasses.asdict(diversity.distribution(c)) for name, c in counts.items() if sum(c)}
+    return {"classes": list(classes), "num_classes": len(classes), "counts": counts, "figures": figures}
 
 
 def _predict(args: argparse.Namespace) -> int:

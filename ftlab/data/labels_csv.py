@@ -94,8 +94,9 @@ def _rows(path: Path, where: str, images: int):
 
 
 def _columns(header: list[str], where: str, first_task: str) -> tuple[int, list[str]]:
-    """Where the ``file`` column is, and the names of the tasks (the other columns): refused with a sentence when it names no file column,
-    no task, a task twice, a task without a name or the first task (the class folders)."""
+    """Where the ``file`` column is, and the names of the tasks (the other columns). Refused with a
+    sentence: a header with no file column, no task, a task twice, a task without a name, or the
+    first task (the class folders)."""
     names = [printable(unicodedata.normalize("NFC", h.strip())) for h in header]
     lowered = [n.casefold() for n in names]
     if "file" not in lowered:
@@ -117,10 +118,11 @@ def _columns(header: list[str], where: str, first_task: str) -> tuple[int, list[
     unnamed = [str(i + 1) for i, n in enumerate(names) if not n]
     if unnamed:
         problems.append(f"column(s) {', '.join(unnamed)} have no name")
-    twice = sorted({n for n in tasks if n and [t.casefold() for t in tasks].count(n.casefold()) > 1})
-    if twice:
-        problems.append(f"{', '.join(repr(n) for n in twice)} name{'s' if len(twice) == 1 else ''} more than "
-                        "one column (names are compared ignoring case)")
+    alike: dict[str, list[str]] = {}
+    for n in tasks:
+        alike.setdefault(n.casefold(), []).append(n)
+    for same in (names for key, names in alike.items() if key and len(names) > 1):
+        problems.append(f"{', '.join(repr(n) for n in same)} name one task twice (names are compared ignoring case)")
     clash = [n for n in tasks if n.casefold() == first_task.casefold()]
     if clash:
         problems.append(f"{clash[0]!r} is the name of the first task, the class folders; name the column "

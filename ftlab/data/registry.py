@@ -13,7 +13,7 @@ from ftlab.messages import printable, some
 from ftlab.data.dataset import DataError, Dataset, DatasetInfo, make_dataset
 from ftlab.data.downloads import load_hymenoptera, load_torchvision
 from ftlab.data.folders import LAYOUT_HELP, load_folder, load_zip
-from ftlab.data.shapes import ShapesOptions, make_shapes
+from ftlab.data.shapes import COLOURS, ShapesOptions, make_shapes
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ def _tv(name: str, r: _Request) -> Dataset:
 _REGISTRY: dict[str, tuple[DatasetInfo, Callable[[_Request], Dataset]]] = {
     info.name: (info, loader) for info, loader in [
         (DatasetInfo("digits", "builtin", "scikit-learn's 1,797 handwritten digits, 8x8 grey", 10), _digits),
-        (DatasetInfo("shapes", "builtin", "generated coloured shapes on noisy backgrounds; classes, size, "
-                     "noise and counts per class are options", None), lambda r: make_shapes(r.shapes)),
+        (DatasetInfo("shapes", "builtin", "generated coloured shapes on noisy backgrounds, two tasks: the shape "
+                     f"and its colour ({', '.join(name for name, _ in COLOURS)}); classes, size, noise and counts "
+                     "per class are options", None), lambda r: make_shapes(r.shapes)),
         (DatasetInfo("hymenoptera", "download", "ants vs bees photos from PyTorch's transfer-learning "
                      "tutorial, 245 train + 153 val", 2),
          lambda r: load_hymenoptera(r.data_dir, r.may_download, r.offline_reason)),
