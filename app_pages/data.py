@@ -4,7 +4,7 @@ from dataclasses import replace
 import streamlit as st
 
 from ftlab import data, diversity, explore, paths
-from ui import charts, keys as K, resources, session as S
+from ui import charts, keys as K, parts, resources, session as S
 
 RATIOS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 SAMPLES_PER_CLASS, SAMPLE_PX = 6, 64
@@ -119,19 +119,19 @@ except data.DataError as err:
     st.stop()
 
 if ds.tasks:
-    st.caption(f"{explore.tasks_text(ds)} The first, {ds.task}, is split, sampled and simulated below; each "
-               "task's classes are counted.")
-    st.markdown(f"**Task {ds.task}**")
+    st.caption(f"{parts.plain(explore.tasks_text(ds))} The first, {parts.plain(ds.task)}, is split, sampled and "
+               "simulated below; each task's classes are counted.")
+    st.markdown(f"**Task {parts.plain(ds.task)}**")
 st.plotly_chart(charts.class_counts(ds.classes, counts), key="data.counts_chart")
 figures = diversity.distribution(counts["train"])
 tail = f" ({explore.long_tail_text(config.imbalance_ratio)} applied)" if config.imbalance_ratio > 1 else ""
 st.caption(f"Class balance of the training split{tail}, {figures.total:,} images")
 balance(figures)
 for i, (task, classes, _) in enumerate(explore.tasks(ds)[1:]):
-    st.markdown(f"**Task {task}**")
+    st.markdown(f"**Task {parts.plain(task)}**")
     task_counts = explore.split_counts(ds, split, task)
     st.plotly_chart(charts.class_counts(classes, task_counts), key=f"data.task_counts_chart.{i}")
-    st.caption(f"Balance of {task} in the training split{tail}")
+    st.caption(f"Balance of {parts.plain(task)} in the training split{tail}")
     balance(diversity.distribution(task_counts["train"]))
 
 st.subheader("Samples")

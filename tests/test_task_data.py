@@ -153,6 +153,27 @@ def test_split_folders_are_part_of_the_paths(tmp_path):
     assert _labels_of(ds, "val/bees/0.png") == ("bees", "red")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_labels_csv_that_is_not_a_regular_file_is_never_opened(tmp_path):
+    """A named pipe could block for ever; a folder named labels.csv is no file. Neither gives tasks."""
+    root, _ = two_task_folder(tmp_path / "pics")
+    (root / "labels.csv").unlink()
+    os.mkfifo(root / "labels.csv")
+    assert load_dataset(str(root)).tasks == ()
+    (root / "labels.csv").unlink()
+    (root / "labels.csv").mkdir()
+    assert load_dataset(str(root)).tasks == ()
+
+
+def test_two_labels_files_that_differ_in_case_are_refused(tmp_path):
+    root, _ = two_task_folder(tmp_path / "pics")
+    (root / "LABELS.CSV").write_text("file,size\n")
+    if len([p for p in root.iterdir() if p.name.lower() == "labels.csv"]) < 2:
+        pytest.skip("a file system that ignores case keeps one of the two")
+    with pytest.raises(DataError, match="2 labels files that differ only in case"):
+        load_dataset(str(root))
+
+
 def test_the_identity_of_a_folder_and_a_zip_follows_their_labels_csv(tmp_path):
     root, _ = two_task_folder(tmp_path / "pics")
     before = identity(TrainConfig(dataset=str(root)))
@@ -362,7 +383,7 @@ def test_the_data_page_shows_each_tasks_class_figures(app_env):
     at = _data_page(app_env)
     at.selectbox(key="data.builtin").select("shapes").run()
     assert not at.exception and not at.error
-    assert any("Two tasks: shape (4 classes), colour (4 classes)." in c.value for c in at.caption)
+    assert any("tasks\\: shape (4 classes), colour (4 classes)." in c.value for c in at.caption)
     assert [m.value for m in at.markdown if m.value.startswith("**Task")] == ["**Task shape**", "**Task colour**"]
     charts = _charts(at)
     assert charts[0]["data"][0]["x"] == ["circle", "square", "triangle", "cross"]
@@ -389,6 +410,17 @@ def test_the_data_page_shows_a_folders_labels_csv_task_and_its_errors(app_env, t
     assert not at.exception
     assert at.error and "row 10 ('ants/77.png')" in at.error[0].value
     assert at.session_state["data.dataset"] == str(root)  # the previous choice stays
+
+
+def test_a_task_name_is_shown_as_typed_never_as_markdown(app_env, tmp_path):
+    root, _ = two_task_folder(tmp_path / "pics", task="[see](http://evil.example) **now**")
+    at = _data_page(app_env)
+    at.radio(key="data.source").set_value("Folder on this machine").run()
+    at.text_input(key="data.folder").input(str(root)).run()
+    at.button(key="data.use_folder").click().run()
+    assert not at.exception and not at.error
+    shown = [m.value for m in at.markdown if m.value.startswith("**Task")][1]
+    assert shown == r"**Task \[see\](http\://evil.example) \*\*now\*\***"
 
 
 def test_a_data_set_of_one_task_shows_no_task_headings(app_env):
