@@ -121,8 +121,10 @@ def _columns(header: list[str], where: str, first_task: str) -> tuple[int, list[
     alike: dict[str, list[str]] = {}
     for n in tasks:
         alike.setdefault(n.casefold(), []).append(n)
-    for same in (names for key, names in alike.items() if key and len(names) > 1):
-        problems.append(f"{', '.join(repr(n) for n in same)} name one task twice (names are compared ignoring case)")
+    for key, group in alike.items():
+        if key and len(group) > 1:
+            problems.append(f"{', '.join(repr(n) for n in group)} name one task twice (names are compared ignoring "
+                            "case)")
     clash = [n for n in tasks if n.casefold() == first_task.casefold()]
     if clash:
         problems.append(f"{clash[0]!r} is the name of the first task, the class folders; name the column "

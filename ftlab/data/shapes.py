@@ -15,8 +15,8 @@ from ftlab.data.dataset import DataError, Dataset, Task, make_dataset
 SHAPE_KINDS = ("circle", "square", "triangle", "cross", "star", "ring", "diamond", "hexagon")
 # The second task's classes: the colour a shape is drawn in, far apart in RGB and named as a person would.
 COLOURS = (("red", (220, 40, 40)), ("green", (40, 170, 60)), ("blue", (40, 90, 220)), ("yellow", (235, 205, 40)))
-# A background at least this far (RGB distance) from the shape's colour: the least today's rule of each
-# channel 96..160 levels away gave (96 * sqrt 3), so a shape stays as visible as it was before the palette.
+# A background at least this far (RGB distance) from the shape's colour: the least that the rule before the
+# palette (each channel 96..160 levels away, mod 256) allowed, 96 * sqrt 3, so a shape stays as visible as it was.
 MIN_CONTRAST = 166.0
 _BACKGROUND_TRIES = 64  # candidate backgrounds drawn at once; about half of them contrast with any colour
 MAX_BYTES = 2 * 10**9  # generated pixels are held in memory
@@ -99,7 +99,7 @@ def _shape_image(kind: str, size: int, noise: float, colour: tuple[int, int, int
     position, scale, rotation, noise and (where it contrasts with the colour) its background;
     ``backgrounds`` draws another background where the old one is too close to the colour."""
     background = rng.integers(0, 256, 3)
-    rng.integers(96, 161, 3)  # the colour's offset from the background before the palette: drawn for the above
+    rng.integers(96, 161, 3)  # the draw that made the colour before the palette: kept so the draws after it stay
     if np.linalg.norm(background - np.asarray(colour)) < MIN_CONTRAST:
         background = _background(colour, backgrounds)
     big = size * SUPERSAMPLE
