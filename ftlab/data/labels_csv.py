@@ -56,11 +56,11 @@ def read_tasks(path: Path, files: list[str], first_task: str, where: str | None 
     if header is None:
         raise DataError(f"{where} is empty. {LABELS_HELP}")
     file_at, names = _columns(header[1], where, first_task)
-    keys = {_key(os.path.relpath(f, path.parent)): i for i, f in enumerate(files)}
-    found = _Found(keys, names, file_at)
+    relative = _relative(files, path.parent)
+    found = _Found({_key(r): i for i, r in enumerate(relative)}, names, file_at)
     for number, cells in rows:
         found.add(number, cells)
-    problems = found.problems(files, path.parent)
+    problems = found.problems(relative)
     if problems:
         raise DataError(f"{where}: " + " ".join(problems) + f" {LABELS_HELP}")
     return _tasks(names, found.values, where)
@@ -134,6 +134,14 @@ def _columns(header: list[str], where: str, first_task: str) -> tuple[int, list[
     return at, tasks
 
 
+def _relative(files: list[str], root: Path) -> list[str]:
+    """Each of ``files`` (found under ``root``) relative to it, with '/' between parts, as labels.csv names
+    them (a prefix cut: `os.path.relpath` takes seconds for a million files)."""
+    prefix = os.path.join(str(root), "")
+    return [(f[len(prefix):] if f.startswith(prefix) else os.path.relpath(f, root)).replace(os.sep, "/")
+            for f in files]
+
+
 def _key(path: str) -> str:
     """A path as labels.csv and the folder both spell it: '/' between parts, no leading './', composed
     accents (a zip made on a Mac decomposes them), no spaces around it."""
@@ -197,14 +205,14 @@ class _Found:
             self.empty.add(f"row {number} ({', '.join(blank)})")
         self.values[i] = labels
 
-    def problems(self, files: list[str], root: Path) -> list[str]:
+    def problems(self, relative: list[str]) -> list[str]:
         """A sentence for each kind of problem, naming its rows (the images without a row by their paths)."""
         out = []
         if self.ragged.total:
             out.append(f"{self.ragged.total:,} row(s) do not have the header's {len(self.names) + 1} cells: "
                        f"{self.ragged.words()}.")
         if self.unknown.total:
-            example = _shown(os.path.relpath(files[0], root).replace(os.sep, "/")) if files else "''"
+            example = _shown(relative[0]) if relative else "''"
             out.append(f"{self.unknown.total:,} row(s) name a file that is not an image of the data set: "
                        f"{self.unknown.words()}; remove them or correct the paths (relative to the folder "
                        f"that holds {LABELS_FILE}, e.g. {example}).")
@@ -215,11 +223,11 @@ class _Found:
             out.append(f"{self.empty.total:,} row(s) have empty cells: {self.empty.words()}; give every image a "
                        "label in every task.")
         missing = _Listed()
-        for i, f in enumerate(files):
+        for i, f in enumerate(relative):
             if i not in self.first_row:
-                missing.add(_shown(os.path.relpath(f, root).replace(os.sep, "/")))
+                missing.add(_shown(f))
         if missing.total:
-            out.append(f"{missing.total:,} of the {len(files):,} images have no row: {missing.words()}; add a row "
+            out.append(f"{missing.total:,} of the {len(relative):,} images have no row: {missing.words()}; add a row "
                        "for each.")
         return out
 
