@@ -152,6 +152,10 @@ def figures(job: Job, snap) -> None:
     with c[1]:
         st.markdown("**Per class, on the validation split**")
         parts.report(last.report, classes)
+    if last.tasks:  # several tasks: each task's curves, confusion matrix and table
+        names = snap.started.tasks if snap.started and snap.started.tasks else \
+            {name: [str(i) for i in range(len(f["confusion"]))] for name, f in last.tasks.items()}
+        parts.task_figures("train", epochs, names, last.tasks, f"Validation confusion matrix, epoch {last.epoch}")
 
 
 st.title("Train")

@@ -129,3 +129,57 @@ def probabilities(logits: "torch.Tensor", sizes: tuple[int, ...]) -> "torch.Tens
     import torch
 
     return torch.cat([part.softmax(1) for part in split(logits, sizes)], 1)
+
+
+# --- what the pages and the CLI show of several tasks (plain data, no torch) ----------------
+
+def task_curves(epochs: list[dict], name: str) -> list[dict]:
+    """One task's rows for the train/val curves (``epoch``, ``train_accuracy``, ``val_accuracy``,
+    ``train_loss``, ``val_loss``), from epoch records (dicts) that carry ``tasks``.
+
+    >>> task_curves([{"epoch": 1, "tasks": {"colour": {"train_accuracy": 0.5, "val_accuracy": 0.6,
+    ...                                                 "loss": 0.7, "val_loss": 0.8}}}], "colour")
+    [{'epoch': 1, 'train_accuracy': 0.5, 'val_accuracy': 0.6, 'train_loss': 0.7, 'val_loss': 0.8}]
+    """
+    rows = []
+    for e in epochs:
+        f = (e.get("tasks") or {}).get(name)
+        if f:
+            rows.append({"epoch": e["epoch"], "train_accuracy": f.get("train_accuracy"),
+                         "val_accuracy": f.get("val_accuracy"), "train_loss": f.get("loss"),
+                         "val_loss": f.get("val_loss")})
+    return rows
+
+
+def weight_trace(epochs: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Each task's weight in the loss at the end of each epoch: (epoch, weight) pairs per task.
+
+    >>> weight_trace([{"epoch": 1, "tasks": {"shape": {"weight": 1.0}, "colour": {"weight": 0.5}}}])
+    {'shape': [(1, 1.0)], 'colour': [(1, 0.5)]}
+    """
+    trace: dict[str, list[tuple[int, float]]] = {}
+    for e in epochs:
+        for name, f in (e.get("tasks") or {}).items():
+            if f.get("weight") is not None:
+                trace.setdefault(name, []).append((e["epoch"], f["weight"]))
+    return trace
+
+
+def summary_text(best: dict | None) -> str:
+    """Each task's best val accuracy in a few words ("" for a run of one task).
+
+    >>> summary_text({"shape": 0.95, "colour": 1.0})
+    'shape 0.950 · colour 1.000'
+    """
+    return " · ".join(f"{name} {acc:.3f}" for name, acc in (best or {}).items() if acc is not None)
+
+
+def record_classes(run) -> dict[str, list[str]]:
+    """Each task of a kept run (a `ftlab.runs.RunRecord`) and its classes, the first task's first,
+    from its final evaluation ({} for a run of one task; a task's classes are [] where the run
+    stopped before its final evaluation)."""
+    final = ((run.final or {}).get("val") or {}).get("tasks") or {}
+    if final:
+        return {name: list(f.get("classes", [])) for name, f in final.items()}
+    names = list((run.summary or {}).get("tasks") or {})
+    return {name: list(run.classes) if i == 0 else [] for i, name in enumerate(names)}
