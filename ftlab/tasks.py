@@ -183,3 +183,16 @@ def record_classes(run) -> dict[str, list[str]]:
         return {name: list(f.get("classes", [])) for name, f in final.items()}
     names = list((run.summary or {}).get("tasks") or {})
     return {name: list(run.classes) if i == 0 else [] for i, name in enumerate(names)}
+
+
+def placeholder(ds: "Dataset") -> str:
+    """What the Train page's empty tasks box says: the tasks the data set carries.
+
+    >>> from ftlab.data.dataset import Task, make_dataset
+    >>> placeholder(make_dataset("s", ("a", "b"), [0, 1], "", pixels=np.zeros((2, 4, 4), np.uint8), task="shape",
+    ...                          tasks=(Task("colour", ("red", "blue"), [0, 1]),)))
+    'shape only; this data set has shape, colour (or all)'
+    """
+    if not ds.tasks:
+        return f"{ds.task} only: this data set has one task"
+    return f"{ds.task} only; this data set has {some(ds.task_names())} (or all)"
