@@ -292,6 +292,11 @@ class _Trainer:
         self.tasks = task_options.select(c, self.data.dataset)
         self.labels = {name: self._split_labels(split) for name in ("train", "val", "test")
                        if (split := getattr(self.data, name)) is not None}
+        if self.sizes:
+            weighting = "learned weights (uncertainty)" if c.task_weighting == "uncertainty" else \
+                "weights " + ", ".join(f"{t.weight:g}" for t in self.tasks)
+            self._say(f"training {len(self.tasks)} tasks, one head each: " +
+                      ", ".join(f"{t.name} ({len(t.classes)} classes)" for t in self.tasks) + f"; {weighting}")
         self.data_identity = data.identity(c)
         self.weights_identity = backbones.Weights.parse(c.weights).identity(c.seed)
         self.store.set_data(self.run_id, list(self.classes), self.data.split.to_dict())
