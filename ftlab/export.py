@@ -85,8 +85,9 @@ class ImageClassifier(nn.Module):
     def __init__(self, model: nn.Module, preprocessing: Preprocessing, sizes: tuple[int, ...] = ()):
         super().__init__()
         self.model = model
-        # several tasks: each task's columns, its probabilities summing to 1 within them ([]: one task)
-        self.sizes: list[int] = list(sizes)
+        # several tasks: each task's columns, its probabilities summing to 1 within them; one task: [0]
+        # (a list TorchScript can type: it cannot an empty one)
+        self.sizes = [int(n) for n in sizes] if len(sizes) > 1 else [0]
         self.size = int(preprocessing.size)
         self.resize = int(preprocessing.resize)
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255)
