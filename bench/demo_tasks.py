@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     diffs = [b - a for a, b in zip(rows[first], rows[f"{first}+{other}"])]
     text = "\n".join([
         f"shapes ({args.classes} classes, {args.per_class} per class, noise {args.noise:g}), {args.backbone} "
-        f"ImageNet, {args.strategy}, {args.image_size} px, {args.epochs} epochs, {args.weighting} task weighting",
+        f"ImageNet, {args.strategy}, {args.image_size} px, {args.epochs} epoch{'' if args.epochs == 1 else 's'}, "
+        f"{args.weighting} task weighting",
         "", table(rows, colour, args.seeds, first, other), "",
         f"paired difference ({first}+{other} minus {first} only), per seed: "
         + ", ".join(f"{d:+.3f}" for d in diffs) + f"; mean {statistics.mean(diffs):+.3f}",
