@@ -107,7 +107,7 @@ def select(config, ds: "Dataset") -> tuple[TrainedTask, ...]:
         raise ValueError(f"{ds.name} has no task {some(unknown)}: its tasks are {some(ds.task_names())} "
                          f"(the first, {ds.task!r}, is its class). Choose --tasks from them, or all.")
     if ds.task not in names:
-        raise ValueError(f"tasks must include {ds.name}'s first task {ds.task!r}: its classes are the run's "
+        raise ValueError(f"tasks must include the data set's first task, {ds.task!r}: its classes are the run's "
                          f"classes. Give e.g. --tasks {','.join((ds.task, *names))}.")
     weights = dict(zip(names, weights_asked(config.task_weights)))
     ordered = [first] + [further[n] for n in names if n != ds.task]

@@ -203,7 +203,7 @@ def test_a_task_the_data_does_not_carry_fails_the_run_naming_its_tasks(monkeypat
 
 
 @pytest.mark.parametrize("options, words", [
-    (dict(tasks="parity"), "must include digits's first task 'digit'"),
+    (dict(tasks="parity"), "must include the data set's first task, 'digit'"),
     (dict(tasks="all", task_weighting="uncertainty", dataset="digits", plain=True), "trains only 'class'"),
 ])
 def test_the_run_refuses_tasks_that_leave_out_the_first_or_balance_one_task(monkeypatch, tmp_path, options, words):
