@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "", table(rows, colour, args.seeds, first, other), "",
         f"paired difference ({first}+{other} minus {first} only), per seed: "
         + ", ".join(f"{d:+.3f}" for d in diffs) + f"; mean {statistics.mean(diffs):+.3f}",
-        f"the {other} task {verdict(diffs)} for {first} accuracy ({time.perf_counter() - began:.0f} s)"])
+        f"{other} as a second task, for {first} accuracy: {verdict(diffs)} ({time.perf_counter() - began:.0f} s)"])
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
