@@ -1,7 +1,7 @@
 """Inspect & predict: a run's mistakes, its hardest validation images, and a prediction for an image."""
 import streamlit as st
 
-from ftlab import data, explore, predict
+from ftlab import data, explore, predict, tasks
 from ftlab.config import TrainConfig
 from ftlab.checkpoints import CheckpointError
 from ui import charts, keys as K, parts, resources
@@ -40,6 +40,9 @@ with c[1]:
         st.caption("No mistakes on this split.")
     st.markdown("**Per class**")
     parts.report(ev, run.classes)
+if ev.get("tasks"):  # several tasks: each task's figures of the best model on this split
+    parts.task_figures("inspect", [], tasks.record_classes(run), ev["tasks"],
+                       f"{split.capitalize()} confusion matrix of the best model")
 
 st.subheader("Validation images with the highest loss")
 hard = explore.hardest(run.final["val"], run.classes, HARDEST)
@@ -73,3 +76,7 @@ if upload is not None:
         c[0].metric("Prediction", prediction.label, f"{prediction.probability:.1%}", delta_color="off",
                     delta_arrow="off")
         c[1].plotly_chart(charts.top_k(prediction.top), key="inspect.top_k_chart")
+        for name, top in list(prediction.tasks.items())[1:]:  # several tasks: every further task's classes
+            c = st.columns([1, 2])
+            c[0].metric(f"Prediction: {name}", top[0][0], f"{top[0][1]:.1%}", delta_color="off", delta_arrow="off")
+            c[1].plotly_chart(charts.top_k(top), key=f"inspect.top_k_chart.{name}")

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from ftlab import explore, export
+from ftlab import explore, export, tasks
 from ftlab.checkpoints import CheckpointError
 from ftlab.runs import StoreError
 from ui import charts, keys as K, parts, resources
@@ -77,6 +77,11 @@ for note in explore.run_notes(run.summary):
     st.caption(parts.plain(note))
 with st.expander("Configuration"):
     st.json(run.config)
+if run.summary.get("tasks"):  # several tasks: each task's curves and its best model's val figures
+    final_tasks = (run.final.get("val") or {}).get("tasks", {}) if run.final else {}
+    st.caption(f"Best val accuracy per task: {tasks.summary_text(run.summary['tasks'])}")
+    parts.task_figures("runs", store.epochs(run_id), tasks.record_classes(run), final_tasks,
+                       "Validation confusion matrix of the best model")
 d = st.columns(3)
 checkpoint = store.checkpoint_path(run_id)
 d[0].download_button("Download checkpoint (best.pt)", data=checkpoint.read_bytes if checkpoint.is_file() else b"",

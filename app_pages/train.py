@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import streamlit as st
 
-from ftlab import explore
+from ftlab import data, explore, tasks
 from ftlab.config import MAX_NAME, TrainConfig, option_type, options, resolved_image_size, resolved_lr, validate
 from ftlab.jobs import Job
 from ftlab.jobs import END_STATUSES, JobBusy
@@ -152,6 +152,10 @@ def figures(job: Job, snap) -> None:
     with c[1]:
         st.markdown("**Per class, on the validation split**")
         parts.report(last.report, classes)
+    if last.tasks:  # several tasks: each task's curves, confusion matrix and table
+        names = snap.started.tasks if snap.started and snap.started.tasks else \
+            {name: [str(i) for i in range(len(f["confusion"]))] for name, f in last.tasks.items()}
+        parts.task_figures("train", epochs, names, last.tasks, f"Validation confusion matrix, epoch {last.epoch}")
 
 
 st.title("Train")
@@ -169,6 +173,10 @@ try:  # placeholders of the fields left empty: what the run will use instead
             "image_size": f"auto: {resolved_image_size(replace(config, image_size=None))} px"}
 except ValueError:
     auto = {}
+try:  # several tasks: the empty tasks box names the data set's tasks
+    auto |= {"tasks": tasks.placeholder(resources.dataset(config)), "task_weights": "1 each"}
+except data.DataError:
+    pass
 fields = [f for f in options() if f.metadata["section"] == "training" and f.name != "seed"]
 with st.form(K.TRAIN_FORM, border=True):
     st.markdown(f"**Training options** · seed {config.seed} (set on the Data page)")

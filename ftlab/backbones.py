@@ -103,10 +103,13 @@ class BlockModel(nn.Sequential):
     BatchNorm layers keep their pretrained statistics and compute what they compute at evaluation.
     """
 
-    def __init__(self, backbone: str, blocks: "OrderedDict[str, nn.Module]", num_classes: int):
+    def __init__(self, backbone: str, blocks: "OrderedDict[str, nn.Module]", num_classes: int,
+                 task_sizes: tuple[int, ...] = ()):
         super().__init__(blocks)
         self.backbone = backbone
-        self.num_classes = num_classes
+        self.num_classes = num_classes  # of the first task
+        # several tasks: each task's class count, the columns of its logits in that order (one task: ())
+        self.task_sizes = tuple(task_sizes)
         self.frozen_blocks: frozenset[str] = frozenset()
         self.bn_frozen = True
 
@@ -151,7 +154,7 @@ def make_head(in_features: int, num_classes: int, hidden: int = 0, dropout: floa
     return edits.make_head(in_features, num_classes, (hidden,) if hidden else (), "relu", dropout)
 
 
-def create_model(name: str, num_classes: int, weights: str = "imagenet", *, hidden: int = 0,
+def create_model(name: str, num_classes: int | tuple[int, ...], weights: str = "imagenet", *, hidden: int = 0,
                  dropout: float = 0.0, edits: "ModelEdits | None" = None,
                  image_size: int | None = None) -> BlockModel:
     """Build ``name`` with ``weights`` ("imagenet", "random" or a file path) and a new head.
@@ -159,6 +162,7 @@ def create_model(name: str, num_classes: int, weights: str = "imagenet", *, hidd
     ``edits`` (`ftlab.edits.ModelEdits`) replace the head, truncate the backbone or add adapters;
     ``image_size`` is the size the edited shapes are found at (the backbone's own by default).
     ``hidden`` and ``dropout`` are the head options from before edits, for calls without ``edits``.
+    A tuple of class counts (several tasks) builds one head per task (`ftlab.edits.TaskHeads`).
     """
     from ftlab import edits as model_edits
 
@@ -170,7 +174,9 @@ def create_model(name: str, num_classes: int, weights: str = "imagenet", *, hidd
     # a file is loaded into the finished model: its blocks are built with random weights first
     blocks = model_edits.build_blocks(name, num_classes, "imagenet" if source.pretrained else "random", edits,
                                       image_size)
-    model = BlockModel(name, blocks, num_classes)
+    sizes = tuple(num_classes) if not isinstance(num_classes, int) and len(num_classes) > 1 else ()
+    first = num_classes if isinstance(num_classes, int) else num_classes[0]
+    model = BlockModel(name, blocks, first, sizes)
     if source.kind == "file":
         load_weights_file(model, Path(source.path))
     return model

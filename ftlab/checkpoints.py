@@ -21,12 +21,31 @@ from ftlab.transforms import Preprocessing
 
 
 def build(model: backbones.BlockModel, config, classes: tuple[str, ...], preprocessing: Preprocessing,
-          epoch: int, val_accuracy: float) -> dict:
-    """Everything needed to rebuild and use ``model`` (trained with ``config``, a `TrainConfig`)."""
-    return {"model": weights_only_dict(model), "backbone": model.backbone, "num_classes": model.num_classes, "classes": list(classes),
-            "image_size": preprocessing.size, "preprocessing": preprocessing.to_dict(),
-            "hidden": config.hidden, "dropout": config.dropout, "edits": config.edits().to_dict(),
-            "config": config.to_dict(), "epoch": epoch, "val_accuracy": val_accuracy}
+          epoch: int, val_accuracy: float, tasks: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """Everything needed to rebuild and use ``model`` (trained with ``config``, a `TrainConfig`).
+    With several tasks, ``tasks`` names each task's classes in the order of the model's heads
+    (the first is ``classes``); ``num_classes`` and ``classes`` stay the first task's."""
+    checkpoint = {"model": weights_only_dict(model), "backbone": model.backbone, "num_classes": model.num_classes,
+                  "classes": list(classes), "image_size": preprocessing.size, "preprocessing": preprocessing.to_dict(),
+                  "hidden": config.hidden, "dropout": config.dropout, "edits": config.edits().to_dict(),
+                  "config": config.to_dict(), "epoch": epoch, "val_accuracy": val_accuracy}
+    if tasks and len(tasks) > 1:
+        checkpoint["tasks"] = [{"name": name, "classes": list(names)} for name, names in tasks.items()]
+    return checkpoint
+
+
+def tasks(checkpoint: dict) -> list[tuple[str, list[str]]]:
+    """Each task the checkpoint's model predicts, as (name, classes), its first task first; a
+    checkpoint of one task (every one before several tasks existed) has one, named after its config."""
+    if isinstance(checkpoint.get("tasks"), list) and len(checkpoint["tasks"]) > 1:
+        return [(t["name"], list(t["classes"])) for t in checkpoint["tasks"]]
+    return [("class", list(checkpoint["classes"]))]
+
+
+def task_sizes(checkpoint: dict) -> tuple[int, ...]:
+    """Each task's class count where the model has several heads (one task: ())."""
+    found = tasks(checkpoint)
+    return tuple(len(classes) for _, classes in found) if len(found) > 1 else ()
 
 
 def load_file(path: Path) -> dict:
@@ -138,6 +157,8 @@ def problems(checkpoint: dict) -> list[str]:
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         return found + ["its model holds something other than named tensors"]
     n, classes = checkpoint.get("num_classes"), checkpoint.get("classes")
+    if "tasks" in checkpoint:
+        return found + _tasks_problems(checkpoint, state)
     heads = [v for k, v in state.items() if k.startswith("head.") and k.endswith(".weight") and v.dim() == 2]
     if not isinstance(n, int) or isinstance(n, bool) or n < 2:
         found.append(f"its class count {str(n)[:20]!r} is not a whole number of at least 2")
@@ -155,13 +176,37 @@ def problems(checkpoint: dict) -> list[str]:
     return found
 
 
+def _tasks_problems(checkpoint: dict, state: dict) -> list[str]:
+    """What in a several-task checkpoint's task list does not fit its heads or its class list."""
+    listed = checkpoint["tasks"]
+    if not isinstance(listed, list) or len(listed) < 2 or not all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("classes"), list)
+            and all(isinstance(c, str) for c in t["classes"]) and len(t["classes"]) >= 2 for t in listed):
+        return ["its task list is not two or more tasks, each a name and a list of at least 2 class names"]
+    found = []
+    if len({t["name"] for t in listed}) < len(listed):
+        found.append("its task list names a task twice")
+    if listed[0]["classes"] != checkpoint.get("classes") or checkpoint.get("num_classes") != len(listed[0]["classes"]):
+        found.append("its first task's classes are not its class list")
+    for i, t in enumerate(listed):  # before building: a crafted count must not size a huge head
+        heads = [v for k, v in state.items() if k.startswith(f"head.{i}.") and k.endswith(".weight") and v.dim() == 2]
+        if not heads or heads[-1].shape[0] != len(t["classes"]):
+            found.append(f"its head for task {t['name'][:40]!r} does not have {len(t['classes'])} outputs")
+        elif len(set(t["classes"])) != len(t["classes"]):
+            found.append(f"its task {t['name'][:40]!r} names a class twice")
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in state.values()):
+        found.append("its weights hold NaN or infinite values")
+    return found
+
+
 def load_model(checkpoint: dict) -> backbones.BlockModel:
     """The checkpoint's model in eval mode, refusing one whose metadata or tensors do not fit its
     stated architecture."""
     if found := problems(checkpoint):
         raise CheckpointError(f"the checkpoint cannot be used: {'; '.join(found)}")
     try:
-        model = backbones.create_model(checkpoint["backbone"], int(checkpoint["num_classes"]), "random",
+        model = backbones.create_model(checkpoint["backbone"], task_sizes(checkpoint) or int(checkpoint["num_classes"]),
+                                       "random",
                                        edits=edits(checkpoint), image_size=int(checkpoint["image_size"]))
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"the checkpoint names no usable model: {err}") from None

@@ -15,7 +15,7 @@ import threading
 import typing
 
 from ftlab import config as cfg
-from ftlab import events, explore
+from ftlab import events, explore, tasks
 from ftlab.messages import printable
 from ftlab.paths import SettingError, StoreError
 
@@ -219,6 +219,9 @@ class Progress:
             print(f"\repoch {e.epoch}/{e.epochs}: train loss {e.train_loss:.3f} acc {e.train_accuracy:.3f} | "
                   f"val loss {e.val_loss:.3f} acc {e.val_accuracy:.3f}{' *' if e.is_best else ''} | "
                   f"{e.images_per_second:.0f} img/s, {explore.format_duration(e.seconds)}" + " " * 20, file=out)
+            if e.tasks:
+                print("  val acc per task: " + tasks.summary_text({n: f["val_accuracy"] for n, f in e.tasks.items()})
+                      + " | weights " + ", ".join(f"{n} {f['weight']:.3f}" for n, f in e.tasks.items()), file=out)
         elif isinstance(e, events.RunStopped):
             print(f"[ftlab] stopped: {e.message}", file=out)
         elif isinstance(e, events.RunFailed):
@@ -232,6 +235,8 @@ def _print_summary(s: dict) -> None:
     print(f"run {s['run_id']}: {s['stopped_reason']} after {s['epochs_run']} epoch{'' if s['epochs_run'] == 1 else 's'}; best val accuracy {best}, "
           f"test accuracy {test}; {explore.format_duration(s['train_seconds'])} training{caching}, "
           f"{s['images_per_second']:.0f} img/s" + (f"; {explore.precision_text(s)}" if s.get("precision") else ""))
+    if s.get("tasks"):  # several tasks: the first task's is the best val accuracy above
+        print(f"best val accuracy per task: {tasks.summary_text(s['tasks'])}")
 
 
 # --- listings ---------------------------------------------------------------------------
@@ -367,8 +372,11 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(prediction)))
     else:
-        for label, p in prediction.top:
-            print(f"{p:7.3f}  {printable(label)}")  # a non-UTF-8 class name prints as escapes
+        for name, top in (prediction.tasks or {"": prediction.top}).items():
+            if name:
+                print(f"{printable(name)}:")  # several tasks: each task's classes under its name
+            for label, p in top:
+                print(f"{p:7.3f}  {printable(label)}")  # a non-UTF-8 class name prints as escapes
     return 0
 
 

@@ -17,6 +17,8 @@ from typing import Any
 from ftlab import paths
 from ftlab.edit_options import ACTIVATIONS, ModelEdits
 from ftlab.messages import some
+from ftlab.tasks import WEIGHTINGS as TASK_WEIGHTINGS
+from ftlab import tasks as task_options
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
@@ -101,6 +103,14 @@ class TrainConfig:
     class_weighting: str = _opt("none", "weight the loss by inverse class frequency", choices=CLASS_WEIGHTING)
     balanced_sampling: bool = _opt(False, "draw training batches with every class equally likely")
     seed: int = _opt(0, "random seed (split, initialisation, batches)", lo=0, hi=2**31 - 1)
+    # several tasks (ftlab.tasks): the data set's first task always trains; these add its further tasks
+    tasks: str = _opt("", "several tasks: the data set's tasks to train, one head each on the shared backbone, a "
+                      "comma list (e.g. shape,colour) or all (default: the first task only)", section="objective")
+    task_weighting: str = _opt("fixed", "several tasks: fixed weights per task (--task-weights), or uncertainty "
+                               "weighting, which learns them (Kendall et al. 2018)", choices=TASK_WEIGHTINGS,
+                               section="objective")
+    task_weights: str = _opt("", "several tasks, fixed weighting: each task's weight in the loss, in the order of "
+                             "--tasks, e.g. 1,0.5 (default: 1 each)", section="objective")
     feature_cache: bool = _opt(True, "compute the frozen blocks once per image and train the rest on the stored "
                                "features (needs frozen BatchNorm, and no augmentation or --augment-views)",
                                section="speed")
@@ -210,7 +220,7 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
         if config.val_fraction + config.test_fraction >= 1:
             problems.append(f"val_fraction ({config.val_fraction:g}) and test_fraction ({config.test_fraction:g}) "
                             "leave nothing to train on: together they must be less than 1.")
-        problems += _check_dataset(config.dataset)
+        problems += _check_dataset(config.dataset) + task_options.config_problems(config)
         if len(config.name) > MAX_NAME or not config.name.isprintable():
             shown = repr(config.name[:60]) + ("…" if len(config.name) > 60 else "")
             problems.append(f"name must be at most {MAX_NAME} printable characters on one line (got {shown}).")

@@ -75,6 +75,33 @@ def make_head(in_features: int, num_classes: int, widths: Sequence[int] = (), ac
     return nn.Sequential(*layers, nn.Dropout(dropout), nn.Linear(width, num_classes))
 
 
+class TaskHeads(nn.ModuleList):
+    """One head per task on the same feature; the output is the heads' logits side by side,
+    ``sizes[0]`` columns of the first task, then the next task's, so that the model still
+    returns one tensor (prediction, TorchScript and ONNX export take it as it is) and whatever
+    reads it splits it with ``sizes`` (`ftlab.tasks.split`)."""
+
+    def __init__(self, heads: Sequence[nn.Module], sizes: Sequence[int]):
+        super().__init__(heads)
+        self.sizes = [int(n) for n in sizes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([head(x) for head in self], 1)
+
+
+def make_heads(in_features: int, num_classes: int | Sequence[int], edits: ModelEdits) -> nn.Module:
+    """The head ``edits`` ask for: one classifier for ``num_classes`` classes, or, for a tuple
+    of class counts (several tasks), one such classifier per task (`TaskHeads`)."""
+    def one(n: int) -> nn.Sequential:
+        return make_head(in_features, n, edits.head, edits.activation, edits.dropout, edits.head_batchnorm)
+
+    if isinstance(num_classes, int):
+        return one(num_classes)
+    if len(num_classes) == 1:
+        return one(num_classes[0])
+    return TaskHeads([one(n) for n in num_classes], num_classes)
+
+
 # --- shapes, found without weights ---------------------------------------------------------
 
 def block_shapes(blocks: OrderedDict[str, nn.Module], image_size: int) -> dict[str, tuple[int, ...]]:
@@ -231,11 +258,12 @@ def insert_adapters(blocks: OrderedDict[str, nn.Module], after: Sequence[str], d
 
 # --- the whole edited model --------------------------------------------------------------
 
-def apply(blocks: OrderedDict[str, nn.Module], edits: ModelEdits, num_classes: int, in_features: int,
+def apply(blocks: OrderedDict[str, nn.Module], edits: ModelEdits, num_classes: int | Sequence[int], in_features: int,
           image_size: int, shapes: dict[str, tuple[int, ...]] | None = None) -> OrderedDict[str, nn.Module]:
     """A backbone's blocks (without a head) edited: truncated, then adapters, then the head.
     ``in_features`` is the width of the backbone's own pooled feature (used when not truncated);
-    ``shapes`` the blocks' :func:`block_shapes`, where they are known already."""
+    ``shapes`` the blocks' :func:`block_shapes`, where they are known already; a tuple of class
+    counts builds one head per task."""
     problems = edits.problems([*blocks, "head"])
     if problems:
         raise ValueError(" ".join(problems))
@@ -244,8 +272,7 @@ def apply(blocks: OrderedDict[str, nn.Module], edits: ModelEdits, num_classes: i
     if edits.truncate_after:
         blocks, in_features = truncate(blocks, edits.truncate_after, image_size, shapes)
     blocks = insert_adapters(blocks, edits.adapter_after, edits.adapter_dim, image_size, shapes)
-    blocks["head"] = make_head(in_features, num_classes, edits.head, edits.activation, edits.dropout,
-                               edits.head_batchnorm)
+    blocks["head"] = make_heads(in_features, num_classes, edits)
     return blocks
 
 
@@ -260,7 +287,7 @@ def resolved_size(backbone: str, image_size: int | None) -> int:
     return image_size or spec.fixed_size or spec.default_size
 
 
-def build_blocks(backbone: str, num_classes: int, weights: str, edits: ModelEdits,
+def build_blocks(backbone: str, num_classes: int | Sequence[int], weights: str, edits: ModelEdits,
                  image_size: int | None = None) -> OrderedDict[str, nn.Module]:
     """The edited model's blocks, head included, for ``BlockModel(backbone, blocks, num_classes)``.
 

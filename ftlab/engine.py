@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftlab import backbones, cache, checkpoints, data, events, fastpath, freeze, metrics
+from ftlab import tasks as task_options
 from ftlab import precision as precisions
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
 from ftlab.errors import NonFiniteLoss, StopRequested
-from ftlab.objectives import Batch, CrossEntropy, Objective, class_weights
+from ftlab.objectives import Batch, CrossEntropy, MultiTask, Objective, class_weights
 from ftlab.precision import FP32, Choice
 from ftlab.records import EpochRecord, RunSummary
 from ftlab.runs import RunStore, StoreError, new_run_id
@@ -78,6 +79,7 @@ class EpochResult:
     images: int
     seconds: float
     parts: dict = field(default_factory=dict)  # the mean of each part of the loss an objective counted
+    accuracies: dict = field(default_factory=dict)  # several tasks: each task's training accuracy
 
 
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, order: Iterator[torch.Tensor], *,
@@ -128,8 +130,9 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         seen += n
         on_step(step, loss.item(), seen)
     parts = {name[5:]: value / max(seen, 1) for name, value in counts.items() if name.startswith("loss:")}
+    accuracies = {name[8:]: value / max(seen, 1) for name, value in counts.items() if name.startswith("correct:")}
     return EpochResult(total_loss / max(seen, 1), counts.get("correct", 0) / max(seen, 1), seen,
-                       time.perf_counter() - began, parts)
+                       time.perf_counter() - began, parts, accuracies)
 
 
 @dataclass
@@ -139,26 +142,35 @@ class Evaluation:
     predictions: np.ndarray
     losses: np.ndarray  # per image: which validation images the model gets most wrong
     probabilities: np.ndarray
+    tasks: tuple["Evaluation", ...] = ()  # several tasks: each task's own (the first is this one's figures)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, prep: Preprocess,
              batch_size: int = 128, precision: Choice = FP32, start: int = 0,
-             should_stop: Callable[[], bool] = lambda: False) -> Evaluation:
+             should_stop: Callable[[], bool] = lambda: False, sizes: tuple[int, ...] = ()) -> Evaluation:
+    """The model's figures on ``images``. With several tasks (``sizes``: each task's class count)
+    ``labels`` has one column per task and the model's output each task's logits side by side:
+    the result is the first task's, with every task's in ``tasks``."""
     model.eval()
-    preds, losses, probs = [], [], []
+    columns = labels[:, None] if labels.dim() == 1 else labels
+    preds, losses, probs = [[] for _ in columns.T], [[] for _ in columns.T], [[] for _ in columns.T]
     for step, idx in enumerate(batches(len(labels), batch_size), 1):
         if should_stop():
             raise StopRequested("evaluating", step)
-        x, y = prep(images[idx], train=False), labels[idx].to(prep.device)
+        x, y = prep(images[idx], train=False), columns[idx].to(prep.device)
         with precision.autocast(prep.device.type):
-            logits = model.forward_from(x, start).float()
-        losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
-        probs.append(logits.softmax(1).cpu())
-        preds.append(logits.argmax(1).cpu())
-    pred, loss = torch.cat(preds).numpy(), torch.cat(losses).numpy()
-    return Evaluation(float(loss.mean()), float((pred == labels.numpy()).mean()), pred, loss,
-                      torch.cat(probs).numpy())
+            output = model.forward_from(x, start).float()
+        for t, logits in enumerate(task_options.split(output, sizes)):
+            losses[t].append(F.cross_entropy(logits, y[:, t], reduction="none").cpu())
+            probs[t].append(logits.softmax(1).cpu())
+            preds[t].append(logits.argmax(1).cpu())
+    each = []
+    for t in range(columns.shape[1]):
+        pred, loss = torch.cat(preds[t]).numpy(), torch.cat(losses[t]).numpy()
+        each.append(Evaluation(float(loss.mean()), float((pred == columns[:, t].numpy()).mean()), pred, loss,
+                               torch.cat(probs[t]).numpy()))
+    return replace(each[0], tasks=tuple(each)) if len(each) > 1 else each[0]
 
 
 # --- optimiser and schedule -------------------------------------------------------------
@@ -219,6 +231,8 @@ class _Trainer:
     device: torch.device = field(init=False)
     data: data.Prepared = field(init=False)
     classes: tuple[str, ...] = field(init=False)
+    tasks: tuple[task_options.TrainedTask, ...] = field(init=False)  # the first is the run's task
+    labels: dict = field(init=False)  # split -> its labels: (N,), or (N, tasks) with several tasks
     preprocessing: Preprocessing = field(init=False)  # what the checkpoint records of the inputs
     model: backbones.BlockModel = field(init=False)
     plan: freeze.FreezePlan = field(init=False)
@@ -275,11 +289,19 @@ class _Trainer:
             self.data = replace(self.data, **{name: replace(d, images=d.images.pin_memory()) for name in
                                               ("train", "val", "test") if (d := getattr(self.data, name))})
         self.classes = self.data.dataset.classes
+        self.tasks = task_options.select(c, self.data.dataset)
+        self.labels = {name: self._split_labels(split) for name in ("train", "val", "test")
+                       if (split := getattr(self.data, name)) is not None}
+        if self.sizes:
+            weighting = "learned weights (uncertainty)" if c.task_weighting == "uncertainty" else \
+                "weights " + ", ".join(f"{t.weight:g}" for t in self.tasks)
+            self._say(f"training {len(self.tasks)} tasks, one head each: " +
+                      ", ".join(f"{t.name} ({len(t.classes)} classes)" for t in self.tasks) + f"; {weighting}")
         self.data_identity = data.identity(c)
         self.weights_identity = backbones.Weights.parse(c.weights).identity(c.seed)
         self.store.set_data(self.run_id, list(self.classes), self.data.split.to_dict())
         self._say(f"building {c.backbone} ({backbones.Weights.parse(c.weights).describe()})")
-        self.model = backbones.create_model(c.backbone, len(self.classes), c.weights, edits=c.edits(),
+        self.model = backbones.create_model(c.backbone, self.sizes or len(self.classes), c.weights, edits=c.edits(),
                                             image_size=self.preprocessing.size).to(self.device)
         self.plan = freeze.make_plan(self.model.param_blocks(), c.strategy, gradual_every=c.gradual_every,
                                      frozen_blocks=c.frozen_blocks)
@@ -290,7 +312,8 @@ class _Trainer:
         self.objective = self._objective()
         self.sample_weights = (1.0 / torch.bincount(train_labels).float())[train_labels] if c.balanced_sampling \
             else None
-        self.optimizer = make_optimizer(c, freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay))
+        self.optimizer = make_optimizer(c, self._objective_groups() +
+                                        freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay))
         if c.batch_size > len(train_labels):
             self._say(f"batch size {c.batch_size} is larger than the {len(train_labels)} training images: each "
                       f"epoch is one batch of {len(train_labels)}")
@@ -305,14 +328,42 @@ class _Trainer:
         self.emit(events.RunStarted(self.run_id, c.to_dict(), self.device.type, tuple(self.classes),
                                     {k: len(v.labels) if v else 0 for k, v in
                                      (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))},
-                                    trainable, total, tuple(skipped)))
+                                    trainable, total, tuple(skipped),
+                                    {t.name: t.classes for t in self.tasks} if self.sizes else {}))
 
     def _objective(self) -> Objective:
-        """What this run minimises: cross-entropy on the class labels, as its options weight and smooth it."""
+        """What this run minimises: cross-entropy on the class labels, as its options weight and smooth it;
+        with several tasks one such cross-entropy per task, weighted (`MultiTask`)."""
         c = self.config
-        weight = class_weights(self.data.train.labels, len(self.classes)).to(self.device) \
-            if c.class_weighting == "balanced" else None
+        if self.sizes:
+            losses = [self._cross_entropy(self.labels["train"][:, t], len(task.classes))
+                      for t, task in enumerate(self.tasks)]
+            return MultiTask(tuple(t.name for t in self.tasks), self.sizes, losses, weighting=c.task_weighting,
+                             weights=tuple(t.weight for t in self.tasks), device=self.device)
+        return self._cross_entropy(self.data.train.labels, len(self.classes))
+
+    def _cross_entropy(self, labels: torch.Tensor, num_classes: int) -> CrossEntropy:
+        c = self.config
+        weight = class_weights(labels, num_classes).to(self.device) if c.class_weighting == "balanced" else None
         return CrossEntropy(weight, c.label_smoothing)
+
+    def _objective_groups(self) -> list[dict]:
+        """The optimiser's group for what the objective learns itself (uncertainty weighting's
+        log-variances), first, so that the last group stays the head's, whose rate the records show."""
+        params = self.objective.parameters() if isinstance(self.objective, MultiTask) else []
+        return [{"params": params, "lr": resolved_lr(self.config), "weight_decay": 0.0, "name": "task weights"}] \
+            if params else []
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Each trained task's class count where several tasks train (one task: ())."""
+        return tuple(len(t.classes) for t in self.tasks) if len(self.tasks) > 1 else ()
+
+    def _split_labels(self, split: "data.Decoded") -> torch.Tensor:
+        """A split's labels as the loop reads them: the first task's, or one column per trained task."""
+        if len(self.tasks) < 2:
+            return split.labels
+        return torch.stack([torch.from_numpy(t.labels[split.indices]) for t in self.tasks], 1)
 
     def _train(self) -> tuple[str, str]:
         c, d = self.config, self.data
@@ -336,7 +387,7 @@ class _Trainer:
                     started += time.perf_counter() - began
                     on_step = self._step_reporter(epoch, started, images_seen)
                     result = train_one_epoch(
-                        self.model, inputs.train, d.train.labels,
+                        self.model, inputs.train, self.labels["train"],
                         batches(len(d.train.labels), c.batch_size, generator=generator,
                                 sample_weights=self.sample_weights),
                         optimizer=self.optimizer, objective=self.objective, prep=inputs.prep, start=inputs.start,
@@ -353,9 +404,9 @@ class _Trainer:
                 self.scheduler.step()
             try:
                 with _threads_for(self.model, inputs.start):
-                    ev = evaluate(self.model, inputs.val, d.val.labels, prep=inputs.val_prep, start=inputs.start,
-                                  batch_size=2 * c.batch_size, precision=self.precision,
-                                  should_stop=self.stop.is_set)
+                    ev = evaluate(self.model, inputs.val, self.labels["val"], prep=inputs.val_prep,
+                                  start=inputs.start, batch_size=2 * c.batch_size, precision=self.precision,
+                                  should_stop=self.stop.is_set, sizes=self.sizes)
             except StopRequested as where:
                 self.stopped_at = where
                 return "user", f"stopped by the user while evaluating epoch {epoch + 1}"
@@ -532,7 +583,7 @@ class _Trainer:
         as they were, and no optimiser step is taken."""
         n = min(_SAMPLE, self.config.batch_size, len(self.data.train.labels))
         idx = torch.arange(n)
-        labels = self.data.train.labels[idx].to(self.device)
+        labels = self.labels["train"][idx].to(self.device)
 
         def measure(name: str) -> float:
             buffers = {k: v.clone() for k, v in self.model.named_buffers()}
@@ -567,19 +618,41 @@ class _Trainer:
         figures = metrics.classification_figures(self.data.val.labels.numpy(), ev.predictions, len(self.classes))
         trainable, _ = freeze.count_params(self.model)
         self.summary.trainable_params = trainable
+        per_task = self._task_figures(result, ev)
         record = EpochRecord(epoch + 1, result.loss, result.accuracy, ev.loss, ev.accuracy, lr,
-                             result.images / max(result.seconds, 1e-9), result.seconds, trainable, result.parts)
+                             result.images / max(result.seconds, 1e-9), result.seconds, trainable, result.parts,
+                             {name: {k: v for k, v in f.items() if k not in ("confusion", "report")}
+                              for name, f in per_task.items()})
         self.store.add_epoch(self.run_id, epoch + 1, record.to_dict())
         if is_best:
             self.summary.best_val_accuracy, self.summary.best_epoch = ev.accuracy, epoch + 1
             self.best_state, self.best_val = checkpoints.weights_only_dict(self.model), ev
-            self.store.save_checkpoint(self.run_id, checkpoints.build(self.model, self.config, self.classes,
-                                                                      self.preprocessing, epoch + 1, ev.accuracy))
+            self.store.save_checkpoint(self.run_id, checkpoints.build(
+                self.model, self.config, self.classes, self.preprocessing, epoch + 1, ev.accuracy,
+                tasks={t.name: t.classes for t in self.tasks} if self.sizes else None))
             self.emit(events.CheckpointSaved(self.run_id, epoch + 1, ev.accuracy))
         report = {k: figures[k] for k in ("precision", "recall", "f1", "support")}
         self.emit(events.EpochEnded(self.run_id, epoch + 1, self.config.epochs, result.loss, result.accuracy, ev.loss,
                                     ev.accuracy, lr, record.images_per_second, result.seconds, trainable,
-                                    figures["confusion"], report, is_best, record.parts))
+                                    figures["confusion"], report, is_best, record.parts, per_task))
+
+    def _task_figures(self, result: EpochResult, ev: Evaluation) -> dict:
+        """Several tasks: each task's figures of the epoch, the best val accuracy of each kept in
+        the summary ({} for one task)."""
+        if not self.sizes:
+            return {}
+        weights = self.objective.weights() if isinstance(self.objective, MultiTask) else {}
+        out = {}
+        for t, (task, tev) in enumerate(zip(self.tasks, ev.tasks)):
+            figures = metrics.classification_figures(self.labels["val"][:, t].numpy(), tev.predictions,
+                                                     len(task.classes))
+            out[task.name] = {"train_accuracy": result.accuracies.get(task.name), "val_accuracy": tev.accuracy,
+                              "val_loss": tev.loss, "loss": result.parts.get(task.name),
+                              "weight": weights.get(task.name), "confusion": figures["confusion"],
+                              "report": {k: figures[k] for k in ("precision", "recall", "f1", "support")}}
+            best = self.summary.tasks.get(task.name)
+            self.summary.tasks[task.name] = tev.accuracy if best is None else max(best, tev.accuracy)
+        return out
 
     def _final_evaluation(self) -> dict:
         """The best model on val and test: the figures the Runs and Inspect pages show."""
@@ -600,6 +673,13 @@ class _Trainer:
             final[name] = {"accuracy": ev.accuracy, "loss": ev.loss, "indices": split.indices.tolist(),
                            "losses": ev.losses.tolist(), "predictions": ev.predictions.tolist(),
                            **metrics.classification_figures(split.labels.numpy(), ev.predictions, len(self.classes))}
+            if ev.tasks:  # several tasks: each task's figures of the best model, the first task's too
+                final[name]["tasks"] = {
+                    task.name: {"classes": list(task.classes), "accuracy": tev.accuracy, "loss": tev.loss,
+                                "predictions": tev.predictions.tolist(),
+                                **metrics.classification_figures(self.labels[name][:, t].numpy(), tev.predictions,
+                                                                 len(task.classes))}
+                    for t, (task, tev) in enumerate(zip(self.tasks, ev.tasks))}
         if "test" in final:
             self.summary.test_accuracy = final["test"]["accuracy"]
         return final
@@ -613,8 +693,8 @@ class _Trainer:
         cached = None if why_not else self._cached(name, boundary, 0)
         if cached is not None:
             images, start, prep = cached, boundary, FeaturePrep(self.device)
-        return evaluate(self.model, images, split.labels, prep=prep, start=start,
-                        batch_size=2 * self.config.batch_size, precision=self.precision)
+        return evaluate(self.model, images, self.labels[name], prep=prep, start=start,
+                        batch_size=2 * self.config.batch_size, precision=self.precision, sizes=self.sizes)
 
     def _finish(self, reason: str, message: str) -> dict:
         self.summary.stopped_reason = reason

@@ -25,6 +25,7 @@ class RunStarted:
     trainable_params: int
     total_params: int
     skipped: tuple[str, ...] = ()  # files that failed to decode, with the reason
+    tasks: dict = field(default_factory=dict)  # several tasks: {task: its classes}, the first task's first
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class EpochEnded:
     report: dict  # per-class precision, recall, f1, support
     is_best: bool = False
     parts: dict = field(default_factory=dict)  # the mean of each named part of the training loss
+    # several tasks: {task: the EpochRecord's figures of it, plus its val confusion and report} ({}: one task)
+    tasks: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

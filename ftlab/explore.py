@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ftlab import data, diversity, freeze
+from ftlab import data, diversity, freeze, tasks
 from ftlab.catalogue import Weights
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr
 from ftlab.edit_options import ModelEdits, is_new_block  # not ftlab.edits: it imports torch
@@ -503,6 +503,7 @@ def runs_table(records: list, running: set[str] = frozenset()) -> list[dict]:
                      "trainable params": _number(s.get("trainable_params")),
                      "total params": _number(s.get("total_params")),
                      "best val accuracy": _number(s.get("best_val_accuracy")),
+                     "tasks": tasks.summary_text(s.get("tasks")),  # several tasks: each one's best val accuracy
                      "test accuracy": _number(s.get("test_accuracy")), "epochs": _number(s.get("epochs_run")),
                      "train seconds": _number(s.get("train_seconds")), "precision": precision_text(s),
                      "status": status,

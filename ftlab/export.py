@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ftlab import checkpoints, data
+from ftlab import tasks as task_options
 from ftlab.checkpoints import CheckpointError
 from ftlab.export_formats import (  # noqa: F401  (the names and words, re-exported)
     FILE_SUFFIXES, FORMAT_HELP, FORMATS, QUANTIZATIONS, QUANTIZE_HELP, SUFFIX)
@@ -81,9 +82,12 @@ class ImageClassifier(nn.Module):
     as PIL's 8-bit resampling does: PIL's pixels but for a few off by one level; for images much
     taller than wide Pillow resamples the rows first, and about a quarter differ by one level)."""
 
-    def __init__(self, model: nn.Module, preprocessing: Preprocessing):
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing, sizes: tuple[int, ...] = ()):
         super().__init__()
         self.model = model
+        # several tasks: each task's columns, its probabilities summing to 1 within them; one task: [0]
+        # (a list TorchScript can type: it cannot an empty one)
+        self.sizes = [int(n) for n in sizes] if len(sizes) > 1 else [0]
         self.size = int(preprocessing.size)
         self.resize = int(preprocessing.resize)
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255)
@@ -93,7 +97,10 @@ class ImageClassifier(nn.Module):
         x = images.float()
         if x.shape[2] != self.size or x.shape[3] != self.size:
             x = self.resize_and_crop(x)
-        return self.model((x - self.mean) / self.std).softmax(1)
+        logits = self.model((x - self.mean) / self.std)
+        if len(self.sizes) < 2:
+            return logits.softmax(1)
+        return torch.cat([part.softmax(1) for part in torch.split(logits, self.sizes, 1)], 1)
 
     def resize_and_crop(self, x: torch.Tensor) -> torch.Tensor:
         # the box of `ftlab.data.decoding.crop_box`: torchvision's Resize(resize) + CenterCrop(size)
@@ -121,7 +128,7 @@ def wrap(checkpoint: dict, quantize: str = "none") -> ImageClassifier:
         from torch.ao.quantization import quantize_dynamic
 
         model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-    return ImageClassifier(model, checkpoints.preprocessing(checkpoint)).eval()
+    return ImageClassifier(model, checkpoints.preprocessing(checkpoint), checkpoints.task_sizes(checkpoint)).eval()
 
 
 def script(wrapper: ImageClassifier) -> torch.jit.ScriptModule:
@@ -266,7 +273,8 @@ def reference_probabilities(checkpoint: dict, images: torch.Tensor, batch: int =
     model = checkpoints.load_model(checkpoint)
     prep = Preprocess(checkpoints.preprocessing(checkpoint), torch.device("cpu"))
     with torch.no_grad():
-        return torch.cat([model(prep(images[i:i + batch], train=False)).softmax(1)
+        sizes = checkpoints.task_sizes(checkpoint)
+        return torch.cat([task_options.probabilities(model(prep(images[i:i + batch], train=False)), sizes)
                           for i in range(0, len(images), batch)])
 
 
@@ -297,11 +305,13 @@ def check(path: Path, checkpoint: dict, record, quantize: str, say: Callable[[st
     ours = reference_probabilities(checkpoint, decoded.images).numpy()
     theirs = probabilities(run, decoded.images)
     labels = decoded.labels.numpy()
+    # the first task's columns: its accuracy is the run's (with several tasks the others follow them)
+    first = len(checkpoint["classes"])
     say("timing on the CPU")
     return Check(True, images=len(labels), max_delta=float(np.abs(ours - theirs).max()),
                  tolerance=TOLERANCE if quantize == "none" else None,
-                 accuracy=float((theirs.argmax(1) == labels).mean()),
-                 reference_accuracy=float((ours.argmax(1) == labels).mean()),
+                 accuracy=float((theirs[:, :first].argmax(1) == labels).mean()),
+                 reference_accuracy=float((ours[:, :first].argmax(1) == labels).mean()),
                  latency_ms={str(b): latency_ms(run, decoded.images, b) for b in (1, 32)})
 
 
@@ -375,6 +385,22 @@ class Exported:
         return out
 
 
+def _output(checkpoint: dict) -> dict:
+    """What ``labels.json`` says of the model's output: one task's probabilities, or several
+    tasks' side by side with each task's columns."""
+    found = checkpoints.tasks(checkpoint)
+    if len(found) < 2:
+        return {"name": "probabilities", "shape": ["N", len(checkpoint["classes"])],
+                "meaning": "class probabilities (softmax), in the order of classes"}
+    columns, start = [], 0
+    for name, classes in found:
+        columns.append({"task": name, "classes": classes, "columns": [start, start + len(classes)]})
+        start += len(classes)
+    return {"name": "probabilities", "shape": ["N", start], "tasks": columns,
+            "meaning": "each task's class probabilities (softmax within its columns [start, end)), side by "
+                       "side in the order of tasks; the first task's classes are classes"}
+
+
 def labels(checkpoint: dict, run_id: str, fmt: str, quantize: str, model_file: str) -> dict:
     """What ``labels.json`` says: everything a user needs beside the model file."""
     pp = checkpoints.preprocessing(checkpoint)
@@ -384,8 +410,7 @@ def labels(checkpoint: dict, run_id: str, fmt: str, quantize: str, model_file: s
                       "note": f"upright RGB images; exactly {pp.size} x {pp.size} is taken as already resized and "
                               f"cropped, any other size is resized inside the model (shorter side to {pp.resize}, "
                               f"centre {pp.size} x {pp.size} crop)"},
-            "output": {"name": "probabilities", "shape": ["N", len(checkpoint["classes"])],
-                       "meaning": "class probabilities (softmax), in the order of classes"},
+            "output": _output(checkpoint),
             "preprocessing": {"size": pp.size, "resize": pp.resize, "mean": list(pp.mean), "std": list(pp.std),
                               "normalise": "(x / 255 - mean) / std per channel", "layout": INPUT_LAYOUT}}
 

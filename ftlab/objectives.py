@@ -55,3 +55,51 @@ class Objective(Protocol):
     """Anything the loop can minimise: ``objective(outputs, batch) -> Step``."""
 
     def __call__(self, outputs: torch.Tensor, batch: Batch) -> Step: ...
+
+
+class MultiTask:
+    """Several tasks on one backbone: the model's output holds each task's logits side by side
+    (``sizes`` columns each, `ftlab.edits.TaskHeads`) and ``batch.labels`` one column of labels
+    per task. Each task has its own cross-entropy (``losses``, with its class weights and
+    smoothing); the loss combines them:
+
+    - ``fixed``: Σ wₜ·CEₜ with the user's weights;
+    - ``uncertainty`` (Kendall, Gal and Cipolla 2018): Σ exp(−sₜ)·CEₜ + sₜ/2 with a learned
+      sₜ = log σₜ² per task, so a task the model finds noisy (large CE) is weighted down; the
+      sₜ/2 term keeps the weights from all falling to zero. Its ``parameters()`` go into the
+      optimiser; ``weights()`` are the exp(−sₜ) the loss uses now.
+
+    It counts ``loss:<task>`` (each task's unweighted CE), ``correct`` of the first task (the
+    run's training accuracy) and ``correct:<task>`` of every task.
+    """
+
+    def __init__(self, names: tuple[str, ...], sizes: tuple[int, ...], losses: list[CrossEntropy], *,
+                 weighting: str = "fixed", weights: tuple[float, ...] | None = None,
+                 device: torch.device | str = "cpu"):
+        self.names, self.sizes, self.losses, self.weighting = tuple(names), tuple(sizes), losses, weighting
+        self.fixed = torch.tensor(weights if weights is not None else [1.0] * len(names), device=device)
+        # s_t = log sigma_t^2, 0 at the start: every task weighted 1, as fixed weighting starts
+        self.log_vars = torch.zeros(len(names), device=device, requires_grad=weighting == "uncertainty")
+
+    def parameters(self) -> list[torch.Tensor]:
+        """What the optimiser trains beside the model: the log-variances of uncertainty weighting."""
+        return [self.log_vars] if self.weighting == "uncertainty" else []
+
+    def weights(self) -> dict[str, float]:
+        """Each task's weight in the loss now."""
+        w = torch.exp(-self.log_vars.detach()) if self.weighting == "uncertainty" else self.fixed
+        return {name: float(v) for name, v in zip(self.names, w)}
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> Step:
+        parts = logits.float().split(list(self.sizes), 1)
+        n, loss, counts = len(batch.labels), 0.0, {}
+        for t, (name, part, ce) in enumerate(zip(self.names, parts, self.losses)):
+            step = ce(part, Batch(batch.inputs, batch.labels[:, t], batch.index))
+            if self.weighting == "uncertainty":
+                loss = loss + torch.exp(-self.log_vars[t]) * step.loss + self.log_vars[t] / 2
+            else:
+                loss = loss + self.fixed[t] * step.loss
+            counts[f"loss:{name}"] = step.loss.item() * n
+            counts[f"correct:{name}"] = step.counts["correct"]
+        counts["correct"] = counts[f"correct:{self.names[0]}"]
+        return Step(loss, counts)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ftlab import checkpoints, data
+from ftlab import tasks as task_options
 from ftlab.checkpoints import CheckpointError
 from ftlab.runs import RunStore
 from ftlab.transforms import Preprocess
@@ -19,6 +20,8 @@ class Prediction:
     label: str
     probability: float
     top: list[tuple[str, float]]  # the k most likely classes, most likely first
+    # several tasks: each task's k most likely classes, the first task's (``top``) first ({}: one task)
+    tasks: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
 
 PREVIEW_PX = 400  # longest side of the copy of an image a page shows
@@ -75,6 +78,8 @@ class Predictor:
         self.checkpoint = checkpoint
         self.model = checkpoints.load_model(checkpoint)
         self.classes = list(checkpoint["classes"])
+        self.tasks = checkpoints.tasks(checkpoint)  # (name, classes) of each task, the first task's first
+        self.sizes = checkpoints.task_sizes(checkpoint)
         # the training run's own preprocessing, so a prediction sees what evaluation saw
         self.preprocessing = checkpoints.preprocessing(checkpoint)
         self.image_size = self.preprocessing.size
@@ -98,13 +103,21 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, S, S) -> class probabilities (N, K)."""
-        return self.model(self.prep(images, train=False)).softmax(1)
+        """uint8 (N, 3, S, S) -> class probabilities (N, K) of the first task."""
+        return self.task_probabilities(images)[0]
+
+    @torch.no_grad()
+    def task_probabilities(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """uint8 (N, 3, S, S) -> each task's class probabilities, the first task's first."""
+        return tuple(p.softmax(1) for p in task_options.split(self.model(self.prep(images, train=False)), self.sizes))
 
     def predict(self, image, top_k: int = 5, name: str | None = None) -> Prediction:
         """``image``: a path, bytes, or a PIL image; ``name`` names it in messages."""
         pixels = data.decode_image(open_image(image, name), self.image_size, self.preprocessing.resize)
-        probs = self.probabilities(pixels[None])[0]
-        values, idx = probs.topk(min(top_k, len(self.classes)))
-        top = [(self.classes[i], float(v)) for v, i in zip(values, idx)]
-        return Prediction(top[0][0], top[0][1], top)
+        each = []
+        for (_, classes), probs in zip(self.tasks, self.task_probabilities(pixels[None])):
+            values, idx = probs[0].topk(min(top_k, len(classes)))
+            each.append([(classes[i], float(v)) for v, i in zip(values, idx)])
+        top = each[0]
+        tasks = {name: found for (name, _), found in zip(self.tasks, each)} if self.sizes else {}
+        return Prediction(top[0][0], top[0][1], top, tasks)

@@ -31,6 +31,7 @@ class RunSummary:
     # "caching": ..., "caching_reason": ...} (no caching keys where nothing was cached)
     precision: dict = field(default_factory=dict)
     prefix: str | None = None  # how the frozen prefix ran for the cache, and its check against eager fp32
+    tasks: dict = field(default_factory=dict)  # several tasks: {task: its best val accuracy}, the first task's first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +51,8 @@ class EpochRecord:
     seconds: float
     trainable_params: int
     parts: dict = field(default_factory=dict)  # the mean of each named part of the training loss ({} for plain CE)
+    # several tasks: {task: {train_accuracy, val_accuracy, val_loss, loss (its training CE), weight}} ({}: one task)
+    tasks: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -54,6 +54,13 @@ def curves(epochs: Sequence[Mapping], metric: str) -> go.Figure:
     return _layout(fig, metric.capitalize(), xaxis_title="epoch", yaxis_title=metric, xaxis_dtick=1, **extra)
 
 
+def task_weights(trace: Mapping[str, Sequence[tuple[int, float]]]) -> go.Figure:
+    """Each task's weight in the loss per epoch (several tasks; learned by uncertainty weighting)."""
+    fig = go.Figure([go.Scatter(name=name, x=[e for e, _ in points], y=[w for _, w in points], mode="lines+markers")
+                     for name, points in trace.items()])
+    return _layout(fig, "Task weights in the loss", xaxis_title="epoch", yaxis_title="weight", xaxis_dtick=1)
+
+
 def confusion(matrix: Sequence[Sequence[float]], classes: Sequence[str], title: str, normalised: bool) -> go.Figure:
     """Rows are the true classes, columns the predicted ones."""
     labels = [str(c) for c in classes]

@@ -41,6 +41,8 @@ INSPECT_RUN = "inspect.run"
 INSPECT_CM_NORMALISED = "inspect.cm_normalised"
 INSPECT_IMAGE = "inspect.image"
 INSPECT_TOP_K = "inspect.top_k"
+TASK_SHOWN = "{}.task"  # .format(train | runs | inspect): the task whose figures a page shows (several tasks)
+TASK_CM_NORMALISED = "{}.task_cm_normalised"  # .format(train | runs | inspect)
 
 # Buttons and other widgets whose value no page reads back: keys only, stable for browser
 # tests (Streamlit marks each keyed element with the CSS class st-key-<key>).

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from ftlab import backbones, explore
+from ftlab import backbones, explore, tasks
 from ftlab.config import TrainConfig
 from ftlab.messages import printable
 from ui import charts, keys, resources
@@ -68,6 +68,34 @@ def report(report: Mapping[str, Sequence[float]], classes: Sequence[str]) -> Non
         c: st.column_config.NumberColumn(format="%.3f") for c in ("precision", "recall", "F1")})
     if note:
         st.caption(note)
+
+
+def task_figures(page: str, epochs: Sequence[Mapping], classes: Mapping[str, Sequence[str]],
+                 figures: Mapping[str, Mapping], what: str) -> None:
+    """Several tasks: the learned (or fixed) task weights per epoch, then one task at a time (a
+    selector): its accuracy and loss curves, and its confusion matrix and per-class table from
+    ``figures`` ({task: {"confusion", "report"-like columns}}), titled with ``what``."""
+    st.markdown("**Several tasks**")
+    trace = tasks.weight_trace(list(epochs))
+    name = st.selectbox("Task", list(classes), key=keys.TASK_SHOWN.format(page), persist_state=keys.PERSIST,
+                        help="Each task has its own head on the shared backbone; the first task's figures are "
+                             "the run's.")
+    if name not in classes:
+        return
+    rows = tasks.task_curves(list(epochs), name)
+    if rows:  # the Inspect page has the best model's figures only
+        c = st.columns(3 if trace else 2)
+        c[0].plotly_chart(charts.curves(rows, "accuracy"), key=f"{page}.task_accuracy_chart")
+        c[1].plotly_chart(charts.curves(rows, "loss"), key=f"{page}.task_loss_chart")
+        if trace:
+            c[2].plotly_chart(charts.task_weights(trace), key=f"{page}.task_weights_chart")
+    if name in figures:
+        c = st.columns([3, 2])
+        with c[0]:
+            confusion(figures[name]["confusion"], classes[name], f"{what}: {name}", keys.TASK_CM_NORMALISED.format(page))
+        with c[1]:
+            st.markdown(f"**Per class of {name}**")
+            report(figures[name].get("report", figures[name]), classes[name])
 
 
 def config_summary(config: TrainConfig) -> str:

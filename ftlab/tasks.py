@@ -1,0 +1,198 @@
+"""Several tasks on one backbone: which of a data set's tasks a run trains, with what weights,
+and the model's outputs split per task.
+
+A data set's first task (`ftlab.data.Dataset.task`) is always trained and stays the run's task:
+its classes are the run's classes, its val accuracy picks the best epoch and is the run's
+``best_val_accuracy``. ``--tasks`` adds further tasks; each gets its own head on the shared
+trunk (`ftlab.edits.TaskHeads`), and the model returns their logits side by side.
+
+This module imports torch only where it splits logits, so the configuration can check the
+options without it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ftlab.messages import some
+
+if TYPE_CHECKING:
+    import torch
+
+    from ftlab.data import Dataset
+
+WEIGHTINGS = ("fixed", "uncertainty")
+ALL = "all"
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: a numpy field makes == ambiguous
+class TrainedTask:
+    """A task a run trains: its name, classes, one label per item of the data set, and its
+    fixed weight in the loss (1 where not given; unused by uncertainty weighting)."""
+
+    name: str
+    classes: tuple[str, ...]
+    labels: np.ndarray  # int64, (N,), over the whole data set
+    weight: float = 1.0
+
+
+def names_asked(text: str) -> tuple[str, ...] | None:
+    """The task names ``--tasks`` lists: () for the first task only (the default), None for all.
+
+    >>> names_asked(""), names_asked("all"), names_asked(" shape, colour ")
+    ((), None, ('shape', 'colour'))
+    """
+    if text.strip().lower() == ALL:
+        return None
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def weights_asked(text: str) -> tuple[float, ...]:
+    """The numbers ``--task-weights`` lists (() when none); ValueError names one that is not a
+    positive finite number.
+
+    >>> weights_asked("1, 0.5")
+    (1.0, 0.5)
+    """
+    weights = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            w = float(item)
+        except ValueError:
+            w = float("nan")
+        if not np.isfinite(w) or w <= 0:
+            raise ValueError(f"task_weights must be positive numbers separated by commas, e.g. 1,0.5 (got {item!r}).")
+        weights.append(w)
+    return tuple(weights)
+
+
+def config_problems(config) -> list[str]:
+    """What is wrong with a config's task options on their own (a `TrainConfig`); the task names
+    are checked against the data at the start of the run (`select`), where the data is loaded."""
+    problems = []
+    names = names_asked(config.tasks)
+    if names and len(set(names)) < len(names):
+        problems.append(f"tasks names a task twice ({config.tasks!r}): list each task once.")
+    try:
+        weights = weights_asked(config.task_weights)
+    except ValueError as err:
+        return problems + [str(err)]
+    if weights and config.task_weighting == "uncertainty":
+        problems.append("task_weights are for fixed weighting; uncertainty weighting learns each task's weight: "
+                        "leave task_weights empty or choose task_weighting fixed.")
+    elif weights and names is None:
+        problems.append("task_weights need the tasks named in order: give --tasks as a list (e.g. shape,colour) "
+                        "instead of all.")
+    elif weights and len(weights) != max(len(names), 1):
+        problems.append(f"task_weights gives {len(weights)} weights for {max(len(names), 1)} tasks "
+                        f"({config.tasks or 'the first task only'}): give one weight per task in --tasks.")
+    if names == () and config.task_weighting == "uncertainty":
+        problems.append("uncertainty weighting balances several tasks: name them with --tasks (e.g. shape,colour "
+                        "or all).")
+    return problems
+
+
+def select(config, ds: "Dataset") -> tuple[TrainedTask, ...]:
+    """The tasks of ``ds`` that ``config`` trains, the data set's first task first; ValueError in
+    words (listing the data's tasks) for a name the data does not carry, a list without the
+    first task, or uncertainty weighting with one task."""
+    first = TrainedTask(ds.task, tuple(ds.classes), np.asarray(ds.labels))
+    further = {t.name: TrainedTask(t.name, tuple(t.classes), np.asarray(t.labels)) for t in ds.tasks}
+    names = names_asked(config.tasks)
+    names = ds.task_names() if names is None else names or (ds.task,)
+    unknown = [n for n in names if n != ds.task and n not in further]
+    if unknown:
+        raise ValueError(f"{ds.name} has no task {some(unknown)}: its tasks are {some(ds.task_names())} "
+                         f"(the first, {ds.task!r}, is its class). Choose --tasks from them, or all.")
+    if ds.task not in names:
+        raise ValueError(f"tasks must include the data set's first task, {ds.task!r}: its classes are the run's "
+                         f"classes. Give e.g. --tasks {','.join((ds.task, *names))}.")
+    weights = dict(zip(names, weights_asked(config.task_weights)))
+    ordered = [first] + [further[n] for n in names if n != ds.task]
+    chosen = tuple(TrainedTask(t.name, t.classes, t.labels, weights.get(t.name, 1.0)) for t in ordered)
+    if len(chosen) == 1 and config.task_weighting == "uncertainty":
+        raise ValueError(f"uncertainty weighting balances several tasks, and this run trains only {ds.task!r}: "
+                         f"add a task with --tasks (the data's tasks are {some(ds.task_names())}) or choose "
+                         "task_weighting fixed.")
+    return chosen
+
+
+def split(logits: "torch.Tensor", sizes: tuple[int, ...]) -> tuple["torch.Tensor", ...]:
+    """The model's output, each task's logits apart (one task: the output as it is)."""
+    return (logits,) if len(sizes) < 2 else tuple(logits.split(list(sizes), 1))
+
+
+def probabilities(logits: "torch.Tensor", sizes: tuple[int, ...]) -> "torch.Tensor":
+    """Softmax within each task's columns, side by side as the logits are."""
+    import torch
+
+    return torch.cat([part.softmax(1) for part in split(logits, sizes)], 1)
+
+
+# --- what the pages and the CLI show of several tasks (plain data, no torch) ----------------
+
+def task_curves(epochs: list[dict], name: str) -> list[dict]:
+    """One task's rows for the train/val curves (``epoch``, ``train_accuracy``, ``val_accuracy``,
+    ``train_loss``, ``val_loss``), from epoch records (dicts) that carry ``tasks``.
+
+    >>> task_curves([{"epoch": 1, "tasks": {"colour": {"train_accuracy": 0.5, "val_accuracy": 0.6,
+    ...                                                 "loss": 0.7, "val_loss": 0.8}}}], "colour")
+    [{'epoch': 1, 'train_accuracy': 0.5, 'val_accuracy': 0.6, 'train_loss': 0.7, 'val_loss': 0.8}]
+    """
+    rows = []
+    for e in epochs:
+        f = (e.get("tasks") or {}).get(name)
+        if f:
+            rows.append({"epoch": e["epoch"], "train_accuracy": f.get("train_accuracy"),
+                         "val_accuracy": f.get("val_accuracy"), "train_loss": f.get("loss"),
+                         "val_loss": f.get("val_loss")})
+    return rows
+
+
+def weight_trace(epochs: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Each task's weight in the loss at the end of each epoch: (epoch, weight) pairs per task.
+
+    >>> weight_trace([{"epoch": 1, "tasks": {"shape": {"weight": 1.0}, "colour": {"weight": 0.5}}}])
+    {'shape': [(1, 1.0)], 'colour': [(1, 0.5)]}
+    """
+    trace: dict[str, list[tuple[int, float]]] = {}
+    for e in epochs:
+        for name, f in (e.get("tasks") or {}).items():
+            if f.get("weight") is not None:
+                trace.setdefault(name, []).append((e["epoch"], f["weight"]))
+    return trace
+
+
+def summary_text(best: dict | None) -> str:
+    """Each task's best val accuracy in a few words ("" for a run of one task).
+
+    >>> summary_text({"shape": 0.95, "colour": 1.0})
+    'shape 0.950 · colour 1.000'
+    """
+    return " · ".join(f"{name} {acc:.3f}" for name, acc in (best or {}).items() if acc is not None)
+
+
+def record_classes(run) -> dict[str, list[str]]:
+    """Each task of a kept run (a `ftlab.runs.RunRecord`) and its classes, the first task's first,
+    from its final evaluation ({} for a run of one task; a task's classes are [] where the run
+    stopped before its final evaluation)."""
+    final = ((run.final or {}).get("val") or {}).get("tasks") or {}
+    if final:
+        return {name: list(f.get("classes", [])) for name, f in final.items()}
+    names = list((run.summary or {}).get("tasks") or {})
+    return {name: list(run.classes) if i == 0 else [] for i, name in enumerate(names)}
+
+
+def placeholder(ds: "Dataset") -> str:
+    """What the Train page's empty tasks box says: the tasks the data set carries.
+
+    >>> from ftlab.data.dataset import Task, make_dataset
+    >>> placeholder(make_dataset("s", ("a", "b"), [0, 1], "", pixels=np.zeros((2, 4, 4), np.uint8), task="shape",
+    ...                          tasks=(Task("colour", ("red", "blue"), [0, 1]),)))
+    'shape only; this data set has shape, colour (or all)'
+    """
+    if not ds.tasks:
+        return f"{ds.task} only: this data set has one task"
+    return f"{ds.task} only; this data set has {some(ds.task_names())} (or all)"
