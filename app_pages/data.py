@@ -127,7 +127,7 @@ figures = diversity.distribution(counts["train"])
 tail = f" ({explore.long_tail_text(config.imbalance_ratio)} applied)" if config.imbalance_ratio > 1 else ""
 st.caption(f"Class balance of the training split{tail}, {figures.total:,} images")
 balance(figures)
-for i, (task, classes, _) in enumerate(explore.tasks(ds)[1:]):
+for i, (task, classes, _) in enumerate(explore.data_tasks(ds)[1:]):
     st.markdown(f"**Task {parts.plain(task)}**")
     task_counts = explore.split_counts(ds, split, task)
     st.plotly_chart(charts.class_counts(classes, task_counts), key=f"data.task_counts_chart.{i}")

@@ -320,7 +320,7 @@ def _stats(args: argparse.Namespace) -> int:
         print(f"warning: {note}", file=sys.stderr)
     k = len(ds.classes)
     # every task's counts and figures, the first task's also at the top as before there were several
-    tasks = {name: _task_stats(classes, labels, split) for name, classes, labels in explore.tasks(ds)}
+    tasks = {name: _task_stats(classes, labels, split) for name, classes, labels in explore.data_tasks(ds)}
     counts, figures = tasks[ds.task]["counts"], tasks[ds.task]["figures"]
     tips = [dataclasses.asdict(s) for s in diversity.suggestions(counts["train"])]
     out = {"dataset": ds.name, "classes": list(ds.classes), "num_classes": k, "counts": counts,

@@ -30,15 +30,15 @@ LABEL_OPTIONS = ("weights", "lr", "image_size", "imbalance_ratio", "optimizer", 
 
 def split_counts(ds: data.Dataset, split: data.Split, task: str | None = None) -> dict[str, list[int]]:
     """Images per class of ``task`` (default: the first task) in each non-empty split."""
-    classes, labels = {name: (c, y) for name, c, y in tasks(ds)}[ds.task if task is None else task]
+    classes, labels = {name: (c, y) for name, c, y in data_tasks(ds)}[ds.task if task is None else task]
     counts = {name: diversity.counts_of(labels[getattr(split, name)], len(classes)) for name in SPLITS}
     return {name: c for name, c in counts.items() if sum(c)}
 
 
-def tasks(ds: data.Dataset) -> list[tuple[str, tuple[str, ...], np.ndarray]]:
+def data_tasks(ds: data.Dataset) -> list[tuple[str, tuple[str, ...], np.ndarray]]:
     """Every task of ``ds`` as (name, classes, one label per item), the first task first.
 
-    >>> [(name, classes) for name, classes, _ in tasks(data.load_dataset("shapes", shapes=data.ShapesOptions(2, 2, 8)))]
+    >>> [(name, classes) for name, classes, _ in data_tasks(data.load_dataset("shapes", shapes=data.ShapesOptions(2, 2, 8)))]
     [('shape', ('circle', 'square')), ('colour', ('red', 'green', 'blue', 'yellow'))]
     """
     return [(ds.task, ds.classes, ds.labels), *((t.name, t.classes, t.labels) for t in ds.tasks)]
@@ -53,7 +53,7 @@ def tasks_text(ds: data.Dataset) -> str:
     if not ds.tasks:
         return ""
     count = {2: "Two", 3: "Three", 4: "Four"}.get(len(ds.tasks) + 1, f"{len(ds.tasks) + 1}")
-    named = ", ".join(f"{printable(name)} ({len(classes):,} classes)" for name, classes, _ in tasks(ds))
+    named = ", ".join(f"{printable(name)} ({len(classes):,} classes)" for name, classes, _ in data_tasks(ds))
     return f"{count} tasks: {named}."
 
 
