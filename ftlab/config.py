@@ -115,6 +115,13 @@ class TrainConfig:
     precision: str = _opt("auto", "number format of the caching pass and of training: auto takes bf16 (or fp16) "
                           "autocast where the device has it and, on a CPU, a short measurement shows it faster; "
                           "else fp32", choices=PRECISIONS, section="speed")
+    # objective: distillation from a kept run (Hinton et al. 2015)
+    teacher: str = _opt("", "distil from this kept run (its id, see `python -m ftlab runs`): a finished run on the "
+                        "same classes, usually another backbone; empty: no teacher", section="objective")
+    distill_temperature: float = _opt(4.0, "distillation: the temperature T that softens both models' logits "
+                                      "(the KD part is scaled by T^2)", lo=0.05, hi=100.0, section="objective")
+    distill_alpha: float = _opt(0.5, "distillation: the weight a of the KD part; the cross-entropy on the labels "
+                                "gets 1 - a", lo=0.0, hi=1.0, section="objective")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -216,6 +223,10 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
             problems.append(f"name must be at most {MAX_NAME} printable characters on one line (got {shown}).")
         if only is None:
             problems += _check_names(config) + _check_device(config.device)
+            if config.teacher.strip():
+                from ftlab import teacher
+
+                problems += teacher.problems(config)
     return problems + paths.setting_problems()
 
 

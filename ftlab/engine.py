@@ -23,9 +23,10 @@ from torch import nn
 
 from ftlab import backbones, cache, checkpoints, data, events, fastpath, freeze, metrics
 from ftlab import precision as precisions
+from ftlab import teacher as teachers
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
 from ftlab.errors import NonFiniteLoss, StopRequested
-from ftlab.objectives import Batch, CrossEntropy, Objective, class_weights
+from ftlab.objectives import Batch, CrossEntropy, Distillation, Objective, class_weights
 from ftlab.precision import FP32, Choice
 from ftlab.records import EpochRecord, RunSummary
 from ftlab.runs import RunStore, StoreError, new_run_id
@@ -305,14 +306,66 @@ class _Trainer:
         self.emit(events.RunStarted(self.run_id, c.to_dict(), self.device.type, tuple(self.classes),
                                     {k: len(v.labels) if v else 0 for k, v in
                                      (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))},
-                                    trainable, total, tuple(skipped)))
+                                    trainable, total, tuple(skipped), teacher=dict(self.summary.teacher)))
 
     def _objective(self) -> Objective:
-        """What this run minimises: cross-entropy on the class labels, as its options weight and smooth it."""
+        """What this run minimises: cross-entropy on the class labels, as its options weight and smooth it;
+        with a teacher, distillation from the teacher's logits plus that cross-entropy."""
         c = self.config
         weight = class_weights(self.data.train.labels, len(self.classes)).to(self.device) \
             if c.class_weighting == "balanced" else None
-        return CrossEntropy(weight, c.label_smoothing)
+        cross_entropy = CrossEntropy(weight, c.label_smoothing)
+        if not c.teacher.strip():
+            return cross_entropy
+        return Distillation(self._teacher_logits(), c.distill_temperature, c.distill_alpha, cross_entropy)
+
+    def _teacher_logits(self) -> torch.Tensor:
+        """The teacher's logits of every training image, computed once before training (the
+        teacher is frozen and sees un-augmented images, so they are the same in every epoch), and
+        its accuracy on this run's val split, kept in the summary for the accuracy chart."""
+        teacher = teachers.load(self.config.teacher, self.store, list(self.classes))
+        train, val = (self._teacher_split(teacher, name) for name in ("train", "val"))
+        accuracy = teachers.accuracy(val, self.data.val.labels)
+        self.summary.teacher = {"run_id": teacher.run_id, "label": teacher.label, "val_accuracy": accuracy}
+        self._say(f"teacher {teacher.run_id} ({teacher.label}): val accuracy {accuracy:.3f} on this run's val split")
+        return train
+
+    def _teacher_split(self, teacher: teachers.Teacher, name: str) -> torch.Tensor:
+        """The teacher's logits of split ``name``, from the feature cache or computed once now."""
+        split, p = getattr(self.data, name), teacher.preprocessing
+        key = cache.CacheKey(f"teacher {teacher.model.backbone}", teacher.identity, "logits",
+                             f"{p.identity()}; no augmentation", self.data_identity, name,
+                             cache.digest(split.indices), 0)
+        if (found := self.shared_cache.get(key)) is not None:
+            self._say(f"the teacher's logits for {len(split.labels):,} {name} images were computed by an earlier run")
+            return found
+        images = self._teacher_images(split, p, name)
+        self._say(f"computing the teacher's logits for {len(split.labels):,} {name} images "
+                  f"({teacher.model.backbone} at {p.size} px, once for the whole run)")
+        began = time.perf_counter()
+        try:
+            logits = teacher.logits(images, self.device, max(64, 2 * self.config.batch_size), self.stop.is_set)
+        finally:  # not training time, like the caching pass
+            self.summary.cache_seconds += time.perf_counter() - began
+        self.shared_cache.put(key, logits, self.cache_budget)
+        return logits
+
+    def _teacher_images(self, split: data.Decoded, p: Preprocessing, name: str) -> torch.Tensor:
+        """The split's images as the teacher's preprocessing decodes them: the student's own when the
+        resize and crop are the same, else decoded again from the files at the teacher's size (an
+        image enlarged from the student's smaller decoding would not be what the teacher learnt on)."""
+        if (p.size, p.resize) == (self.preprocessing.size, self.preprocessing.resize):
+            return split.images
+        self._say(f"decoding {len(split.labels):,} {name} images at {p.size} px for the teacher")
+        try:
+            decoded = data.decode(self.data.dataset, split.indices, p.size, resize=p.resize,
+                                  should_stop=self.stop.is_set)
+        except data.DecodingStopped:
+            raise StopRequested("preparing") from None
+        if not np.array_equal(decoded.indices, split.indices):
+            raise data.DataError(f"{len(decoded.skipped)} {name} image(s) could not be decoded at the teacher's "
+                                 f"size, e.g. {decoded.skipped[0] if decoded.skipped else '?'}")
+        return decoded.images
 
     def _train(self) -> tuple[str, str]:
         c, d = self.config, self.data

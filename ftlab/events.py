@@ -25,6 +25,7 @@ class RunStarted:
     trainable_params: int
     total_params: int
     skipped: tuple[str, ...] = ()  # files that failed to decode, with the reason
+    teacher: dict = field(default_factory=dict)  # distillation: the teacher's run_id, label, val_accuracy
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class RunSummary:
     # "caching": ..., "caching_reason": ...} (no caching keys where nothing was cached)
     precision: dict = field(default_factory=dict)
     prefix: str | None = None  # how the frozen prefix ran for the cache, and its check against eager fp32
+    teacher: dict = field(default_factory=dict)  # distillation: {"run_id", "label", "val_accuracy"} ({}: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
