@@ -186,12 +186,13 @@ def _wrong_type(value: Any, kind: type) -> str:
     return "" if ok else _WORDS.get(kind, kind.__name__)
 
 
-def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None = None) -> list[str]:
+def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None = None, store=None) -> list[str]:
     """Every problem with a command's options (a ``TrainConfig`` for ``train``, ``PredictOptions``
     for ``predict``; ``only`` the fields a command takes, as ``stats`` does), each a sentence
     that says what is allowed. A whole ``TrainConfig`` is also checked against the backbone's
     blocks and the devices here, and every config against the environment settings, so that a
-    run fails before any work rather than after decoding."""
+    run fails before any work rather than after decoding. A teacher is looked up in ``store`` (a
+    `RunStore`; default the one under FTLAB_HOME)."""
     problems, mistyped = [], []
     for f in dataclasses.fields(config):
         if only is not None and f.name not in only:
@@ -226,7 +227,7 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
             if config.teacher.strip():
                 from ftlab import teacher
 
-                problems += teacher.problems(config)
+                problems += teacher.problems(config, store)
     return problems + paths.setting_problems()
 
 

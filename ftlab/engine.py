@@ -245,7 +245,7 @@ class _Trainer:
 
     def run(self) -> dict:
         c = self.config
-        problems = validate(c)
+        problems = validate(c, store=self.store)
         self.device = pick_device(c.device) if not problems else torch.device("cpu")
         self.summary = RunSummary(self.run_id, c.dataset, c.backbone, c.strategy, device=self.device.type)
         if problems:  # before any work and before a record: nothing ran, so nothing is kept
