@@ -256,7 +256,7 @@ def test_the_curves_draw_the_parts_and_the_teachers_line():
 def test_the_train_page_offers_kept_runs_as_teacher_and_runs_shows_it(store, teacher_run):
     from streamlit.testing.v1 import AppTest
 
-    from ui import session
+    from ui import resources
 
     distilled, _ = train(store, teacher=teacher_run["run_id"])
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
@@ -265,12 +265,17 @@ def test_the_train_page_offers_kept_runs_as_teacher_and_runs_shows_it(store, tea
     box = at.selectbox(key="cfg.teacher")
     assert box.options[0] == "none (no distillation)" and box.value == ""
     assert any(teacher_run["run_id"] in o for o in box.options), box.options
-    box.set_value(teacher_run["run_id"]).run()
-    assert not at.exception
-    assert session.current_config(at.session_state).teacher == teacher_run["run_id"]
+    # the session's data set is digits: Start takes the chosen teacher and refuses it in words
+    box.set_value(teacher_run["run_id"])
+    at.button(key="train.start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="cfg.teacher").value == teacher_run["run_id"]
+    assert any("The run cannot start" in e.value and "trained on other classes" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert resources.registry().running() == []
     at.switch_page("app_pages/runs.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    table = at.dataframe(key="runs.table").value
+    table = at.dataframe[0].value
     assert dict(zip(table["run"], table["teacher"]))[distilled["run_id"]] == teacher_run["run_id"]
     at.selectbox(key="runs.selected").set_value(distilled["run_id"]).run()
     names = [t["name"] for c in at.get("plotly_chart") for t in json.loads(c.proto.spec)["data"]]
