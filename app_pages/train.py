@@ -28,7 +28,7 @@ def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:
     label, kind = LABELS.get(f.name, f.name.replace("_", " ").capitalize()), option_type(f)
     common = {"key": key, "help": meta["help"], "persist_state": K.PERSIST}
     if f.name == "teacher":  # a kept run, chosen from a list rather than typed
-        choices = explore.teacher_choices(resources.store().list(), state.get(key, ""))
+        choices = explore.teacher_options(resources.store(), state.get(key, ""))
         st.selectbox(label, list(choices), format_func=choices.get, **common)
     elif kind is bool:
         st.checkbox(label, **common)

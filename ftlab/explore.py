@@ -571,3 +571,15 @@ def teacher_choices(records: list, current: str = "") -> dict[str, str]:
     if current and current not in choices:
         choices[current] = f"{printable(current)} (not a kept run with a checkpoint)"
     return choices
+
+
+def teacher_options(store, current: str = "") -> dict[str, str]:
+    """`teacher_choices` over the runs of ``store`` (a `RunStore`); a store that cannot be read now
+    offers no run (the Runs page says what is wrong with it), so the Train page still draws."""
+    from ftlab.runs import StoreError
+
+    try:
+        records = store.list()
+    except StoreError:
+        records = []
+    return teacher_choices(records, current)
