@@ -236,6 +236,7 @@ class _Trainer:
     scaler: torch.amp.GradScaler | None = field(init=False)
     steps: int = field(init=False)  # batches per epoch
     best_state: dict | None = None  # the best epoch's weights, on the CPU
+    teacher: "teachers.Teacher | None" = None  # distillation: the frozen teacher (`_teacher_logits`)
     best_val: "Evaluation | None" = None  # its val figures: the final evaluation need not recompute them
     computed: set = field(default_factory=set)  # cache keys this run computed itself
     training_choices: dict = field(default_factory=dict)  # first trained block -> its precision Choice
@@ -321,9 +322,10 @@ class _Trainer:
 
     def _teacher_logits(self) -> torch.Tensor:
         """The teacher's logits of every training image, computed once before training (the
-        teacher is frozen and sees un-augmented images, so they are the same in every epoch), and
-        its accuracy on this run's val split, kept in the summary for the accuracy chart."""
-        teacher = teachers.load(self.config.teacher, self.store, list(self.classes))
+        teacher is frozen and sees un-augmented images, so they are the same in every epoch; with
+        cached augmented views, `_teach_view` gives it the view the student sees), and its accuracy
+        on this run's val split, kept in the summary for the accuracy chart."""
+        teacher = self.teacher = teachers.load(self.config.teacher, self.store, list(self.classes))
         train, val = (self._teacher_split(teacher, name) for name in ("train", "val"))
         accuracy = teachers.accuracy(val, self.data.val.labels)
         self.summary.teacher = {"run_id": teacher.run_id, "label": teacher.label, "val_accuracy": accuracy}
@@ -346,6 +348,44 @@ class _Trainer:
         try:
             logits = teacher.logits(images, self.device, max(64, 2 * self.config.batch_size), self.stop.is_set)
         finally:  # not training time, like the caching pass
+            self.summary.cache_seconds += time.perf_counter() - began
+        self.shared_cache.put(key, logits, self.cache_budget)
+        return logits
+
+    def _teach_view(self, epoch: int, inputs: "EpochInputs") -> None:
+        """With augmented views cached, the student trains this epoch on one stored view of each
+        image: the teacher's logits are then those of the same view (computed once per view, as the
+        features are); otherwise (no augmentation, or fresh augmentation each epoch) those of the
+        un-augmented image."""
+        if not isinstance(self.objective, Distillation) or self.teacher is None:
+            return
+        view = epoch % self.config.augment_views + 1 if inputs.start > 0 and self.prep.augment is not None else 0
+        self.objective.teacher = self._teacher_split(self.teacher, "train") if view == 0 else \
+            self._teacher_view_logits(view)
+
+    def _teacher_view_logits(self, view: int) -> torch.Tensor:
+        """The teacher's logits of the training split's augmented view ``view``: the very images the
+        cached features of that view were computed from (the same seed, the same order of draws),
+        resized to the teacher's size where it differs from the student's."""
+        c, t, split = self.config, self.teacher, self.data.train
+        p = t.preprocessing
+        key = cache.CacheKey(f"teacher {t.model.backbone}", t.identity, "logits",
+                             f"{p.identity()}; views of {self.prep.identity(train=True)} at {self.preprocessing.size} px "
+                             f"of seed {c.seed}", self.data_identity, "train", cache.digest(split.indices), view)
+        if (found := self.shared_cache.get(key)) is not None:
+            return found
+        self._say(f"computing the teacher's logits for {len(split.labels):,} train images, view {view} "
+                  f"({t.model.backbone} at {p.size} px, once per view)")
+        torch.manual_seed(c.seed * 1000 + view)  # as `_cached` drew this view
+        views = torch.cat([torch.stack([self.prep.augment(img) for img in split.images[i:i + 256]])
+                           for i in range(0, len(split.labels), 256)])
+        if views.shape[-1] != p.size:
+            views = F.interpolate(views.float(), size=(p.size, p.size), mode="bilinear", antialias=True,
+                                  align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+        began = time.perf_counter()
+        try:
+            logits = t.logits(views, self.device, max(64, 2 * c.batch_size), self.stop.is_set)
+        finally:
             self.summary.cache_seconds += time.perf_counter() - began
         self.shared_cache.put(key, logits, self.cache_budget)
         return logits
@@ -380,6 +420,7 @@ class _Trainer:
             try:
                 began = time.perf_counter()
                 inputs = self._inputs(epoch)
+                self._teach_view(epoch, inputs)
                 # preparing the inputs (the caching pass, looking features up) is not training: the clocks
                 # of progress and time left leave it out
                 started += time.perf_counter() - began

@@ -142,6 +142,20 @@ def test_the_teachers_logits_are_computed_once_per_image(store, teacher_run, mon
     assert any("computed by an earlier run" in e.message for e in seen if isinstance(e, events.Preparing))
 
 
+def test_with_cached_augmented_views_the_teacher_sees_each_view_once(store, teacher_run, monkeypatch):
+    calls = count_teacher_forwards(monkeypatch)
+    summary, seen = train(store, teacher=teacher_run["run_id"], strategy="linear-probe", flip=True,
+                          color_jitter=0.3, augment_views=2, epochs=3)
+    assert summary["stopped_reason"] == "completed", failure(seen) if summary["stopped_reason"] == "error" else ""
+    assert "cached features" in summary["feature_cache"]  # the student trained on the stored views
+    started = next(e for e in seen if isinstance(e, events.RunStarted))
+    n_train, n_val = started.split_sizes["train"], started.split_sizes["val"]
+    # the un-augmented train and val images, then views 1 and 2 once each (epoch 3 is view 1 again)
+    assert sum(calls) == n_train + n_val + 2 * n_train
+    said = " ".join(e.message for e in seen if isinstance(e, events.Preparing))
+    assert "view 1" in said and "view 2" in said
+
+
 def test_a_teacher_at_another_size_sees_its_own_decoding(store, teacher_run, monkeypatch):
     sizes = []
     calls = count_teacher_forwards(monkeypatch)
