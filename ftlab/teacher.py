@@ -101,6 +101,20 @@ class Teacher:
                                 batch_size=batch_size, dtype=torch.float32, should_stop=should_stop)
         return out.float()[:, self.order]
 
+    def recomputing(self, images: "torch.Tensor", device: "torch.device") -> Callable[["torch.Tensor"], "torch.Tensor"]:
+        """The teacher run again on each batch, for `ftlab.objectives.Distillation` (``images``: the
+        training split at the teacher's size): what the precomputed table saves, for benchmarks."""
+        import torch
+
+        from ftlab.transforms import Preprocess
+
+        prep, model = Preprocess(self.preprocessing, device), self.model.to(device)
+
+        def logits(index: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return model(prep(images[index], train=False)).float()[:, self.order.to(device)]
+        return logits
+
 
 def load(run_id: str, store: RunStore, classes: list) -> Teacher:
     """The teacher named by ``run_id``, for a run on ``classes``; a ValueError that says why not."""

@@ -168,6 +168,21 @@ def test_a_teacher_at_another_size_sees_its_own_decoding(store, teacher_run, mon
     assert summary["teacher"]["val_accuracy"] == pytest.approx(teacher_run["best_val_accuracy"])
 
 
+def test_a_recomputing_teacher_gives_the_table_of_logits(store, teacher_run):
+    from ftlab import data, teacher as teachers
+
+    config = TrainConfig(**SHAPES)
+    ds = data.load_for(config)
+    classes = list(reversed(ds.classes))  # another order of the same classes: the outputs follow it
+    teacher = teachers.load(teacher_run["run_id"], store, classes)
+    images = data.decode(ds, data.split_for(config, ds).train, 16).images
+    table = teacher.logits(images, torch.device("cpu"))
+    index = torch.tensor([3, 0, 5])
+    assert torch.allclose(teacher.recomputing(images, torch.device("cpu"))(index), table[index], atol=1e-5)
+    plain = teachers.load(teacher_run["run_id"], store, list(ds.classes)).logits(images, torch.device("cpu"))
+    assert torch.allclose(table, plain.flip(1), atol=1e-5)
+
+
 def _delete(store, run_id):
     store.delete(run_id)
 
