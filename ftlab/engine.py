@@ -237,6 +237,7 @@ class _Trainer:
     steps: int = field(init=False)  # batches per epoch
     best_state: dict | None = None  # the best epoch's weights, on the CPU
     teacher: "teachers.Teacher | None" = None  # distillation: the frozen teacher (`_teacher_logits`)
+    teacher_views: dict = field(default_factory=dict)  # view (0: un-augmented) -> its logits of the train split
     best_val: "Evaluation | None" = None  # its val figures: the final evaluation need not recompute them
     computed: set = field(default_factory=set)  # cache keys this run computed itself
     training_choices: dict = field(default_factory=dict)  # first trained block -> its precision Choice
@@ -328,6 +329,7 @@ class _Trainer:
         teacher = self.teacher = teachers.load(self.config.teacher, self.store, list(self.classes))
         train, val = (self._teacher_split(teacher, name) for name in ("train", "val"))
         accuracy = teachers.accuracy(val, self.data.val.labels)
+        self.teacher_views[0] = train
         self.summary.teacher = {"run_id": teacher.run_id, "label": teacher.label, "val_accuracy": accuracy}
         self._say(f"teacher {teacher.run_id} ({teacher.label}): val accuracy {accuracy:.3f} on this run's val split")
         return train
@@ -360,8 +362,9 @@ class _Trainer:
         if not isinstance(self.objective, Distillation) or self.teacher is None:
             return
         view = epoch % self.config.augment_views + 1 if inputs.start > 0 and self.prep.augment is not None else 0
-        self.objective.teacher = self._teacher_split(self.teacher, "train") if view == 0 else \
-            self._teacher_view_logits(view)
+        if view not in self.teacher_views:
+            self.teacher_views[view] = self._teacher_view_logits(view)
+        self.objective.teacher = self.teacher_views[view]
 
     def _teacher_view_logits(self, view: int) -> torch.Tensor:
         """The teacher's logits of the training split's augmented view ``view``: the very images the
