@@ -373,8 +373,8 @@ class _Trainer:
         c, t, split = self.config, self.teacher, self.data.train
         p = t.preprocessing
         key = cache.CacheKey(f"teacher {t.model.backbone}", t.identity, "logits",
-                             f"{p.identity()}; views of {self.prep.identity(train=True)} at {self.preprocessing.size} px "
-                             f"of seed {c.seed}", self.data_identity, "train", cache.digest(split.indices), view)
+                             f"{p.identity()}; views of {self.prep.identity(train=True)} at "
+                             f"{self.preprocessing.size} px of seed {c.seed}", self.data_identity, "train", cache.digest(split.indices), view)
         if (found := self.shared_cache.get(key)) is not None:
             return found
         self._say(f"computing the teacher's logits for {len(split.labels):,} train images, view {view} "

@@ -160,7 +160,8 @@ def test_a_teacher_at_another_size_sees_its_own_decoding(store, teacher_run, mon
     sizes = []
     calls = count_teacher_forwards(monkeypatch)
     real = engine.data.decode
-    monkeypatch.setattr(engine.data, "decode", lambda ds, idx, size, **k: sizes.append(size) or real(ds, idx, size, **k))
+    monkeypatch.setattr(engine.data, "decode",
+                        lambda ds, idx, size, **k: sizes.append(size) or real(ds, idx, size, **k))
     summary, _ = train(store, teacher=teacher_run["run_id"], image_size=24)
     assert summary["stopped_reason"] == "completed"
     assert sizes == [16, 16] and sum(calls) > 0  # train and val decoded again at the teacher's 16 px
