@@ -75,6 +75,11 @@ if run.message:
     st.caption(f"{run.status}: {run.message}")
 for note in explore.run_notes(run.summary):
     st.caption(parts.plain(note))
+if run_epochs := store.epochs(run_id):  # the loss with its parts, the accuracy with the teacher's line
+    teacher = explore.teacher_of(run.summary)
+    c = st.columns(2)
+    c[0].plotly_chart(charts.curves(run_epochs, "loss"), key="runs.run_loss")
+    c[1].plotly_chart(charts.curves(run_epochs, "accuracy", teacher), key="runs.run_accuracy")
 with st.expander("Configuration"):
     st.json(run.config)
 if run.summary.get("tasks"):  # several tasks: each task's curves and its best model's val figures

@@ -17,7 +17,9 @@ LABELS = {"lr": "Learning rate", "random_crop": "Random resized crop", "flip": "
           "grad_clip": "Gradient clipping (max norm)", "step_size": "Step schedule: every",
           "gamma": "Step schedule: factor", "early_stopping": "Early stopping (patience)", "precision": "Precision",
           "feature_cache": "Feature cache", "fast_prefix": "Folded frozen blocks (TorchScript)",
-          "augment_views": "Augmented views to cache", "cache_memory_mb": "Cache memory (MB, 0: auto)"}
+          "augment_views": "Augmented views to cache", "cache_memory_mb": "Cache memory (MB, 0: auto)",
+          "teacher": "Teacher (distil from a kept run)", "distill_temperature": "Distillation temperature T",
+          "distill_alpha": "Distillation weight a (KD part)"}
 STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "momentum": 0.01, "grad_clip": 0.5, "label_smoothing": 0.05,
          "color_jitter": 0.1, "gamma": 0.05}
 def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:
@@ -25,7 +27,10 @@ def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:
     meta, key = f.metadata, K.cfg(f.name)
     label, kind = LABELS.get(f.name, f.name.replace("_", " ").capitalize()), option_type(f)
     common = {"key": key, "help": meta["help"], "persist_state": K.PERSIST}
-    if kind is bool:
+    if f.name == "teacher":  # a kept run, chosen from a list rather than typed
+        choices = explore.teacher_options(resources.store(), state.get(key, ""))
+        st.selectbox(label, list(choices), format_func=choices.get, **common)
+    elif kind is bool:
         st.checkbox(label, **common)
     elif meta["choices"]:
         st.selectbox(label, meta["choices"], **common)
@@ -144,7 +149,8 @@ def figures(job: Job, snap) -> None:
     m[4].metric("Images/s", f"{last.images_per_second:.0f}")
     c = st.columns(2)
     c[0].plotly_chart(charts.curves(epochs, "loss"), key="train.loss_chart")
-    c[1].plotly_chart(charts.curves(epochs, "accuracy"), key="train.accuracy_chart")
+    teacher = explore.teacher_of({"teacher": snap.started.teacher}) if snap.started else None
+    c[1].plotly_chart(charts.curves(epochs, "accuracy", teacher), key="train.accuracy_chart")
     classes = snap.started.classes if snap.started else [str(i) for i in range(len(last.confusion))]
     c = st.columns([3, 2])
     with c[0]:

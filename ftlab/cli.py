@@ -53,6 +53,9 @@ class _FlagOnce(argparse.BooleanOptionalAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+_METAVARS = {"teacher": "RUN_ID", "distill_temperature": "T", "distill_alpha": "A"}  # as the issue writes them
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for f in cfg.options():
         flag = "--" + f.name.replace("_", "-")
@@ -66,7 +69,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                 metavar="N,N" if widths else "BLOCK,BLOCK", help=help_text)
         else:
             parser.add_argument(flag, type=kind, action=_Once, default=f.default, choices=meta["choices"],
-                                help=help_text)
+                                metavar=_METAVARS.get(f.name), help=help_text)
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -234,9 +237,16 @@ def _print_summary(s: dict) -> None:
     caching = f" (and {explore.format_duration(s['cache_seconds'])} caching)" if s.get("cache_seconds") else ""
     print(f"run {s['run_id']}: {s['stopped_reason']} after {s['epochs_run']} epoch{'' if s['epochs_run'] == 1 else 's'}; best val accuracy {best}, "
           f"test accuracy {test}; {explore.format_duration(s['train_seconds'])} training{caching}, "
-          f"{s['images_per_second']:.0f} img/s" + (f"; {explore.precision_text(s)}" if s.get("precision") else ""))
-    if s.get("tasks"):  # several tasks: the first task's is the best val accuracy above
-        print(f"best val accuracy per task: {tasks.summary_text(s['tasks'])}")
+          f"{s['images_per_second']:.0f} img/s" + (f"; {explore.precision_text(s)}" if s.get("precision") else "")
+          + _teacher_text(s))
+
+
+def _teacher_text(s: dict) -> str:
+    """"; distilled from run ID (val accuracy 0.950 on this run's val split)", or "" without a teacher."""
+    if (t := explore.teacher_of(s)) is None:
+        return ""
+    acc = "" if t["val_accuracy"] is None else f" (its val accuracy {t['val_accuracy']:.3f})"
+    return f"; distilled from run {t['run_id']}{acc}"
 
 
 # --- listings ---------------------------------------------------------------------------

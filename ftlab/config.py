@@ -125,6 +125,13 @@ class TrainConfig:
     precision: str = _opt("auto", "number format of the caching pass and of training: auto takes bf16 (or fp16) "
                           "autocast where the device has it and, on a CPU, a short measurement shows it faster; "
                           "else fp32", choices=PRECISIONS, section="speed")
+    # objective: distillation from a kept run (Hinton et al. 2015)
+    teacher: str = _opt("", "distil from this kept run (its id, see `python -m ftlab runs`): a finished run on the "
+                        "same classes, usually another backbone; empty: no teacher", section="objective")
+    distill_temperature: float = _opt(4.0, "distillation: the temperature T that softens both models' logits "
+                                      "(the KD part is scaled by T^2)", lo=0.05, hi=100.0, section="objective")
+    distill_alpha: float = _opt(0.5, "distillation: the weight a of the KD part; the cross-entropy on the labels "
+                                "gets 1 - a", lo=0.0, hi=1.0, section="objective")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -189,12 +196,13 @@ def _wrong_type(value: Any, kind: type) -> str:
     return "" if ok else _WORDS.get(kind, kind.__name__)
 
 
-def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None = None) -> list[str]:
+def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None = None, store=None) -> list[str]:
     """Every problem with a command's options (a ``TrainConfig`` for ``train``, ``PredictOptions``
     for ``predict``; ``only`` the fields a command takes, as ``stats`` does), each a sentence
     that says what is allowed. A whole ``TrainConfig`` is also checked against the backbone's
     blocks and the devices here, and every config against the environment settings, so that a
-    run fails before any work rather than after decoding."""
+    run fails before any work rather than after decoding. A teacher is looked up in ``store`` (a
+    `RunStore`; default the one under FTLAB_HOME)."""
     problems, mistyped = [], []
     for f in dataclasses.fields(config):
         if only is not None and f.name not in only:
@@ -226,6 +234,10 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
             problems.append(f"name must be at most {MAX_NAME} printable characters on one line (got {shown}).")
         if only is None:
             problems += _check_names(config) + _check_device(config.device)
+            if config.teacher.strip():
+                from ftlab import teacher
+
+                problems += teacher.problems(config, store)
     return problems + paths.setting_problems()
 
 

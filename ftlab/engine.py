@@ -24,9 +24,10 @@ from torch import nn
 from ftlab import backbones, cache, checkpoints, data, events, fastpath, freeze, metrics
 from ftlab import tasks as task_options
 from ftlab import precision as precisions
+from ftlab import teacher as teachers
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
 from ftlab.errors import NonFiniteLoss, StopRequested
-from ftlab.objectives import Batch, CrossEntropy, MultiTask, Objective, class_weights
+from ftlab.objectives import Batch, CrossEntropy, Distillation, MultiTask, Objective, class_weights
 from ftlab.precision import FP32, Choice
 from ftlab.records import EpochRecord, RunSummary
 from ftlab.runs import RunStore, StoreError, new_run_id
@@ -249,6 +250,8 @@ class _Trainer:
     scaler: torch.amp.GradScaler | None = field(init=False)
     steps: int = field(init=False)  # batches per epoch
     best_state: dict | None = None  # the best epoch's weights, on the CPU
+    teacher: "teachers.Teacher | None" = None  # distillation: the frozen teacher (`_teacher_logits`)
+    teacher_views: dict = field(default_factory=dict)  # view (0: un-augmented) -> its logits of the train split
     best_val: "Evaluation | None" = None  # its val figures: the final evaluation need not recompute them
     computed: set = field(default_factory=set)  # cache keys this run computed itself
     training_choices: dict = field(default_factory=dict)  # first trained block -> its precision Choice
@@ -258,7 +261,7 @@ class _Trainer:
 
     def run(self) -> dict:
         c = self.config
-        problems = validate(c)
+        problems = validate(c, store=self.store)
         self.device = pick_device(c.device) if not problems else torch.device("cpu")
         self.summary = RunSummary(self.run_id, c.dataset, c.backbone, c.strategy, device=self.device.type)
         if problems:  # before any work and before a record: nothing ran, so nothing is kept
@@ -329,23 +332,117 @@ class _Trainer:
                                     {k: len(v.labels) if v else 0 for k, v in
                                      (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))},
                                     trainable, total, tuple(skipped),
-                                    {t.name: t.classes for t in self.tasks} if self.sizes else {}))
+                                    {t.name: t.classes for t in self.tasks} if self.sizes else {},
+                                    teacher=dict(self.summary.teacher)))
 
     def _objective(self) -> Objective:
         """What this run minimises: cross-entropy on the class labels, as its options weight and smooth it;
-        with several tasks one such cross-entropy per task, weighted (`MultiTask`)."""
+        with several tasks one such cross-entropy per task, weighted (`MultiTask`); with a teacher,
+        distillation from the teacher's logits plus that cross-entropy."""
         c = self.config
         if self.sizes:
             losses = [self._cross_entropy(self.labels["train"][:, t], len(task.classes))
                       for t, task in enumerate(self.tasks)]
             return MultiTask(tuple(t.name for t in self.tasks), self.sizes, losses, weighting=c.task_weighting,
                              weights=tuple(t.weight for t in self.tasks), device=self.device)
-        return self._cross_entropy(self.data.train.labels, len(self.classes))
+        cross_entropy = self._cross_entropy(self.data.train.labels, len(self.classes))
+        if not c.teacher.strip():
+            return cross_entropy
+        return Distillation(self._teacher_logits(), c.distill_temperature, c.distill_alpha, cross_entropy)
 
     def _cross_entropy(self, labels: torch.Tensor, num_classes: int) -> CrossEntropy:
         c = self.config
         weight = class_weights(labels, num_classes).to(self.device) if c.class_weighting == "balanced" else None
         return CrossEntropy(weight, c.label_smoothing)
+
+    def _teacher_logits(self) -> torch.Tensor:
+        """The teacher's logits of every training image, computed once before training (the
+        teacher is frozen and sees un-augmented images, so they are the same in every epoch; with
+        cached augmented views, `_teach_view` gives it the view the student sees), and its accuracy
+        on this run's val split, kept in the summary for the accuracy chart."""
+        teacher = self.teacher = teachers.load(self.config.teacher, self.store, list(self.classes))
+        train, val = (self._teacher_split(teacher, name) for name in ("train", "val"))
+        accuracy = teachers.accuracy(val, self.data.val.labels)
+        self.teacher_views[0] = train
+        self.summary.teacher = {"run_id": teacher.run_id, "label": teacher.label, "val_accuracy": accuracy}
+        self._say(f"teacher {teacher.run_id} ({teacher.label}): val accuracy {accuracy:.3f} on this run's val split")
+        return train
+
+    def _teacher_split(self, teacher: teachers.Teacher, name: str) -> torch.Tensor:
+        """The teacher's logits of split ``name``, from the feature cache or computed once now."""
+        split, p = getattr(self.data, name), teacher.preprocessing
+        key = cache.CacheKey(f"teacher {teacher.model.backbone}", teacher.identity, "logits",
+                             f"{p.identity()}; no augmentation", self.data_identity, name,
+                             cache.digest(split.indices), 0)
+        if (found := self.shared_cache.get(key)) is not None:
+            self._say(f"the teacher's logits for {len(split.labels):,} {name} images were computed by an earlier run")
+            return found
+        images = self._teacher_images(split, p, name)
+        self._say(f"computing the teacher's logits for {len(split.labels):,} {name} images "
+                  f"({teacher.model.backbone} at {p.size} px, once for the whole run)")
+        began = time.perf_counter()
+        try:
+            logits = teacher.logits(images, self.device, max(64, 2 * self.config.batch_size), self.stop.is_set)
+        finally:  # not training time, like the caching pass
+            self.summary.cache_seconds += time.perf_counter() - began
+        self.shared_cache.put(key, logits, self.cache_budget)
+        return logits
+
+    def _teach_view(self, epoch: int, inputs: "EpochInputs") -> None:
+        """With augmented views cached, the student trains this epoch on one stored view of each
+        image: the teacher's logits are then those of the same view (computed once per view, as the
+        features are); otherwise (no augmentation, or fresh augmentation each epoch) those of the
+        un-augmented image."""
+        if not isinstance(self.objective, Distillation) or self.teacher is None:
+            return
+        view = epoch % self.config.augment_views + 1 if inputs.start > 0 and self.prep.augment is not None else 0
+        if view not in self.teacher_views:
+            self.teacher_views[view] = self._teacher_view_logits(view)
+        self.objective.teacher = self.teacher_views[view]
+
+    def _teacher_view_logits(self, view: int) -> torch.Tensor:
+        """The teacher's logits of the training split's augmented view ``view``: the very images the
+        cached features of that view were computed from (the same seed, the same order of draws),
+        resized to the teacher's size where it differs from the student's."""
+        c, t, split = self.config, self.teacher, self.data.train
+        p = t.preprocessing
+        key = cache.CacheKey(f"teacher {t.model.backbone}", t.identity, "logits",
+                             f"{p.identity()}; views of {self.prep.identity(train=True)} at "
+                             f"{self.preprocessing.size} px of seed {c.seed}", self.data_identity, "train", cache.digest(split.indices), view)
+        if (found := self.shared_cache.get(key)) is not None:
+            return found
+        self._say(f"computing the teacher's logits for {len(split.labels):,} train images, view {view} "
+                  f"({t.model.backbone} at {p.size} px, once per view)")
+        torch.manual_seed(c.seed * 1000 + view)  # as `_cached` drew this view
+        views = torch.cat([torch.stack([self.prep.augment(img) for img in split.images[i:i + 256]])
+                           for i in range(0, len(split.labels), 256)])
+        if views.shape[-1] != p.size:
+            views = F.interpolate(views.float(), size=(p.size, p.size), mode="bilinear", antialias=True,
+                                  align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+        began = time.perf_counter()
+        try:
+            logits = t.logits(views, self.device, max(64, 2 * c.batch_size), self.stop.is_set)
+        finally:
+            self.summary.cache_seconds += time.perf_counter() - began
+        self.shared_cache.put(key, logits, self.cache_budget)
+        return logits
+
+    def _teacher_images(self, split: data.Decoded, p: Preprocessing, name: str) -> torch.Tensor:
+        """The split's images as the teacher's preprocessing decodes them: the student's own when the
+        resize and crop are the same, else decoded again from the files at the teacher's size (an
+        image enlarged from the student's smaller decoding would not be what the teacher learnt on)."""
+        if (p.size, p.resize) == (self.preprocessing.size, self.preprocessing.resize):
+            return split.images
+        self._say(f"decoding {len(split.labels):,} {name} images at {p.size} px for the teacher")
+        try:
+            decoded = data.decode(self.data.dataset, split.indices, p.size, resize=p.resize,
+                                  should_stop=self.stop.is_set)
+        except data.DecodingStopped:
+            raise StopRequested("preparing") from None
+        if not np.array_equal(decoded.indices, split.indices):
+            raise data.DataError(f"{len(decoded.skipped)} {name} image(s) could not be decoded at the teacher's "
+                                 f"size, e.g. {decoded.skipped[0] if decoded.skipped else '?'}")
+        return decoded.images
 
     def _objective_groups(self) -> list[dict]:
         """The optimiser's group for what the objective learns itself (uncertainty weighting's
@@ -378,6 +475,7 @@ class _Trainer:
             try:
                 began = time.perf_counter()
                 inputs = self._inputs(epoch)
+                self._teach_view(epoch, inputs)
                 # preparing the inputs (the caching pass, looking features up) is not training: the clocks
                 # of progress and time left leave it out
                 started += time.perf_counter() - began

@@ -26,6 +26,7 @@ class RunStarted:
     total_params: int
     skipped: tuple[str, ...] = ()  # files that failed to decode, with the reason
     tasks: dict = field(default_factory=dict)  # several tasks: {task: its classes}, the first task's first
+    teacher: dict = field(default_factory=dict)  # distillation: the teacher's run_id, label, val_accuracy
 
 
 @dataclass(frozen=True)

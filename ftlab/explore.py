@@ -506,6 +506,7 @@ def runs_table(records: list, running: set[str] = frozenset()) -> list[dict]:
                      "tasks": tasks.summary_text(s.get("tasks")),  # several tasks: each one's best val accuracy
                      "test accuracy": _number(s.get("test_accuracy")), "epochs": _number(s.get("epochs_run")),
                      "train seconds": _number(s.get("train_seconds")), "precision": precision_text(s),
+                     "teacher": (teacher_of(s) or {}).get("run_id", ""),
                      "status": status,
                      "message": r.message})
     return rows
@@ -546,6 +547,9 @@ def run_notes(summary: dict) -> list[str]:
     for key, what in (("feature_cache", "Feature cache"), ("prefix", "Frozen prefix")):
         if isinstance(summary.get(key), str) and summary[key]:
             notes.append(f"{what}: {summary[key]}")
+    if (t := teacher_of(summary)) is not None:
+        acc = "" if t["val_accuracy"] is None else f"; its val accuracy on this run's val split {t['val_accuracy']:.3f}"
+        notes.append(f"Distilled from run {t['run_id']} ({t['label']}){acc}")
     return [printable(n) for n in notes]
 
 
@@ -554,3 +558,51 @@ def _number(value) -> float | int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return value
+
+
+def teacher_of(summary: dict) -> dict | None:
+    """A distilled run's teacher as its summary records it, {"run_id", "label", "val_accuracy"} (the
+    accuracy a number or None), or None for a run without one (or a record that does not say).
+
+    >>> teacher_of({"teacher": {"run_id": "20250101-120000-a1b2c3", "label": "x", "val_accuracy": 0.9}})["val_accuracy"]
+    0.9
+    >>> teacher_of({}), teacher_of({"teacher": {}}), teacher_of({"teacher": "junk"})
+    (None, None, None)
+    """
+    t = summary.get("teacher") if isinstance(summary, dict) else None
+    if not isinstance(t, dict) or not isinstance(t.get("run_id"), str) or not t["run_id"]:
+        return None
+    return {"run_id": printable(t["run_id"]), "label": printable(str(t.get("label") or "")),
+            "val_accuracy": _number(t.get("val_accuracy"))}
+
+
+def teacher_choices(records: list, current: str = "") -> dict[str, str]:
+    """The runs the Train page offers as a distillation teacher, id -> what the list shows: "" (no
+    teacher) first, then every kept run that ended with a checkpoint (finished or stopped after an
+    epoch), newest first, with its best val accuracy. Whether one fits the data's classes is
+    checked when the run starts (`ftlab.teacher.problems`). A ``current`` choice that is no longer
+    among them (deleted since) stays listed as such, so the run's check names it.
+
+    >>> teacher_choices([], "20250101-120000-a1b2c3")
+    {'': 'none (no distillation)', '20250101-120000-a1b2c3': '20250101-120000-a1b2c3 (not a kept run with a checkpoint)'}
+    """
+    choices = {"": "none (no distillation)"}
+    for r in records:
+        best = _number(r.summary.get("best_val_accuracy")) if isinstance(r.summary, dict) else None
+        if r.status in ("finished", "stopped") and best is not None:
+            choices[r.id] = f"{record_label(r)} · val {best:.3f}"
+    if current and current not in choices:
+        choices[current] = f"{printable(current)} (not a kept run with a checkpoint)"
+    return choices
+
+
+def teacher_options(store, current: str = "") -> dict[str, str]:
+    """`teacher_choices` over the runs of ``store`` (a `RunStore`); a store that cannot be read now
+    offers no run (the Runs page says what is wrong with it), so the Train page still draws."""
+    from ftlab.runs import StoreError
+
+    try:
+        records = store.list()
+    except StoreError:
+        records = []
+    return teacher_choices(records, current)

@@ -5,6 +5,7 @@ so another objective (distillation, several tasks) needs no change to the loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -103,3 +104,40 @@ class MultiTask:
             counts[f"correct:{name}"] = step.counts["correct"]
         counts["correct"] = counts[f"correct:{self.names[0]}"]
         return Step(loss, counts)
+
+
+TeacherLogits = Callable[[torch.Tensor], torch.Tensor]  # a batch's places in the training split -> logits
+
+
+class Distillation:
+    """Knowledge distillation (Hinton et al. 2015): the student matches the teacher's softened
+    outputs as well as the labels,
+
+        loss = a * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - a) * CE(s, y).
+
+    T^2 keeps the soft targets' gradients on the scale of the hard ones as T grows. The parts are
+    counted as they contribute to the loss, weights included: ``loss:kd`` is a * T^2 * KL and
+    ``loss:ce`` is (1 - a) * CE (the run's cross-entropy, with its label smoothing and class
+    weights), so the two curves add up to the training loss. ``correct`` counts the student's.
+
+    ``teacher`` gives the teacher's logits of a batch from its ``index``: a tensor (N, K) of
+    logits precomputed once per training image (the table is indexed), or a function that
+    computes them (to compare cached against recomputed teacher logits)."""
+
+    def __init__(self, teacher: torch.Tensor | TeacherLogits, temperature: float = 4.0, alpha: float = 0.5,
+                 cross_entropy: CrossEntropy | None = None):
+        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+        self.cross_entropy = cross_entropy or CrossEntropy()
+
+    def teacher_logits(self, index: torch.Tensor) -> torch.Tensor:
+        return self.teacher[index] if isinstance(self.teacher, torch.Tensor) else self.teacher(index)
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> Step:
+        logits, T, a = logits.float(), self.temperature, self.alpha
+        hard = self.cross_entropy(logits, batch)
+        teacher = self.teacher_logits(batch.index).to(logits.device, torch.float32)
+        kl = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(teacher / T, 1), log_target=True,
+                      reduction="batchmean")
+        kd, ce = a * T * T * kl, (1 - a) * hard.loss
+        n = len(batch.labels)
+        return Step(kd + ce, {**hard.counts, "loss:kd": kd.item() * n, "loss:ce": ce.item() * n})

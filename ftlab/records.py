@@ -32,6 +32,7 @@ class RunSummary:
     precision: dict = field(default_factory=dict)
     prefix: str | None = None  # how the frozen prefix ran for the cache, and its check against eager fp32
     tasks: dict = field(default_factory=dict)  # several tasks: {task: its best val accuracy}, the first task's first
+    teacher: dict = field(default_factory=dict)  # distillation: {"run_id", "label", "val_accuracy"} ({}: none)
 
     def to_dict(self) -> dict:
         return asdict(self)

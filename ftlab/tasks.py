@@ -88,6 +88,9 @@ def config_problems(config) -> list[str]:
     elif weights and len(weights) != max(len(names), 1):
         problems.append(f"task_weights gives {len(weights)} weights for {max(len(names), 1)} tasks "
                         f"({config.tasks or 'the first task only'}): give one weight per task in --tasks.")
+    if getattr(config, "teacher", "").strip() and (names is None or len(names) > 1):
+        problems.append("a teacher distils one task (its classes are the first task's): train one task with a "
+                        "teacher, or several tasks without one.")
     if names == () and config.task_weighting == "uncertainty":
         problems.append("uncertainty weighting balances several tasks: name them with --tasks (e.g. shape,colour "
                         "or all).")

@@ -359,3 +359,11 @@ def test_the_live_view_shows_each_tasks_figures(app_env, monkeypatch):
     assert any(len(h["z"]) == 2 for h in _heatmaps(at))
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert "Task weights in the loss" in titles
+
+
+def test_a_teacher_with_several_tasks_is_refused_in_a_sentence():
+    from ftlab.config import TrainConfig, validate
+
+    problems = validate(TrainConfig(dataset="shapes", tasks="shape,colour", teacher="20250101-120000-a1b2c3"))
+    assert any("a teacher distils one task" in p for p in problems), problems
+    assert not any("distils one task" in p for p in validate(TrainConfig(dataset="shapes", tasks="shape,colour")))

@@ -42,14 +42,29 @@ def block_params(blocks: Sequence[str], params: Sequence[int], trainable: Sequen
     return _layout(fig, title, barmode="stack", yaxis_title="parameters", xaxis_type="category")
 
 
-def curves(epochs: Sequence[Mapping], metric: str) -> go.Figure:
-    """Train and val ``metric`` ("loss" or "accuracy") per epoch."""
+# the legend of a part of the training loss an objective counted (`EpochRecord.parts`), as it contributes
+PART_LABELS = {"kd": "train: KD part, a·T²·KL", "ce": "train: CE part, (1−a)·CE"}
+TEACHER = "#7f7f7f"
+
+
+def curves(epochs: Sequence[Mapping], metric: str, teacher: Mapping | None = None) -> go.Figure:
+    """Train and val ``metric`` ("loss" or "accuracy") per epoch; for the loss also each part of the
+    training loss the objective counted (dashed); for the accuracy the distillation teacher's val
+    accuracy (``teacher``: `ftlab.explore.teacher_of`) as a horizontal line."""
     x = [e["epoch"] for e in epochs]
     fig = go.Figure([
         go.Scatter(name="train", x=x, y=[e[f"train_{metric}"] for e in epochs], mode="lines+markers",
                    line_color=TRAIN),
         go.Scatter(name="val", x=x, y=[e[f"val_{metric}"] for e in epochs], mode="lines+markers", line_color=VAL),
     ])
+    if metric == "loss":
+        for name in dict.fromkeys(k for e in epochs for k in (e.get("parts") or {})):
+            fig.add_trace(go.Scatter(name=PART_LABELS.get(name, f"train: {name} part"), x=x,
+                                     y=[(e.get("parts") or {}).get(name) for e in epochs], mode="lines",
+                                     line_dash="dash"))
+    if metric == "accuracy" and teacher and teacher.get("val_accuracy") is not None and x:
+        fig.add_trace(go.Scatter(name=f"teacher val ({teacher['val_accuracy']:.3f})", x=[min(x) - 0.5, max(x) + 0.5],
+                                 y=[teacher["val_accuracy"]] * 2, mode="lines", line_dash="dot", line_color=TEACHER))
     extra = {"yaxis_range": [0, 1.02]} if metric == "accuracy" else {}
     return _layout(fig, metric.capitalize(), xaxis_title="epoch", yaxis_title=metric, xaxis_dtick=1, **extra)
 
