@@ -25,7 +25,7 @@ from ftlab import backbones, cache, checkpoints, data, events, fastpath, freeze,
 from ftlab import precision as precisions
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
 from ftlab.errors import NonFiniteLoss, StopRequested
-from ftlab.objectives import Batch, CrossEntropy, Objective, class_weights
+from ftlab.objectives import L2SP, Anchor, Batch, CrossEntropy, Objective, adapt_beta, beta_bounds, class_weights
 from ftlab.precision import FP32, Choice
 from ftlab.records import EpochRecord, RunSummary
 from ftlab.runs import RunStore, StoreError, new_run_id
@@ -228,6 +228,9 @@ class _Trainer:
     weights_identity: str = field(init=False)
     precision: Choice = FP32  # what the blocks that train compute in this epoch (`_training_precision`)
     objective: Objective = field(init=False)
+    anchor: Anchor = field(init=False)  # each block's weights at the start: how far it moved, what L2-SP pulls to
+    l2sp: L2SP | None = None  # the L2-SP wrapper of the objective, when --l2sp asks for one
+    gap: float | None = None  # the last epoch's train - val accuracy (adaptive L2-SP)
     sample_weights: torch.Tensor | None = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = field(init=False)
@@ -287,10 +290,14 @@ class _Trainer:
         self.prep = Preprocess.for_config(c, self.preprocessing, self.device)
         self.cache_budget = c.cache_memory_mb << 20 if c.cache_memory_mb else self.shared_cache.budget
         train_labels = self.data.train.labels
+        self.anchor = Anchor(self.model)
         self.objective = self._objective()
         self.sample_weights = (1.0 / torch.bincount(train_labels).float())[train_labels] if c.balanced_sampling \
             else None
-        self.optimizer = make_optimizer(c, freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay))
+        # L2-SP replaces the backbone's weight decay toward 0 by its pull toward the pretrained weights
+        anchored = frozenset(freeze.backbone_blocks(self.plan.blocks)) if self.l2sp else frozenset()
+        self.optimizer = make_optimizer(c, freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay,
+                                                               anchored))
         if c.batch_size > len(train_labels):
             self._say(f"batch size {c.batch_size} is larger than the {len(train_labels)} training images: each "
                       f"epoch is one batch of {len(train_labels)}")
@@ -312,7 +319,21 @@ class _Trainer:
         c = self.config
         weight = class_weights(self.data.train.labels, len(self.classes)).to(self.device) \
             if c.class_weighting == "balanced" else None
-        return CrossEntropy(weight, c.label_smoothing)
+        return self._with_l2sp(CrossEntropy(weight, c.label_smoothing))
+
+    def _with_l2sp(self, base: Objective) -> Objective:
+        """``base`` with the L2-SP penalty on the pretrained blocks when --l2sp asks for it (their
+        θ₀ copied now, on the device); the new head and adapters keep plain weight decay instead."""
+        if not self.config.l2sp:
+            return base
+        self.l2sp = L2SP(base, self.anchor.pairs(freeze.backbone_blocks(self.plan.blocks)), self.config.l2sp)
+        return self.l2sp
+
+    def _adapt_l2sp(self, gap: float, val_improved: bool) -> None:
+        """Adaptive L2-SP: the next epoch's beta from this epoch's generalisation gap (`adapt_beta`)."""
+        if self.l2sp is not None and self.config.l2sp_adaptive:
+            self.l2sp.beta = adapt_beta(self.l2sp.beta, gap, self.gap, val_improved, *beta_bounds(self.config.l2sp))
+        self.gap = gap
 
     def _train(self) -> tuple[str, str]:
         c, d = self.config, self.data
@@ -323,6 +344,7 @@ class _Trainer:
             if frozen != self.model.frozen_blocks:
                 freeze.apply_freeze(self.model, frozen, c.bn_frozen)
                 self._say(f"epoch {epoch + 1}: training {', '.join(b for b in self.plan.blocks if b not in frozen)}")
+            self.anchor.take(b for b in self.plan.blocks if b not in frozen)  # before they first train
             lr = self.optimizer.param_groups[-1]["lr"]
             try:
                 began = time.perf_counter()
@@ -365,6 +387,7 @@ class _Trainer:
             self.summary.images_per_second = images_seen / max(self.summary.train_seconds, 1e-9)
             is_best = ev.accuracy > best
             self._end_epoch(epoch, result, ev, lr, is_best)
+            self._adapt_l2sp(result.accuracy - ev.accuracy, is_best)
             if is_best:
                 best, since_best = ev.accuracy, 0
             else:
@@ -568,7 +591,8 @@ class _Trainer:
         trainable, _ = freeze.count_params(self.model)
         self.summary.trainable_params = trainable
         record = EpochRecord(epoch + 1, result.loss, result.accuracy, ev.loss, ev.accuracy, lr,
-                             result.images / max(result.seconds, 1e-9), result.seconds, trainable, result.parts)
+                             result.images / max(result.seconds, 1e-9), result.seconds, trainable, result.parts,
+                             moved=self.anchor.moved(), l2sp_beta=self.l2sp.beta if self.l2sp else None)
         self.store.add_epoch(self.run_id, epoch + 1, record.to_dict())
         if is_best:
             self.summary.best_val_accuracy, self.summary.best_epoch = ev.accuracy, epoch + 1
@@ -579,7 +603,8 @@ class _Trainer:
         report = {k: figures[k] for k in ("precision", "recall", "f1", "support")}
         self.emit(events.EpochEnded(self.run_id, epoch + 1, self.config.epochs, result.loss, result.accuracy, ev.loss,
                                     ev.accuracy, lr, record.images_per_second, result.seconds, trainable,
-                                    figures["confusion"], report, is_best, record.parts))
+                                    figures["confusion"], report, is_best, record.parts, record.moved,
+                                    record.l2sp_beta))
 
     def _final_evaluation(self) -> dict:
         """The best model on val and test: the figures the Runs and Inspect pages show."""

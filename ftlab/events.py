@@ -55,6 +55,8 @@ class EpochEnded:
     report: dict  # per-class precision, recall, f1, support
     is_best: bool = False
     parts: dict = field(default_factory=dict)  # the mean of each named part of the training loss
+    moved: dict = field(default_factory=dict)  # per block, ||theta - theta0|| / ||theta0|| (EpochRecord.moved)
+    l2sp_beta: float | None = None  # the L2-SP beta of the epoch (None: no L2-SP)
 
 
 @dataclass(frozen=True)
