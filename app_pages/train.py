@@ -142,9 +142,12 @@ def figures(job: Job, snap) -> None:
                 delta_color="normal" if change else "off", delta_arrow="auto" if change else "off")  # 0: no green ↑
     m[3].metric("Best val accuracy", f"{explore.best_val_accuracy(snap.epochs):.3f}")
     m[4].metric("Images/s", f"{last.images_per_second:.0f}")
-    c = st.columns(2)
+    l2sp = any(e["l2sp_beta"] is not None for e in epochs)
+    c = st.columns(3 if l2sp else 2)
     c[0].plotly_chart(charts.curves(epochs, "loss"), key="train.loss_chart")
     c[1].plotly_chart(charts.curves(epochs, "accuracy"), key="train.accuracy_chart")
+    if l2sp:
+        c[2].plotly_chart(charts.l2sp_beta(epochs), key="train.l2sp_beta_chart")
     classes = snap.started.classes if snap.started else [str(i) for i in range(len(last.confusion))]
     c = st.columns([3, 2])
     with c[0]:
@@ -152,6 +155,8 @@ def figures(job: Job, snap) -> None:
     with c[1]:
         st.markdown("**Per class, on the validation split**")
         parts.report(last.report, classes)
+    if any(e["moved"] for e in epochs):
+        st.plotly_chart(charts.moved(epochs), key="train.moved_chart")
 
 
 st.title("Train")
