@@ -233,3 +233,15 @@ def test_a_run_without_l2sp_draws_the_heatmap_and_no_beta_chart(app_env):
     assert heat["z"][0] == [0.0] and heat["z"][-1][0] > 0
     assert not [t for s in charts(at) for t in s["data"] if t.get("name") == "beta"]
     assert store.epochs(summary["run_id"])[0]["moved"]["head"] == heat["z"][-1][0]
+
+
+def test_the_options_are_in_train_help_with_their_default_and_range(capsys):
+    import re
+
+    from ftlab import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "--l2sp L2SP L2-SP: add beta/2" in text and "(default: 0.0; range 0 to 10)" in text
+    assert "--l2sp-adaptive, --no-l2sp-adaptive L2-SP: move beta" in text and "tenth to ten times" in text
