@@ -17,9 +17,10 @@ LABELS = {"lr": "Learning rate", "random_crop": "Random resized crop", "flip": "
           "grad_clip": "Gradient clipping (max norm)", "step_size": "Step schedule: every",
           "gamma": "Step schedule: factor", "early_stopping": "Early stopping (patience)", "precision": "Precision",
           "feature_cache": "Feature cache", "fast_prefix": "Folded frozen blocks (TorchScript)",
-          "augment_views": "Augmented views to cache", "cache_memory_mb": "Cache memory (MB, 0: auto)"}
+          "augment_views": "Augmented views to cache", "cache_memory_mb": "Cache memory (MB, 0: auto)",
+          "l2sp": "L2-SP beta (0: off)", "l2sp_adaptive": "Adaptive L2-SP beta"}
 STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "momentum": 0.01, "grad_clip": 0.5, "label_smoothing": 0.05,
-         "color_jitter": 0.1, "gamma": 0.05}
+         "color_jitter": 0.1, "gamma": 0.05, "l2sp": 0.01}
 def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:
     """One form widget, made from the field's type and metadata; its key binds it to the config."""
     meta, key = f.metadata, K.cfg(f.name)
