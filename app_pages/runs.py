@@ -105,6 +105,13 @@ if state.get(K.RUNS_CONFIRM) == run_id:
     c[0].button("Yes, delete it", key=K.DELETE_CONFIRM, type="primary", on_click=delete, args=(run_id,))
     c[1].button("Cancel", key=K.DELETE_CANCEL, on_click=state.pop, args=(K.RUNS_CONFIRM, None))
 
+if any(e.get("moved") for e in epochs):
+    beta = any(e.get("l2sp_beta") is not None for e in epochs)
+    c = st.columns([3, 2]) if beta else [st.container()]
+    c[0].plotly_chart(charts.moved(epochs), key="runs.moved_chart")
+    if beta:
+        c[1].plotly_chart(charts.l2sp_beta(epochs), key="runs.l2sp_beta_chart")
+
 st.subheader("Export")
 c = st.columns([2, 2, 1])
 fmt = c[0].radio("Format", export.FORMATS, key=K.EXPORT_FORMAT, horizontal=True, persist_state=K.PERSIST,

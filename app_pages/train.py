@@ -19,9 +19,10 @@ LABELS = {"lr": "Learning rate", "random_crop": "Random resized crop", "flip": "
           "feature_cache": "Feature cache", "fast_prefix": "Folded frozen blocks (TorchScript)",
           "augment_views": "Augmented views to cache", "cache_memory_mb": "Cache memory (MB, 0: auto)",
           "teacher": "Teacher (distil from a kept run)", "distill_temperature": "Distillation temperature T",
-          "distill_alpha": "Distillation weight a (KD part)"}
+          "distill_alpha": "Distillation weight a (KD part)",
+          "l2sp": "L2-SP beta (0: off)", "l2sp_adaptive": "Adaptive L2-SP beta"}
 STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "momentum": 0.01, "grad_clip": 0.5, "label_smoothing": 0.05,
-         "color_jitter": 0.1, "gamma": 0.05}
+         "color_jitter": 0.1, "gamma": 0.05, "l2sp": 0.01}
 def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:
     """One form widget, made from the field's type and metadata; its key binds it to the config."""
     meta, key = f.metadata, K.cfg(f.name)
@@ -147,10 +148,13 @@ def figures(job: Job, snap) -> None:
                 delta_color="normal" if change else "off", delta_arrow="auto" if change else "off")  # 0: no green ↑
     m[3].metric("Best val accuracy", f"{explore.best_val_accuracy(snap.epochs):.3f}")
     m[4].metric("Images/s", f"{last.images_per_second:.0f}")
-    c = st.columns(2)
+    l2sp = any(e["l2sp_beta"] is not None for e in epochs)
+    c = st.columns(3 if l2sp else 2)
     c[0].plotly_chart(charts.curves(epochs, "loss"), key="train.loss_chart")
     teacher = explore.teacher_of({"teacher": snap.started.teacher}) if snap.started else None
     c[1].plotly_chart(charts.curves(epochs, "accuracy", teacher), key="train.accuracy_chart")
+    if l2sp:
+        c[2].plotly_chart(charts.l2sp_beta(epochs), key="train.l2sp_beta_chart")
     classes = snap.started.classes if snap.started else [str(i) for i in range(len(last.confusion))]
     c = st.columns([3, 2])
     with c[0]:
@@ -162,6 +166,8 @@ def figures(job: Job, snap) -> None:
         names = snap.started.tasks if snap.started and snap.started.tasks else \
             {name: [str(i) for i in range(len(f["confusion"]))] for name, f in last.tasks.items()}
         parts.task_figures("train", epochs, names, last.tasks, f"Validation confusion matrix, epoch {last.epoch}")
+    if any(e["moved"] for e in epochs):
+        st.plotly_chart(charts.moved(epochs), key="train.moved_chart")
 
 
 st.title("Train")

@@ -221,7 +221,8 @@ class Progress:
         elif isinstance(e, events.EpochEnded):
             print(f"\repoch {e.epoch}/{e.epochs}: train loss {e.train_loss:.3f} acc {e.train_accuracy:.3f} | "
                   f"val loss {e.val_loss:.3f} acc {e.val_accuracy:.3f}{' *' if e.is_best else ''} | "
-                  f"{e.images_per_second:.0f} img/s, {explore.format_duration(e.seconds)}" + " " * 20, file=out)
+                  f"{e.images_per_second:.0f} img/s, {explore.format_duration(e.seconds)}"
+                  + ("" if e.l2sp_beta is None else f" | L2-SP beta {e.l2sp_beta:g}") + " " * 20, file=out)
             if e.tasks:
                 print("  val acc per task: " + tasks.summary_text({n: f["val_accuracy"] for n, f in e.tasks.items()})
                       + " | weights " + ", ".join(f"{n} {f['weight']:.3f}" for n, f in e.tasks.items()), file=out)

@@ -25,6 +25,7 @@ SCHEDULES = ("none", "cosine", "onecycle", "step")
 CLASS_WEIGHTING = ("none", "balanced")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # ftlab.precision says what each does
+L2SP_MAX = 10.0  # beta: at 10 the pull dominates any classification loss; Li et al. use 0.01 to 1
 MAX_NAME = 80  # characters of a run's name: a label for lists, not a description
 
 
@@ -122,6 +123,12 @@ class TrainConfig:
     cache_memory_mb: int = _opt(0, "memory budget of the feature cache in MB (0: a quarter of the free memory)",
                                 lo=0, hi=1_000_000, section="speed")
     device: str = _opt("auto", "auto picks CUDA, then MPS, then CPU", choices=DEVICES)
+    # objective: L2-SP (Li et al. 2018) pulls the trained backbone blocks toward their pretrained weights
+    l2sp: float = _opt(0.0, "L2-SP: add beta/2 * ||theta - theta0||^2 toward the pretrained weights of the backbone "
+                       "blocks that train (their weight decay toward 0 is then off; the new head keeps its weight "
+                       "decay); 0: off", lo=0.0, hi=L2SP_MAX, section="objective")
+    l2sp_adaptive: bool = _opt(False, "L2-SP: move beta each epoch with the generalisation gap (train - val accuracy), "
+                               "from --l2sp's beta and within a tenth to ten times it", section="objective")
     precision: str = _opt("auto", "number format of the caching pass and of training: auto takes bf16 (or fp16) "
                           "autocast where the device has it and, on a CPU, a short measurement shows it faster; "
                           "else fp32", choices=PRECISIONS, section="speed")
@@ -229,6 +236,9 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
             problems.append(f"val_fraction ({config.val_fraction:g}) and test_fraction ({config.test_fraction:g}) "
                             "leave nothing to train on: together they must be less than 1.")
         problems += _check_dataset(config.dataset) + task_options.config_problems(config)
+        if config.l2sp_adaptive and not config.l2sp:
+            problems.append("l2sp_adaptive moves the L2-SP beta from the one --l2sp gives, and --l2sp is 0 (off): "
+                            "give --l2sp BETA above 0 to start from (e.g. 0.01), or leave --l2sp-adaptive off.")
         if len(config.name) > MAX_NAME or not config.name.isprintable():
             shown = repr(config.name[:60]) + ("…" if len(config.name) > 60 else "")
             problems.append(f"name must be at most {MAX_NAME} printable characters on one line (got {shown}).")
@@ -338,6 +348,10 @@ def _check_blocks(config: TrainConfig) -> list[str]:
     if set(blocks) <= plan.frozen_at_start:
         return [f"frozen_blocks freezes every block of {config.backbone}, so nothing would train: leave at least "
                 f"one of {some(blocks)} out (the head, usually)."]
+    if config.l2sp and plan.gradual_every == 0 and set(freeze.backbone_blocks(plan.blocks)) <= plan.frozen_at_start:
+        return [f"l2sp pulls the backbone blocks that train toward their pretrained weights, and {plan.strategy} "
+                "trains none of them (the new head gets plain weight decay): choose top-N, full or gradual, or set "
+                "--l2sp 0."]
     return []
 
 

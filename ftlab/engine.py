@@ -27,7 +27,8 @@ from ftlab import precision as precisions
 from ftlab import teacher as teachers
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
 from ftlab.errors import NonFiniteLoss, StopRequested
-from ftlab.objectives import Batch, CrossEntropy, Distillation, MultiTask, Objective, class_weights
+from ftlab.objectives import (L2SP, Anchor, Batch, CrossEntropy, Distillation, MultiTask, Objective, adapt_beta,
+                              beta_bounds, class_weights)
 from ftlab.precision import FP32, Choice
 from ftlab.records import EpochRecord, RunSummary
 from ftlab.runs import RunStore, StoreError, new_run_id
@@ -243,6 +244,9 @@ class _Trainer:
     weights_identity: str = field(init=False)
     precision: Choice = FP32  # what the blocks that train compute in this epoch (`_training_precision`)
     objective: Objective = field(init=False)
+    anchor: Anchor = field(init=False)  # each block's weights at the start: how far it moved, what L2-SP pulls to
+    l2sp: L2SP | None = None  # the L2-SP wrapper of the objective, when --l2sp asks for one
+    gap: float | None = None  # the last epoch's train - val accuracy (adaptive L2-SP)
     sample_weights: torch.Tensor | None = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = field(init=False)
@@ -312,11 +316,15 @@ class _Trainer:
         self.prep = Preprocess.for_config(c, self.preprocessing, self.device)
         self.cache_budget = c.cache_memory_mb << 20 if c.cache_memory_mb else self.shared_cache.budget
         train_labels = self.data.train.labels
+        self.anchor = Anchor(self.model)
         self.objective = self._objective()
         self.sample_weights = (1.0 / torch.bincount(train_labels).float())[train_labels] if c.balanced_sampling \
             else None
+        # L2-SP replaces the backbone's weight decay toward 0 by its pull toward the pretrained weights
+        anchored = frozenset(freeze.backbone_blocks(self.plan.blocks)) if self.l2sp else frozenset()
         self.optimizer = make_optimizer(c, self._objective_groups() +
-                                        freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay))
+                                        freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay,
+                                                            anchored))
         if c.batch_size > len(train_labels):
             self._say(f"batch size {c.batch_size} is larger than the {len(train_labels)} training images: each "
                       f"epoch is one batch of {len(train_labels)}")
@@ -343,17 +351,37 @@ class _Trainer:
         if self.sizes:
             losses = [self._cross_entropy(self.labels["train"][:, t], len(task.classes))
                       for t, task in enumerate(self.tasks)]
-            return MultiTask(tuple(t.name for t in self.tasks), self.sizes, losses, weighting=c.task_weighting,
-                             weights=tuple(t.weight for t in self.tasks), device=self.device)
+            return self._with_l2sp(MultiTask(tuple(t.name for t in self.tasks), self.sizes, losses,
+                                             weighting=c.task_weighting, weights=tuple(t.weight for t in self.tasks),
+                                             device=self.device))
         cross_entropy = self._cross_entropy(self.data.train.labels, len(self.classes))
         if not c.teacher.strip():
-            return cross_entropy
-        return Distillation(self._teacher_logits(), c.distill_temperature, c.distill_alpha, cross_entropy)
+            return self._with_l2sp(cross_entropy)
+        return self._with_l2sp(Distillation(self._teacher_logits(), c.distill_temperature, c.distill_alpha,
+                                            cross_entropy))
 
     def _cross_entropy(self, labels: torch.Tensor, num_classes: int) -> CrossEntropy:
         c = self.config
         weight = class_weights(labels, num_classes).to(self.device) if c.class_weighting == "balanced" else None
         return CrossEntropy(weight, c.label_smoothing)
+
+    def _base_objective(self) -> Objective:
+        """The objective under the L2-SP penalty (the run's objective itself without L2-SP)."""
+        return self.objective.base if isinstance(self.objective, L2SP) else self.objective
+
+    def _with_l2sp(self, base: Objective) -> Objective:
+        """``base`` with the L2-SP penalty on the pretrained blocks when --l2sp asks for it (their
+        θ₀ copied now, on the device); the new head and adapters keep plain weight decay instead."""
+        if not self.config.l2sp:
+            return base
+        self.l2sp = L2SP(base, self.anchor.pairs(freeze.backbone_blocks(self.plan.blocks)), self.config.l2sp)
+        return self.l2sp
+
+    def _adapt_l2sp(self, gap: float, val_improved: bool) -> None:
+        """Adaptive L2-SP: the next epoch's beta from this epoch's generalisation gap (`adapt_beta`)."""
+        if self.l2sp is not None and self.config.l2sp_adaptive:
+            self.l2sp.beta = adapt_beta(self.l2sp.beta, gap, self.gap, val_improved, *beta_bounds(self.config.l2sp))
+        self.gap = gap
 
     def _teacher_logits(self) -> torch.Tensor:
         """The teacher's logits of every training image, computed once before training (the
@@ -393,12 +421,12 @@ class _Trainer:
         image: the teacher's logits are then those of the same view (computed once per view, as the
         features are); otherwise (no augmentation, or fresh augmentation each epoch) those of the
         un-augmented image."""
-        if not isinstance(self.objective, Distillation) or self.teacher is None:
+        if not isinstance(self._base_objective(), Distillation) or self.teacher is None:
             return
         view = epoch % self.config.augment_views + 1 if inputs.start > 0 and self.prep.augment is not None else 0
         if view not in self.teacher_views:
             self.teacher_views[view] = self._teacher_view_logits(view)
-        self.objective.teacher = self.teacher_views[view]
+        self._base_objective().teacher = self.teacher_views[view]
 
     def _teacher_view_logits(self, view: int) -> torch.Tensor:
         """The teacher's logits of the training split's augmented view ``view``: the very images the
@@ -447,7 +475,7 @@ class _Trainer:
     def _objective_groups(self) -> list[dict]:
         """The optimiser's group for what the objective learns itself (uncertainty weighting's
         log-variances), first, so that the last group stays the head's, whose rate the records show."""
-        params = self.objective.parameters() if isinstance(self.objective, MultiTask) else []
+        params = self._base_objective().parameters() if isinstance(self._base_objective(), MultiTask) else []
         return [{"params": params, "lr": resolved_lr(self.config), "weight_decay": 0.0, "name": "task weights"}] \
             if params else []
 
@@ -471,6 +499,7 @@ class _Trainer:
             if frozen != self.model.frozen_blocks:
                 freeze.apply_freeze(self.model, frozen, c.bn_frozen)
                 self._say(f"epoch {epoch + 1}: training {', '.join(b for b in self.plan.blocks if b not in frozen)}")
+            self.anchor.take(b for b in self.plan.blocks if b not in frozen)  # before they first train
             lr = self.optimizer.param_groups[-1]["lr"]
             try:
                 began = time.perf_counter()
@@ -514,6 +543,7 @@ class _Trainer:
             self.summary.images_per_second = images_seen / max(self.summary.train_seconds, 1e-9)
             is_best = ev.accuracy > best
             self._end_epoch(epoch, result, ev, lr, is_best)
+            self._adapt_l2sp(result.accuracy - ev.accuracy, is_best)
             if is_best:
                 best, since_best = ev.accuracy, 0
             else:
@@ -720,7 +750,8 @@ class _Trainer:
         record = EpochRecord(epoch + 1, result.loss, result.accuracy, ev.loss, ev.accuracy, lr,
                              result.images / max(result.seconds, 1e-9), result.seconds, trainable, result.parts,
                              {name: {k: v for k, v in f.items() if k not in ("confusion", "report")}
-                              for name, f in per_task.items()})
+                              for name, f in per_task.items()},
+                             moved=self.anchor.moved(), l2sp_beta=self.l2sp.beta if self.l2sp else None)
         self.store.add_epoch(self.run_id, epoch + 1, record.to_dict())
         if is_best:
             self.summary.best_val_accuracy, self.summary.best_epoch = ev.accuracy, epoch + 1
@@ -732,14 +763,15 @@ class _Trainer:
         report = {k: figures[k] for k in ("precision", "recall", "f1", "support")}
         self.emit(events.EpochEnded(self.run_id, epoch + 1, self.config.epochs, result.loss, result.accuracy, ev.loss,
                                     ev.accuracy, lr, record.images_per_second, result.seconds, trainable,
-                                    figures["confusion"], report, is_best, record.parts, per_task))
+                                    figures["confusion"], report, is_best, record.parts, per_task,
+                                    record.moved, record.l2sp_beta))
 
     def _task_figures(self, result: EpochResult, ev: Evaluation) -> dict:
         """Several tasks: each task's figures of the epoch, the best val accuracy of each kept in
         the summary ({} for one task)."""
         if not self.sizes:
             return {}
-        weights = self.objective.weights() if isinstance(self.objective, MultiTask) else {}
+        weights = self._base_objective().weights() if isinstance(self._base_objective(), MultiTask) else {}
         out = {}
         for t, (task, tev) in enumerate(zip(self.tasks, ev.tasks)):
             figures = metrics.classification_figures(self.labels["val"][:, t].numpy(), tev.predictions,

@@ -59,6 +59,8 @@ class EpochEnded:
     parts: dict = field(default_factory=dict)  # the mean of each named part of the training loss
     # several tasks: {task: the EpochRecord's figures of it, plus its val confusion and report} ({}: one task)
     tasks: dict = field(default_factory=dict)
+    moved: dict = field(default_factory=dict)  # per block, ||theta - theta0|| / ||theta0|| (EpochRecord.moved)
+    l2sp_beta: float | None = None  # the L2-SP beta of the epoch (None: no L2-SP)
 
 
 @dataclass(frozen=True)

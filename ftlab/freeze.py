@@ -163,7 +163,7 @@ def apply_freeze(model: BlockModel, frozen: frozenset[str] | set[str], bn_frozen
 
 
 def param_groups(model: nn.Sequential, lr: float, weight_decay: float = 0.0,
-                 lr_decay: float = 1.0) -> list[dict]:
+                 lr_decay: float = 1.0, anchored: frozenset[str] | set[str] = frozenset()) -> list[dict]:
     """One optimiser param group per block, built up front with every parameter.
 
     Frozen parameters are included too: they have no gradient, so every optimiser skips
@@ -174,14 +174,17 @@ def param_groups(model: nn.Sequential, lr: float, weight_decay: float = 0.0,
     Weight decay skips 1-D parameters (biases, norm scales and shifts), as timm and nanoGPT
     do: shrinking them towards 0 regularises nothing and moves what BatchNorm learned. With
     ``weight_decay`` a block with both kinds gets two groups of the same name and rate.
+    The ``anchored`` blocks get no weight decay: L2-SP pulls them toward their pretrained weights
+    instead (`ftlab.objectives.L2SP`), and decay toward 0 would pull them away again.
     """
     named = [(n, list(b.parameters())) for n, b in model.named_children()]
     named = [(n, ps) for n, ps in named if ps]
     groups = []
     for depth, (name, params) in enumerate(reversed(named)):
         rate = lr * lr_decay ** depth
-        kinds = ([p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]) if weight_decay else (params,)
-        for decay, members in zip((weight_decay, 0.0), kinds):
+        block_decay = 0.0 if name in anchored else weight_decay
+        kinds = ([p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]) if block_decay else (params,)
+        for decay, members in zip((block_decay, 0.0), kinds):
             if members:
                 groups.append({"params": members, "lr": rate, "weight_decay": decay, "name": name})
     return groups[::-1]

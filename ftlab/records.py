@@ -54,6 +54,10 @@ class EpochRecord:
     parts: dict = field(default_factory=dict)  # the mean of each named part of the training loss ({} for plain CE)
     # several tasks: {task: {train_accuracy, val_accuracy, val_loss, loss (its training CE), weight}} ({}: one task)
     tasks: dict = field(default_factory=dict)
+    # per block, ||theta - theta0|| / ||theta0|| at the epoch's end: how far training moved it from where the run
+    # began (the pretrained weights; the new head's and adapters' initialisation); 0 for a block not yet trained
+    moved: dict = field(default_factory=dict)
+    l2sp_beta: float | None = None  # the L2-SP beta this epoch trained with (None: no L2-SP)
 
     def to_dict(self) -> dict:
         return asdict(self)

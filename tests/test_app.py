@@ -137,7 +137,7 @@ def test_main_path_trains_digits_and_lists_the_run():
     assert len(curves) == 2  # loss and accuracy
     for spec in curves:
         assert all(len(t["x"]) == len(t["y"]) == 1 for t in spec["data"])
-    heatmaps = [t for s in specs for t in s["data"] if t["type"] == "heatmap"]
+    heatmaps = [t for s in specs for t in s["data"] if t["type"] == "heatmap" and "predicted" in t["hovertemplate"]]
     assert len(heatmaps) == 1 and len(heatmaps[0]["z"]) == 10 and all(len(r) == 10 for r in heatmaps[0]["z"])
     run_id = at.session_state["train.job"]
 

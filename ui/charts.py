@@ -5,6 +5,8 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
+from ftlab.edit_options import is_new_block
+
 TRAIN, VAL = "#1f77b4", "#ff7f0e"
 TRAINABLE, FROZEN = "#2ca02c", "#c7c7c7"
 SPLIT_COLOURS = {"train": TRAIN, "val": VAL, "test": "#9467bd"}
@@ -74,6 +76,45 @@ def task_weights(trace: Mapping[str, Sequence[tuple[int, float]]]) -> go.Figure:
     fig = go.Figure([go.Scatter(name=name, x=[e for e, _ in points], y=[w for _, w in points], mode="lines+markers")
                      for name, points in trace.items()])
     return _layout(fig, "Task weights in the loss", xaxis_title="epoch", yaxis_title="weight", xaxis_dtick=1)
+
+
+def moved(epochs: Sequence[Mapping]) -> go.Figure:
+    """Which layers moved: per block (rows, input to output) and epoch (columns), how far training
+    took its weights from where the run began, ‖θ − θ₀‖ / ‖θ₀‖ (``EpochRecord.moved``). A frozen
+    block reads 0. The new blocks (head, adapters) are measured from their initialisation and move
+    far more than pretrained ones, so the colour scale is set by the pretrained blocks and a new
+    block's cells saturate; every cell's text and hover give its value."""
+    kept = [e for e in epochs if isinstance(e.get("moved"), Mapping) and e["moved"]]
+    blocks = list(dict.fromkeys(str(b) for e in kept for b in e["moved"]))
+    z = [[_number(e["moved"].get(b)) for e in kept] for b in blocks]
+    pretrained = [v for b, row in zip(blocks, z) if not is_new_block(b) for v in row if v is not None]
+    top = max(pretrained, default=0.0) or max((v for row in z for v in row if v is not None), default=0.0) or 1.0
+    labels = [f"{b} (new: from its initialisation)" if is_new_block(b) else b for b in blocks]
+    fig = go.Figure(go.Heatmap(z=z, x=[e["epoch"] for e in kept], y=labels, colorscale="Viridis", zmin=0, zmax=top,
+                               text=[[_short(v) for v in row] for row in z],
+                               texttemplate="%{text}" if len(blocks) * len(kept) <= 300 else None,
+                               hovertemplate="%{y}, epoch %{x}: ||θ−θ₀||/||θ₀|| = %{z:.3g}<extra></extra>",
+                               colorbar=dict(title="moved")))
+    return _layout(fig, "Which layers moved: ||θ − θ₀|| / ||θ₀|| per block", height=min(700, 140 + 26 * len(blocks)),
+                   xaxis_title="epoch", xaxis_dtick=1, yaxis_type="category", yaxis_autorange="reversed")
+
+
+def _number(value: object) -> float | None:
+    """A figure from a record, or None (a gap in the chart) for anything else a hand-edited record holds."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _short(value: float | None) -> str:
+    return "" if value is None else "0" if value == 0 else f"{value:.2g}"
+
+
+def l2sp_beta(epochs: Sequence[Mapping]) -> go.Figure:
+    """The L2-SP beta each epoch trained with (adaptive L2-SP moves it), on a log axis."""
+    kept = [e for e in epochs if _number(e.get("l2sp_beta")) is not None]
+    fig = go.Figure(go.Scatter(name="beta", x=[e["epoch"] for e in kept], y=[e["l2sp_beta"] for e in kept],
+                               mode="lines+markers", line_shape="hv", line_color=TRAINABLE))
+    return _layout(fig, "L2-SP beta per epoch", xaxis_title="epoch", yaxis_title="beta", xaxis_dtick=1,
+                   yaxis_type="log")
 
 
 def confusion(matrix: Sequence[Sequence[float]], classes: Sequence[str], title: str, normalised: bool) -> go.Figure:
