@@ -13,7 +13,8 @@ epochs after each run's first (which warms the kernels up), and its ratio to the
 
 A row's value is a dict of options, or a function ``(store, base) -> dict`` that prepares what
 the row needs first (a teacher run to distil from, say) and returns the options. Rows for
-distillation (teacher logits cached vs recomputed) and for several tasks go in the same table.
+distillation (teacher logits cached, or the teacher run on every batch: what the cache saves) and
+for two tasks (a second head, on a copy of the data with a labels.csv) are in the same table.
 
 Last, the cost of the "which layers moved" figures that every run records: one
 ``Anchor.moved()`` over the whole model (every block copied, as after full fine-tuning), the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -41,12 +43,44 @@ from ftlab.runs import RunStore  # noqa: E402
 
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 Options = dict | Callable[[RunStore, TrainConfig], dict]
+RECOMPUTE = "recompute teacher"  # an option of this bench alone: run the teacher on every batch
+
+
+def teacher_run(store: RunStore, base: TrainConfig) -> dict:
+    """A Lite0 ImageNet linear probe on the base's data (2 epochs) to distil from."""
+    teacher = engine.run(replace(base, backbone="efficientnet_lite0", weights="imagenet", strategy="linear-probe",
+                                 epochs=2, name="teacher"), store=store)
+    if teacher["stopped_reason"] != "completed":
+        sys.exit(f"the teacher run ended {teacher['stopped_reason']}")
+    return {"teacher": teacher["run_id"]}
+
+
+def second_task(store: RunStore, base: TrainConfig) -> dict:
+    """A copy of the base's data folder with a labels.csv of a second task every image has: its
+    orientation (landscape or portrait, read from the file), so that two heads train."""
+    from PIL import Image
+
+    source = Path(base.dataset)
+    if not source.is_dir():
+        return {"tasks": "all"}  # a registered set: shapes carries its colour
+    copy = Path(store.home) / "two-tasks"
+    shutil.copytree(source, copy, dirs_exist_ok=True)
+    rows = ["file,orientation"]
+    for path in sorted(p for p in copy.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        with Image.open(path) as im:
+            rows.append(f"{path.relative_to(copy).as_posix()},{'landscape' if im.width >= im.height else 'portrait'}")
+    (copy / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return {"dataset": str(copy), "tasks": "all"}
+
 
 # name -> options over the base; the first row is the reference of the ratios
 CONFIGS: dict[str, Options] = {
     "cross-entropy": {},
     "L2-SP (beta 0.01)": {"l2sp": 0.01},
     "adaptive L2-SP (from beta 0.01)": {"l2sp": 0.01, "l2sp_adaptive": True},
+    "distillation, teacher logits cached": teacher_run,
+    "distillation, teacher recomputed each batch": lambda store, base: {**teacher_run(store, base), RECOMPUTE: True},
+    "two tasks (fixed weights)": second_task,
 }
 
 
@@ -86,7 +120,9 @@ def rows_to_run(args: argparse.Namespace, store: RunStore, base: TrainConfig) ->
     configs = {}
     for name in names:
         options = CONFIGS[name]
-        options = options(store, base) if callable(options) else options
+        options = dict(options(store, base) if callable(options) else options)
+        if options.pop(RECOMPUTE, False):
+            RECOMPUTING.add(name[:80])
         config = replace(base, **options, name=name[:80])
         if problems := validate(config):
             sys.exit(f"row {name!r}: " + " ".join(problems))
@@ -94,8 +130,23 @@ def rows_to_run(args: argparse.Namespace, store: RunStore, base: TrainConfig) ->
     return configs
 
 
+RECOMPUTING: set[str] = set()  # rows whose teacher runs on every batch instead of once per image
+
+
+def _recomputing_teacher(self) -> "torch.Tensor":
+    """`engine._Trainer._teacher_logits` for the recomputing rows: the teacher is loaded and its
+    summary kept as usual, but the objective gets a function that runs it on every batch."""
+    _cached_teacher(self)
+    return self.teacher.recomputing(self._teacher_images(self.data.train, self.teacher.preprocessing, "train"),
+                                    self.device)
+
+
+_cached_teacher = engine._Trainer._teacher_logits
+
+
 def epoch_seconds(config: TrainConfig, store: RunStore) -> list[float]:
     """The training seconds of each epoch of one run, its first left out."""
+    engine._Trainer._teacher_logits = _recomputing_teacher if config.name in RECOMPUTING else _cached_teacher
     summary = engine.run(config, store=store)
     if summary["stopped_reason"] != "completed":
         sys.exit(f"{config.name}: the run ended {summary['stopped_reason']}")
