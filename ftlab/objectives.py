@@ -1,12 +1,13 @@
 """What training minimises. An objective takes the model's outputs and the batch and returns
 the loss and the figures it counted on the batch; the loop calls it and never looks inside,
-so another objective (distillation, several tasks) needs no change to the loop.
+so another objective needs no change to the loop: `CrossEntropy`, `MultiTask` (a head per
+task), `Distillation` (from a teacher's logits) and `L2SP` (a pull toward the pretrained
+weights, over any of them).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from collections.abc import Callable
 from typing import Protocol
 
 import torch

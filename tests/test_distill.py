@@ -308,6 +308,6 @@ def test_the_train_page_offers_kept_runs_as_teacher_and_runs_shows_it(store, tea
     table = at.dataframe[0].value
     assert dict(zip(table["run"], table["teacher"]))[distilled["run_id"]] == teacher_run["run_id"]
     at.selectbox(key="runs.selected").set_value(distilled["run_id"]).run()
-    names = [t["name"] for c in at.get("plotly_chart") for t in json.loads(c.proto.spec)["data"]]
+    names = [t.get("name") for c in at.get("plotly_chart") for t in json.loads(c.proto.spec)["data"]]
     assert any(n.startswith("teacher val (") for n in names), names
     assert "train: KD part, a·T²·KL" in names and "train: CE part, (1−a)·CE" in names
