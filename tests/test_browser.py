@@ -146,6 +146,11 @@ def test_main_path_in_a_browser(server, gate, page):
     expect(page).to_have_url(re.compile(r"/train$"))
     expect(shown(page.get_by_text("No run in this session yet"))).to_be_visible()
     fill(page, {"cfg.image_size": IMAGE_SIZE, "cfg.epochs": EPOCHS})
+    # the objectives' options: a teacher (none kept yet), several tasks, L2-SP
+    shown(page.get_by_text("Objective: distillation, several tasks")).click()
+    for option in ("cfg.teacher", "cfg.tasks", "cfg.l2sp", "cfg.l2sp_adaptive"):
+        expect(keyed(page, option)).to_be_visible()
+    expect(keyed(page, "cfg.teacher").get_by_role("combobox")).to_have_value(re.compile(r"^none"))
     keyed(page, "train.start").get_by_role("button").click()
     caption = shown(page.get_by_text(RUN_ID))
     expect(caption).to_be_visible()
@@ -185,6 +190,9 @@ def test_main_path_in_a_browser(server, gate, page):
     expect(metric(page, "Epoch")).to_have_text(f"{EPOCHS}/{EPOCHS}")
     plotted(page, "train.loss_chart", f"d.every(t => t.x.length === {EPOCHS})")
     plotted(page, "train.cm_normalised.chart", "d[0].z.flat().reduce((a, b) => a + b, 0) === 360")  # val images
+    # which layers moved: a linear probe moves its head alone (from its initialisation); the rest reads 0
+    plotted(page, "train.moved_chart", "d[0].type === 'heatmap' && d[0].z.length > 2 && "
+                                       "d[0].z.slice(0, -1).every(row => row.every(v => v === 0))")
     train_shot = screenshot(page, "train")
 
     # Runs: the run is kept
@@ -194,5 +202,6 @@ def test_main_path_in_a_browser(server, gate, page):
     expect(keyed(page, "runs.selected").get_by_role("combobox")).to_have_value(re.compile(re.escape(run_id)))  # label — id
     expect(keyed(page, "runs.compare")).to_contain_text(run_id)  # overlaid on the compare charts
     expect(keyed(page, "runs.overlay_accuracy").locator(".js-plotly-plot")).to_be_visible()
+    plotted(page, "runs.moved_chart", "d[0].type === 'heatmap' && d[0].z.length > 2")  # the selected run's
     lap("Runs page lists the run")
     assert data_shot.stat().st_size > 10_000 and train_shot.stat().st_size > 10_000
