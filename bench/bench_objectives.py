@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from ftlab import backbones, engine  # noqa: E402
 from ftlab.config import TrainConfig, validate  # noqa: E402
+from ftlab.data.folders import is_image_file  # noqa: E402
 from ftlab.objectives import Anchor  # noqa: E402
 from ftlab.runs import RunStore  # noqa: E402
 
@@ -66,9 +67,13 @@ def second_task(store: RunStore, base: TrainConfig) -> dict:
     copy = Path(store.home) / "two-tasks"
     shutil.copytree(source, copy, dirs_exist_ok=True)
     rows = ["file,orientation"]
-    for path in sorted(p for p in copy.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
-        with Image.open(path) as im:
-            rows.append(f"{path.relative_to(copy).as_posix()},{'landscape' if im.width >= im.height else 'portrait'}")
+    for path in sorted(p for p in copy.rglob("*") if is_image_file(p.name)):
+        try:
+            with Image.open(path) as im:
+                wide = im.width >= im.height
+        except OSError:  # the loader skips it as undecodable, but labels.csv still needs its row
+            wide = True
+        rows.append(f"{path.relative_to(copy).as_posix()},{'landscape' if wide else 'portrait'}")
     (copy / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return {"dataset": str(copy), "tasks": "all"}
 
