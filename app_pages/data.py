@@ -101,7 +101,7 @@ try:
     st.caption(ds.source)
     for note in ds.notes:
         st.warning(note)
-    cols = st.columns(3)
+    cols = st.columns(4)
     cols[0].slider("Validation share", 0.05, 0.5, step=0.05, key=K.cfg("val_fraction"), persist_state=K.PERSIST,
                    help="Carved from the training images when the data set has no val split of its own.")
     cols[1].slider("Test share", 0.0, 0.5, step=0.05, key=K.cfg("test_fraction"), persist_state=K.PERSIST,
@@ -109,6 +109,10 @@ try:
     if config.dataset.lower() != "shapes":
         cols[2].number_input("Seed", 0, 2**31 - 1, key=K.cfg("seed"), persist_state=K.PERSIST,
                              help="Seeds the split, and the run's initialisation and batches.")
+    cols[3].number_input("Split seed", 0, 2**31 - 1, key=K.cfg("split_seed"), persist_state=K.PERSIST,
+                         placeholder="the seed",
+                         help="Seeds the split (and generates the shapes) apart from the run's seed; empty: the "
+                              "seed. A sweep holds it fixed so that every member is scored on the same images.")
     given = sorted(set(ds.given_split.tolist()) - {""})
     if given:
         st.caption(f"The data set brings its own {', '.join(given)} split(s); they are used as given.")

@@ -40,6 +40,8 @@ class TrainConfig:
     # the run
     name: str = _opt("", "a name for the run in listings (default: data · backbone · strategy · key options)",
                      section="run")
+    sweep: str = _opt("", "the sweep this run is a member of (`python -m ftlab sweep` sets it; empty: none)",
+                      section="run")
     # data
     dataset: str = _opt("digits", "registered data set name, or a folder / .zip in class-subfolder layout",
                         section="data")
@@ -104,6 +106,9 @@ class TrainConfig:
     class_weighting: str = _opt("none", "weight the loss by inverse class frequency", choices=CLASS_WEIGHTING)
     balanced_sampling: bool = _opt(False, "draw training batches with every class equally likely")
     seed: int = _opt(0, "random seed (split, initialisation, batches)", lo=0, hi=2**31 - 1)
+    split_seed: int | None = _opt(None, "seed of the train/val/test split alone (default: --seed); a sweep holds it "
+                                  "fixed, so every member is scored on the same val images", lo=0, hi=2**31 - 1,
+                                  section="data")
     # several tasks (ftlab.tasks): the data set's first task always trains; these add its further tasks
     tasks: str = _opt("", "several tasks: the data set's tasks to train, one head each on the shared backbone, a "
                       "comma list (e.g. shape,colour) or all (default: the first task only)", section="objective")

@@ -801,6 +801,7 @@ class _Trainer:
                 self._say(f"stopped: the best checkpoint was not evaluated on the {name} split")
                 break
             final[name] = {"accuracy": ev.accuracy, "loss": ev.loss, "indices": split.indices.tolist(),
+                           "labels": split.labels.tolist(),  # the first task's: paired comparisons read them
                            "losses": ev.losses.tolist(), "predictions": ev.predictions.tolist(),
                            **metrics.classification_figures(split.labels.numpy(), ev.predictions, len(self.classes))}
             if ev.tasks:  # several tasks: each task's figures of the best model, the first task's too

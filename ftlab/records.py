@@ -33,6 +33,9 @@ class RunSummary:
     prefix: str | None = None  # how the frozen prefix ran for the cache, and its check against eager fp32
     tasks: dict = field(default_factory=dict)  # several tasks: {task: its best val accuracy}, the first task's first
     teacher: dict = field(default_factory=dict)  # distillation: {"run_id", "label", "val_accuracy"} ({}: none)
+    cpu_seconds: float = 0.0  # CPU time of the whole run (decoding, caching, training, evaluation), all threads
+    trained_blocks: int | None = None  # backbone blocks that trained at some epoch (the freeze depth's other side)
+    frozen_check: str = ""  # the freeze-integrity check: the frozen blocks' weights and buffers unchanged, in words
 
     def to_dict(self) -> dict:
         return asdict(self)

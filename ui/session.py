@@ -20,7 +20,7 @@ from ui.keys import (BUILTIN, CM_NORMALISED, DATASET, DOWNLOAD, EDITOR_VERSION, 
                      TOP_N, WEIGHTS, WEIGHTS_FILE, cfg)
 
 # Fields that come from other choices rather than from a widget of their own.
-DERIVED = frozenset({"dataset", "imbalance_ratio", "weights", "strategy", "frozen_blocks"})
+DERIVED = frozenset({"dataset", "imbalance_ratio", "weights", "strategy", "frozen_blocks", "sweep"})
 
 
 def _defaults() -> dict:

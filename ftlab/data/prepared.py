@@ -20,10 +20,16 @@ from ftlab.data.splits import Split, long_tail_indices, make_split
 from ftlab.errors import StopRequested
 
 
+def data_seed(config) -> int:
+    """The seed of everything data: the generated shapes, the split, the long tail. It is the run's
+    seed unless ``split_seed`` holds it apart (a sweep does: its seeds then vary training alone)."""
+    return config.seed if getattr(config, "split_seed", None) is None else config.split_seed
+
+
 def shapes_options(config) -> ShapesOptions:
-    """The generated shapes set a config (a `TrainConfig`) asks for (its seed is the run's seed)."""
+    """The generated shapes set a config (a `TrainConfig`) asks for (its seed is `data_seed`)."""
     return ShapesOptions(num_classes=config.shapes_classes, per_class=config.shapes_per_class,
-                         noise=config.shapes_noise, seed=config.seed)
+                         noise=config.shapes_noise, seed=data_seed(config))
 
 
 def is_shapes(dataset: str) -> bool:
@@ -37,9 +43,10 @@ def load_for(config, *, download: bool = True) -> Dataset:
 
 def split_for(config, ds: Dataset) -> Split:
     """The seeded, stratified split, then the long tail when ``imbalance_ratio`` > 1."""
-    split = make_split(ds, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    split = make_split(ds, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                       seed=data_seed(config))
     if config.imbalance_ratio > 1:
-        split = replace(split, train=long_tail_indices(ds.labels, split.train, config.imbalance_ratio, config.seed))
+        split = replace(split, train=long_tail_indices(ds.labels, split.train, config.imbalance_ratio, data_seed(config)))
     return split
 
 
@@ -67,7 +74,7 @@ def split_identity(config, data_dir: Path | None = None) -> str:
     """What determines ``split_for``'s split before any long tail: the data set's identity and
     the split's fractions and seed."""
     return (f"{identity(config, data_dir)} val {config.val_fraction} test {config.test_fraction} "
-            f"seed {config.seed}")
+            f"seed {data_seed(config)}")
 
 
 def _folder_digest(root: Path) -> str:
