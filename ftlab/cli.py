@@ -135,7 +135,29 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"{fields['top_k'].metadata['help']} (default: {fields['top_k'].default})")
     predict.add_argument("--json", action="store_true")
     _add_export(sub)
+    _add_sweep(sub)
     return p
+
+
+def _add_sweep(sub) -> None:
+    from ftlab import sweep
+
+    sw = sub.add_parser("sweep", help="train one run per freeze strategy (and seed) and compare them",
+                        description="Every member is an ordinary kept run tagged with the sweep. The data are decoded "
+                                    "once, the frozen prefix is computed once at the shallowest boundary and each "
+                                    "deeper one derived from it; members that share nothing run in parallel "
+                                    "processes on a multi-core CPU. Every train option applies to every member "
+                                    "(--strategy is replaced by --strategies, --seed by --seeds).")
+    _add_config_options(sw)
+    sw.add_argument("--strategies", action=_Once, default=",".join(sweep.DEFAULT_STRATEGIES), metavar="S,S",
+                    help=f"the strategies to compare, a comma list (default: {','.join(sweep.DEFAULT_STRATEGIES)})")
+    sw.add_argument("--seeds", action=_Once, default=None, metavar="N,N",
+                    help="the seeds of each strategy, e.g. 0,1,2 (default: --seed); the split stays --split-seed's "
+                         "(default: --seed), so every member is scored on the same val images")
+    sw.add_argument("--workers", type=int, action=_Once, default=0, metavar="N",
+                    help="at most this many processes (default 0: the core count; 1: all in this one)")
+    sw.add_argument("--list", action="store_true", help="list the kept sweeps and stop")
+    sw.add_argument("--json", action="store_true", help="print the sweep's summary as JSON on the last line")
 
 
 def _add_export(sub) -> None:
@@ -160,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
-                "stats": _stats, "predict": _predict, "export": _export}[args.command](args)
+                "stats": _stats, "predict": _predict, "export": _export, "sweep": _sweep}[args.command](args)
     except SettingError as err:  # an environment setting read where it is used
         return _fail(str(err))
     except KeyboardInterrupt:
@@ -248,6 +270,73 @@ def _teacher_text(s: dict) -> str:
         return ""
     acc = "" if t["val_accuracy"] is None else f" (its val accuracy {t['val_accuracy']:.3f})"
     return f"; distilled from run {t['run_id']}{acc}"
+
+
+# --- sweep ------------------------------------------------------------------------------
+
+def _sweep(args: argparse.Namespace) -> int:
+    from ftlab import sweep
+    from ftlab.runs import RunStore
+
+    store = RunStore()
+    if args.list:
+        return _list_sweeps(store, args.json)
+    if args.workers < 0:
+        return _fail("--workers takes 0 (the core count) or more")
+    values = {f.name: getattr(args, f.name) for f in cfg.options()}
+    base = cfg.TrainConfig(**values)
+    try:
+        strategies = sweep.parse_strategies(args.strategies)
+        seeds = sweep.parse_seeds(args.seeds if args.seeds is not None else str(base.seed))
+    except ValueError as err:
+        return _fail(str(err))
+    problems = sorted({p for s in strategies for p in cfg.validate(dataclasses.replace(base, strategy=s))})
+    if problems:
+        return _fail("\n  ".join(["the sweep cannot start:"] + problems))
+    try:
+        plan = sweep.make_plan(base, strategies, seeds, workers=args.workers or None)
+    except ValueError as err:
+        return _fail(str(err))
+    print(f"[ftlab] sweep {plan.sweep_id}: {len(plan.members)} runs on {plan.device} ({plan.cores} cores)", file=sys.stderr)
+    for g in plan.groups:
+        print(f"[ftlab]   {g.describe()}", file=sys.stderr)
+    ended = []
+
+    def on_member(member, summary: dict) -> None:
+        ended.append(member)
+        best = summary.get("best_val_accuracy")
+        print(f"[ftlab] {len(ended)}/{len(plan.members)} {member.strategy} seed {member.seed} ({member.run_id}): "
+              f"{summary.get('status')}, best val {'none' if best is None else f'{best:.3f}'}, "
+              f"{summary.get('cpu_seconds', 0):.0f} CPU-s", file=sys.stderr)
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        outcome = sweep.run(plan, store=store, stop=stop, on_member=on_member,
+                            emit=Progress() if len(plan.groups) == 1 else (lambda e: None))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    report = sweep.report(plan.sweep_id, store, wall_seconds=outcome.wall_seconds)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(sweep.report_text(report))
+    return 0 if outcome.status == "finished" else 1
+
+
+def _list_sweeps(store, as_json: bool) -> int:
+    rows = [{"id": s["id"], "status": s["status"], "members": len(s["plan"].get("members", [])),
+             "strategies": sorted({m["strategy"] for m in s["plan"].get("members", [])}),
+             "dataset": s["plan"].get("base", {}).get("dataset"), "backbone": s["plan"].get("base", {}).get("backbone")}
+            for s in store.sweeps()]
+    if as_json:
+        print(json.dumps(rows))
+    elif not rows:
+        print("no sweeps yet: `python -m ftlab sweep --dataset digits` runs one")
+    for r in rows if not as_json else ():
+        print(f"{r['id']}  {r['status']:9}  {r['members']:3} runs  {r['dataset']} · {r['backbone']} · "
+              f"{', '.join(r['strategies'])}")
+    return 0
 
 
 # --- listings ---------------------------------------------------------------------------

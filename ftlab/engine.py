@@ -612,6 +612,8 @@ class _Trainer:
                 self._note_cache(f"training blocks {', '.join(self.model.block_names[start:])} on features of the "
                                  f"frozen blocks ({blocks}) cached by an earlier run")
             return found
+        if (derived := self._derived(split, start, view)) is not None:
+            return derived
         sample = self.prep(decoded.images[:_SAMPLE], train=False)
         fast = self._fast_prefix(start, sample)
         with torch.no_grad():
@@ -641,6 +643,39 @@ class _Trainer:
         self.computed.add(key)
         self._note_cache(f"training blocks {', '.join(self.model.block_names[start:])} on cached features of "
                          f"the frozen blocks ({blocks})")
+        return features
+
+    def _derived(self, split: str, start: int, view: int) -> torch.Tensor | None:
+        """The output of blocks ..``start`` as the next blocks applied to a cached output of an earlier
+        boundary of the same images and inputs (a sweep's shallower member computed it): the frozen
+        prefix runs once at the shallowest boundary, each deeper one costs its extra blocks alone.
+        None when no earlier boundary is cached. The extra blocks compute in the precision the earlier
+        features were computed in (bf16 features: bf16 autocast; fp32 or fp16-stored ones: fp32)."""
+        earlier = next(((s, t) for s in range(start - 1, 0, -1)
+                        if (t := self.shared_cache.get(self._cache_key(split, s, view))) is not None), None)
+        if earlier is None:
+            return None
+        s, shallow = earlier
+        names = self.model.block_names
+        precision = "bf16" if shallow.dtype == torch.bfloat16 else "fp32"
+        sample = shallow[:_SAMPLE].to(self.device).float()
+        fast = fastpath.accelerate(self.model[s:start], sample, precision=precision, graph=self.config.fast_prefix,
+                                   tolerance=(fastpath.AUTO_TOLERANCE if self.config.precision == "auto"
+                                              else fastpath.TOLERANCE)[precision])
+        self._say(f"caching the output of {', '.join(names[:start])} for {len(shallow):,} {split} images from the "
+                  f"cached output of {names[s - 1]}: {', '.join(names[s:start])} applied to it ({fast.note()})")
+        began = time.perf_counter()
+        try:
+            features = cache.compute(fast.fn, shallow, lambda x: x.to(self.device).float(),
+                                     batch_size=max(64, 2 * self.config.batch_size), dtype=shallow.dtype,
+                                     should_stop=self.stop.is_set)
+        finally:
+            self.summary.cache_seconds += time.perf_counter() - began
+        key = self._cache_key(split, start, view)
+        self.shared_cache.put(key, features, self.cache_budget)
+        self.computed.add(key)
+        self._note_cache(f"training blocks {', '.join(names[start:])} on cached features of the frozen blocks "
+                         f"({', '.join(names[:start])}), derived from the cached output of {names[s - 1]}")
         return features
 
     def _speed_key(self, start: int, part: str) -> str:

@@ -54,6 +54,14 @@ CREATE TABLE IF NOT EXISTS epochs (
     metrics TEXT NOT NULL,
     PRIMARY KEY (run_id, epoch)
 );
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,             -- as a run id
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    status TEXT NOT NULL,            -- running | finished | stopped | failed
+    plan TEXT NOT NULL,              -- JSON: its members (run id, strategy, seed), groups, base config
+    message TEXT NOT NULL DEFAULT ''
+);
 """
 
 
@@ -399,6 +407,44 @@ class RunStore:
                 if isinstance(m := json.loads(row["metrics"]), dict):
                     out.append(m)
         return out
+
+    # --- sweeps: a plan of member runs; the members are ordinary runs whose config names the sweep ----------
+    def create_sweep(self, sweep_id: str, plan: dict) -> None:
+        check_run_id(sweep_id)
+        now = time.time()
+        with self._tx(write=True) as con:
+            con.execute("INSERT INTO sweeps (id, created, updated, status, plan) VALUES (?, ?, ?, 'running', ?)",
+                        (sweep_id, now, now, json.dumps(plan)))
+
+    def finish_sweep(self, sweep_id: str, status: str, message: str = "") -> None:
+        with self._tx(write=True) as con:
+            con.execute("UPDATE sweeps SET status = ?, message = ?, updated = ? WHERE id = ?",
+                        (status, message, time.time(), sweep_id))
+
+    def sweeps(self) -> list[dict]:
+        """Every sweep, newest first: {id, created, updated, status, plan, message}."""
+        out = []
+        try:
+            rows = self._read("SELECT id, created, updated, status, plan, message FROM sweeps ORDER BY created DESC")
+        except StoreError as err:  # a store from before sweeps: its first write adds the table
+            if "no such table" in str(err):
+                return []
+            raise
+        for row in rows:
+            with suppress(TypeError, ValueError):
+                plan = json.loads(row["plan"])
+                if isinstance(plan, dict):
+                    out.append({**{k: row[k] for k in ("id", "created", "updated", "status", "message")},
+                                "plan": plan})
+        return out
+
+    def sweep(self, sweep_id: str) -> dict:
+        check_run_id(sweep_id)
+        found = [s for s in self.sweeps() if s["id"] == sweep_id]
+        if not found:
+            raise KeyError(f"unknown sweep {sweep_id}: there is no such sweep in {self.home}; `python -m ftlab sweep "
+                           "--list` lists them")
+        return found[0]
 
     def delete(self, run_id: str) -> None:
         """Delete a run's record, epochs and checkpoint; refused while it trains, in any process."""

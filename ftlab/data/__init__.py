@@ -7,8 +7,8 @@
 from ftlab.data.dataset import DataError, Dataset, DatasetInfo, DatasetUnavailable
 from ftlab.data.decoding import Decoded, DecodingStopped, decode, decode_image
 from ftlab.data.folders import save_upload
-from ftlab.data.prepared import (Prepared, identity, is_shapes, load_for, prepare, shapes_options, split_for,
-                                 split_identity)
+from ftlab.data.prepared import (Prepared, data_seed, identity, is_shapes, load_for, prepare, reusing_decoded,
+                                 shapes_options, split_for, split_identity)
 from ftlab.data.registry import list_datasets, load_dataset
 from ftlab.data.shapes import ShapesOptions
 from ftlab.data.splits import Split, long_tail_indices, make_split
@@ -16,5 +16,5 @@ from ftlab.data.splits import Split, long_tail_indices, make_split
 __all__ = [
     "DataError", "DatasetUnavailable", "DecodingStopped", "DatasetInfo", "Dataset", "ShapesOptions", "Split", "Decoded",
     "list_datasets", "load_dataset", "make_split", "long_tail_indices", "decode", "decode_image", "save_upload",
-    "Prepared", "identity", "is_shapes", "load_for", "prepare", "shapes_options", "split_for", "split_identity",
+    "Prepared", "data_seed", "identity", "is_shapes", "reusing_decoded", "load_for", "prepare", "shapes_options", "split_for", "split_identity",
 ]

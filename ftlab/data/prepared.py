@@ -4,10 +4,12 @@ these, so the figures a user sees before a run are the figures of the run.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -104,8 +106,52 @@ class Prepared:
     resize: int
 
 
+_reuse = {"depth": 0, "last": None}  # inside `reusing_decoded`: the last prepared data, by `_prepared_key`
+_reuse_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def reusing_decoded() -> Iterator[None]:
+    """Within this block `prepare` decodes each data set once: a run asking for the data the previous
+    run decoded (same files, split, long tail and image size) gets the same tensors. A sweep's members
+    run in it; outside it every run decodes its own, and nothing is held after the last block ends."""
+    with _reuse_lock:
+        _reuse["depth"] += 1
+    try:
+        yield
+    finally:
+        with _reuse_lock:
+            _reuse["depth"] -= 1
+            if not _reuse["depth"]:
+                _reuse["last"] = None
+
+
+def _prepared_key(config, size: int, resize: int) -> tuple:
+    return (identity(config), config.val_fraction, config.test_fraction, data_seed(config), config.imbalance_ratio,
+            size, resize)
+
+
 def prepare(config, size: int, resize: int, say: Callable[[str], None] = lambda msg: None,
             should_stop: Callable[[], bool] = lambda: False) -> Prepared:
+    """`_prepare`, or the data the previous run decoded when `reusing_decoded` is on and they are the same."""
+    if not _reuse["depth"]:
+        return _prepare(config, size, resize, say, should_stop)
+    key = _prepared_key(config, size, resize)
+    last = _reuse["last"]
+    if last is not None and last[0] == key:
+        ready = last[1]
+        say(f"reusing the {len(ready.train.labels) + len(ready.val.labels) + (len(ready.test.labels) if ready.test else 0):,} "
+            f"images decoded at {size} px for an earlier run of this sweep")
+        return ready
+    ready = _prepare(config, size, resize, say, should_stop)
+    with _reuse_lock:
+        if _reuse["depth"]:
+            _reuse["last"] = (key, ready)
+    return ready
+
+
+def _prepare(config, size: int, resize: int, say: Callable[[str], None] = lambda msg: None,
+             should_stop: Callable[[], bool] = lambda: False) -> Prepared:
     """Load, split and decode ``config``'s data: the shorter side of each image resized to
     ``resize``, the centre ``size`` x ``size`` kept.
 

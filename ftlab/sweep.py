@@ -1,0 +1,309 @@
+"""A sweep of freeze strategies: one ordinary kept run per strategy and seed, run as cheaply as
+their sharing allows, then compared (`ftlab.compare`).
+
+What makes it cheaper than the same runs one by one:
+- the data are decoded once per process (`ftlab.data.reusing_decoded`);
+- the members whose inputs can be cached run one after another in one process, shallowest
+  boundary first: the first computes the frozen prefix from the images, each deeper one derives
+  its features from those with its extra blocks alone (`engine._Trainer._derived`), and a
+  strategy's other seeds find them cached;
+- on a CPU with several cores the members that share nothing (full fine-tuning) run in parallel
+  processes, up to the core count, each with its share of the threads; on a GPU, and on one
+  core, everything runs one after another in this process.
+Every member holds the split fixed (`split_seed`), so all are scored on the same val images and
+their predictions pair up for McNemar's test.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from ftlab import freeze
+from ftlab.config import TrainConfig
+from ftlab.messages import some
+from ftlab.runs import RunStore, new_run_id
+
+DEFAULT_STRATEGIES = ("linear-probe", "top-1", "top-2", "top-4", "full", "gradual", "lp-ft")
+MAX_MEMBERS = 200  # strategies x seeds: a sweep is a lesson, not a search
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run of the sweep: a strategy and a seed, with its run id given up front (the Sweep page
+    lists a member before it starts)."""
+
+    run_id: str
+    strategy: str
+    seed: int
+    frozen: int  # backbone blocks frozen in the first epoch: where its cached inputs start (0: none)
+    shares: bool  # trains on cached features at first, so it shares them with the others
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "strategy": self.strategy, "seed": self.seed, "frozen": self.frozen,
+                "shares": self.shares}
+
+
+@dataclass(frozen=True)
+class Group:
+    """Members that run one after another in one process, with ``threads`` CPU threads (None: as set)."""
+
+    members: tuple[Member, ...]
+    threads: int | None
+    where: str  # "this process" or "process 2 of 3"
+
+    def describe(self) -> str:
+        threads = f", {self.threads} thread{'s' * (self.threads != 1)}" if self.threads else ""
+        names = ", ".join(f"{m.strategy} (seed {m.seed})" for m in self.members)
+        why = " (they share the cached features)" if sum(m.shares for m in self.members) > 1 else ""
+        return f"{self.where}{threads}: {names}{why}"
+
+
+@dataclass
+class Plan:
+    sweep_id: str
+    base: TrainConfig
+    members: tuple[Member, ...]
+    groups: tuple[Group, ...]
+    cores: int
+    device: str
+
+    def config(self, member: Member) -> TrainConfig:
+        return replace(self.base, strategy=member.strategy, seed=member.seed, sweep=self.sweep_id, name="",
+                       split_seed=self.base.split_seed if self.base.split_seed is not None else self.base.seed)
+
+    def to_dict(self) -> dict:
+        return {"base": self.base.to_dict(), "members": [m.to_dict() for m in self.members],
+                "groups": [{"where": g.where, "threads": g.threads, "members": [m.run_id for m in g.members],
+                            "text": g.describe()} for g in self.groups],
+                "cores": self.cores, "device": self.device}
+
+
+def parse_strategies(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The strategies of ``--strategies``: a comma list, each one `Strategy.parse` reads; repeats dropped."""
+    items = [s.strip() for s in (text.split(",") if isinstance(text, str) else text)]
+    items = list(dict.fromkeys(s for s in items if s))
+    if not items:
+        raise ValueError("name at least one strategy, e.g. --strategies linear-probe,top-2,full")
+    bad = []
+    for s in items:
+        try:
+            freeze.Strategy.parse(s)
+        except ValueError as err:
+            bad.append(str(err))
+    if bad:
+        raise ValueError("; ".join(bad))
+    return tuple(items)
+
+
+def parse_seeds(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """The seeds of ``--seeds``: a comma list of whole numbers from 0."""
+    if not isinstance(text, str):
+        items = list(text)
+    else:
+        try:
+            items = [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds takes whole numbers separated by commas, e.g. 0,1,2; not {text!r}") from None
+    if not items:
+        raise ValueError("name at least one seed, e.g. --seeds 0 or --seeds 0,1,2")
+    if any(s < 0 or s > 2**31 - 1 for s in items):
+        raise ValueError(f"seeds run from 0 to {2**31 - 1}; got {some(items)}")
+    return tuple(dict.fromkeys(items))
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _frozen_counts(base: TrainConfig, strategies: tuple[str, ...]) -> dict[str, int]:
+    """Backbone blocks frozen in the first epoch, per strategy, from the model's own blocks (random
+    weights: building it takes a fraction of a second and downloads nothing)."""
+    from ftlab import backbones
+    from ftlab.config import resolved_image_size
+
+    model = backbones.create_model(base.backbone, 2, "random", edits=base.edits(),
+                                   image_size=resolved_image_size(base))
+    blocks = model.param_blocks()
+    out = {}
+    for s in strategies:
+        plan = freeze.make_plan(blocks, s, gradual_every=base.gradual_every)
+        out[s] = len(plan.frozen_at(0) & set(freeze.backbone_blocks(plan.blocks)))
+    return out
+
+
+def _caches(base: TrainConfig) -> bool:
+    """Whether a member with frozen blocks trains on cached features under ``base``'s options."""
+    augmenting = base.random_crop or base.flip or base.color_jitter > 0
+    return base.feature_cache and base.bn_frozen and (not augmenting or base.augment_views > 0)
+
+
+def make_plan(base: TrainConfig, strategies, seeds, *, cores: int | None = None, device: str | None = None,
+              workers: int | None = None) -> Plan:
+    """Members in the order they run and the processes they run in. ``workers`` caps the processes
+    (default: the core count; 1: everything in this process)."""
+    from ftlab.engine import pick_device
+
+    strategies, seeds = parse_strategies(strategies), parse_seeds(seeds)
+    if len(strategies) * len(seeds) > MAX_MEMBERS:
+        raise ValueError(f"{len(strategies)} strategies x {len(seeds)} seeds is {len(strategies) * len(seeds)} runs; "
+                         f"a sweep takes at most {MAX_MEMBERS}")
+    device = device or pick_device(base.device).type
+    cores = cores or available_cores()
+    frozen = _frozen_counts(base, strategies)
+    caching = _caches(base)
+    members = [Member(new_run_id(), s, seed, frozen[s], caching and frozen[s] > 0) for s in strategies for seed in seeds]
+    # shallowest cached boundary first (the most blocks train): the deeper ones derive their inputs from it
+    members.sort(key=lambda m: (not m.shares, m.frozen if m.shares else 0, m.seed))
+    sharing = tuple(m for m in members if m.shares)
+    alone = [(m,) for m in members if not m.shares]
+    bundles = ([sharing] if sharing else []) + alone
+    limit = min(cores, workers or cores, len(bundles))
+    if device != "cpu" or limit <= 1:
+        return Plan(new_run_id(), base, tuple(members), (Group(tuple(members), None, "this process"),), cores, device)
+    slots: list[list[Member]] = [[] for _ in range(limit)]
+    for i, bundle in enumerate(bundles):  # the shared bundle first, then one alone member per slot in turn
+        slots[i % limit].extend(bundle)
+    threads = max(1, cores // limit)
+    groups = tuple(Group(tuple(slot), threads, f"process {i + 1} of {limit}") for i, slot in enumerate(slots))
+    return Plan(new_run_id(), base, tuple(m for g in groups for m in g.members), groups, cores, device)
+
+
+@dataclass
+class Outcome:
+    """What a sweep did: its plan, each member's summary (by run id), its wall time and how it ended."""
+
+    plan: Plan
+    summaries: dict[str, dict] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    status: str = "running"  # finished | stopped | failed
+    message: str = ""
+
+
+def _run_group(configs: list[dict], run_ids: list[str], home: str, threads: int | None,
+               stop: threading.Event, emit: Callable = lambda e: None) -> None:
+    """The members of one group, one after another, sharing decoded data and cached features."""
+    import torch
+
+    from ftlab import data, engine
+
+    if threads:
+        torch.set_num_threads(threads)
+    store = RunStore(home)
+    with data.reusing_decoded():
+        for config, run_id in zip(configs, run_ids):
+            if stop.is_set():
+                return
+            engine.run(TrainConfig.from_dict(config), store=store, emit=emit, stop=stop, run_id=run_id)
+
+
+def _child(configs: list[dict], run_ids: list[str], home: str, threads: int | None, stop) -> None:
+    """A worker process: its group, stopped when the parent sets ``stop`` (a multiprocessing Event)."""
+    local = threading.Event()
+
+    def watch() -> None:
+        stop.wait()
+        local.set()
+    threading.Thread(target=watch, daemon=True).start()
+    _run_group(configs, run_ids, home, threads, local)
+
+
+def run(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emit: Callable = lambda e: None,
+        on_member: Callable[[Member, dict], None] = lambda m, s: None, poll_s: float = 0.5) -> Outcome:
+    """Run ``plan``'s members; ``on_member`` hears of each as it ends (in the order they end).
+    Never raises for a member's failure: that member's record says what went wrong."""
+    stop = stop or threading.Event()
+    outcome = Outcome(plan)
+    store.create_sweep(plan.sweep_id, plan.to_dict())
+    began = time.perf_counter()
+    by_id = {m.run_id: m for m in plan.members}
+
+    def collect() -> None:
+        for run_id, member in by_id.items():
+            if run_id in outcome.summaries or not store.exists(run_id):
+                continue
+            record = store.get(run_id)
+            if record.status != "running":
+                outcome.summaries[run_id] = {**record.summary, "status": record.status, "message": record.message}
+                on_member(member, outcome.summaries[run_id])
+
+    try:
+        if len(plan.groups) == 1:
+            group = plan.groups[0]
+
+            def relay(event) -> None:
+                emit(event)
+                if type(event).__name__ in ("RunFinished", "RunStopped", "RunFailed"):
+                    collect()
+            _run_group([plan.config(m).to_dict() for m in group.members], [m.run_id for m in group.members],
+                       str(store.home), group.threads, stop, relay)
+            collect()
+            failed = []
+        else:
+            failed = _run_processes(plan, store, stop, collect, poll_s)
+    except Exception as err:  # the sweep's own machinery (a process that could not start): said, not raised
+        outcome.status, outcome.message = "failed", f"the sweep stopped: {err}"
+    else:
+        done = len(outcome.summaries)
+        outcome.status = "stopped" if stop.is_set() else "failed" if failed else "finished"
+        outcome.message = ("; ".join(failed) if failed else
+                           f"stopped after {done} of {len(plan.members)} runs" if stop.is_set() else "")
+    outcome.wall_seconds = time.perf_counter() - began
+    store.finish_sweep(plan.sweep_id, outcome.status, outcome.message)
+    return outcome
+
+
+def _run_processes(plan: Plan, store: RunStore, stop: threading.Event, collect: Callable[[], None],
+                   poll_s: float) -> list[str]:
+    """Each group in its own process (spawned: a fresh interpreter, no forked torch threads); returns
+    what went wrong with any process, in words."""
+    ctx = multiprocessing.get_context("spawn")
+    flag = ctx.Event()
+    procs = []
+    for g in plan.groups:
+        p = ctx.Process(target=_child, name=f"ftlab-sweep-{g.where}", daemon=True,
+                        args=([plan.config(m).to_dict() for m in g.members], [m.run_id for m in g.members],
+                              str(store.home), g.threads, flag))
+        p.start()
+        procs.append((g, p))
+    while any(p.is_alive() for _, p in procs):
+        if stop.is_set():
+            flag.set()
+        collect()
+        for _, p in procs:
+            p.join(poll_s / len(procs))
+    store.mark_interrupted()  # a member whose process died mid-run reads as interrupted, not running
+    collect()
+    return [f"{g.where} ended with exit code {p.exitcode}" for g, p in procs if p.exitcode]
+
+
+def report(sweep_id: str, store: RunStore, wall_seconds: float | None = None) -> dict:
+    """The sweep's summary (the ``--json`` line): its plan, and each member's figures."""
+    kept = store.sweep(sweep_id)
+    plan = kept["plan"]
+    rows = []
+    for m in plan["members"]:
+        try:
+            record = store.get(m["run_id"])
+        except KeyError:
+            rows.append({**m, "status": "not run"})
+            continue
+        rows.append({**m, "status": record.status, "summary": record.summary})
+    return {"sweep_id": sweep_id, "status": kept["status"], "message": kept["message"], "groups": plan["groups"],
+            "members": rows, "wall_seconds": wall_seconds}
+
+
+def report_text(rep: dict) -> str:
+    lines = [f"sweep {rep['sweep_id']}: {rep['status']}" + (f" ({rep['message']})" if rep["message"] else "")]
+    for m in rep["members"]:
+        s = m.get("summary", {})
+        best = s.get("best_val_accuracy")
+        lines.append(f"  {m['strategy']:14} seed {m['seed']}: {m['status']}, best val "
+                     f"{'none' if best is None else f'{best:.3f}'}")
+    return "\n".join(lines)
