@@ -662,6 +662,9 @@ class _Trainer:
         fast = fastpath.accelerate(self.model[s:start], sample, precision=precision, graph=self.config.fast_prefix,
                                    tolerance=(fastpath.AUTO_TOLERANCE if self.config.precision == "auto"
                                               else fastpath.TOLERANCE)[precision])
+        self.summary.precision["caching"] = precision
+        self.summary.precision["caching_reason"] = f"as the cached output of {names[s - 1]} it extends"
+        self.summary.prefix = fast.note()
         self._say(f"caching the output of {', '.join(names[:start])} for {len(shallow):,} {split} images from the "
                   f"cached output of {names[s - 1]}: {', '.join(names[s:start])} applied to it ({fast.note()})")
         began = time.perf_counter()
