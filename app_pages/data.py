@@ -113,6 +113,11 @@ try:
                          placeholder="the seed",
                          help="Seeds the split (and generates the shapes) apart from the run's seed; empty: the "
                               "seed. A sweep holds it fixed so that every member is scored on the same images.")
+    st.number_input("Train on at most this many images per class (0: all)", 0, 1_000_000,
+                    key=K.cfg("train_per_class"), persist_state=K.PERSIST,
+                    help="Draws that many training images from each class (with the split seed); the validation "
+                         "split stays whole, so runs with fewer images are scored on the same images: a "
+                         "data-efficiency point.")
     given = sorted(set(ds.given_split.tolist()) - {""})
     if given:
         st.caption(f"The data set brings its own {', '.join(given)} split(s); they are used as given.")

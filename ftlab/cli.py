@@ -154,6 +154,9 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--seeds", action=_Once, default=None, metavar="N,N",
                     help="the seeds of each strategy, e.g. 0,1,2 (default: --seed); the split stays --split-seed's "
                          "(default: --seed), so every member is scored on the same val images")
+    sw.add_argument("--per-class", action=_Once, default="", metavar="K,K",
+                    help="data efficiency: also train each strategy cheap enough (linear-probe, top-N) on K images "
+                         "per class, e.g. 2,5,10,20 (the val split stays whole)")
     sw.add_argument("--workers", type=int, action=_Once, default=0, metavar="N",
                     help="at most this many processes (default 0: the core count; 1: all in this one)")
     sw.add_argument("--list", action="store_true", help="list the kept sweeps and stop")
@@ -294,12 +297,14 @@ def _sweep(args: argparse.Namespace) -> int:
     if problems:
         return _fail("\n  ".join(["the sweep cannot start:"] + problems))
     try:
-        plan = sweep.make_plan(base, strategies, seeds, workers=args.workers or None)
+        plan = sweep.make_plan(base, strategies, seeds, workers=args.workers or None, per_class=args.per_class)
     except ValueError as err:
         return _fail(str(err))
     print(f"[ftlab] sweep {plan.sweep_id}: {len(plan.members)} runs on {plan.device} ({plan.cores} cores)", file=sys.stderr)
     for g in plan.groups:
         print(f"[ftlab]   {g.describe()}", file=sys.stderr)
+    for strategy, why in plan.skipped.items():
+        print(f"[ftlab]   no per-class points for {strategy}: {why}", file=sys.stderr)
     ended = []
 
     def on_member(member, summary: dict) -> None:

@@ -106,6 +106,9 @@ class TrainConfig:
     class_weighting: str = _opt("none", "weight the loss by inverse class frequency", choices=CLASS_WEIGHTING)
     balanced_sampling: bool = _opt(False, "draw training batches with every class equally likely")
     seed: int = _opt(0, "random seed (split, initialisation, batches)", lo=0, hi=2**31 - 1)
+    train_per_class: int = _opt(0, "train on at most this many images per class, drawn from the training split "
+                                "(0: all of them); the val split stays whole: a data-efficiency point",
+                                lo=0, hi=1_000_000, section="data")
     split_seed: int | None = _opt(None, "seed of the train/val/test split alone (default: --seed); a sweep holds it "
                                   "fixed, so every member is scored on the same val images", lo=0, hi=2**31 - 1,
                                   section="data")

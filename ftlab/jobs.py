@@ -170,3 +170,49 @@ class JobRegistry:
         for rid in ended[:max(0, len(ended) - self._keep_ended)]:
             del self._jobs[rid]
             self._owners.pop(rid, None)
+
+
+class Background:
+    """Work other than one run (a sweep, a probe) in a daemon thread: its progress message, its
+    result, or what went wrong in words. ``work(say, stop)`` reports with ``say`` and ends soon
+    after ``stop`` (a threading.Event) is set."""
+
+    def __init__(self, work, name: str):
+        self.name, self._work = name, work
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.status, self.message, self.result, self.error = "running", "starting", None, ""
+        self._thread = threading.Thread(target=self._main, name=f"ftlab-{name}", daemon=True)
+
+    def start(self) -> "Background":
+        release_idle_openmp_threads()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def say(self, message: str) -> None:
+        with self._lock:
+            self.message = message
+
+    def _main(self) -> None:
+        try:
+            result = self._work(self.say, self._stop)
+        except Exception as err:  # the app lives on: the page shows the sentence
+            with self._lock:
+                self.status, self.error = "failed", user_message(err)
+            return
+        with self._lock:
+            self.result, self.status = result, "stopped" if self._stop.is_set() else "finished"

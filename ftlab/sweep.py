@@ -41,10 +41,11 @@ class Member:
     seed: int
     frozen: int  # backbone blocks frozen in the first epoch: where its cached inputs start (0: none)
     shares: bool  # trains on cached features at first, so it shares them with the others
+    per_class: int = 0  # a data-efficiency point: trained on this many images per class (0: all)
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "strategy": self.strategy, "seed": self.seed, "frozen": self.frozen,
-                "shares": self.shares}
+                "shares": self.shares, "per_class": self.per_class}
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class Group:
 
     def describe(self) -> str:
         threads = f", {self.threads} thread{'s' * (self.threads != 1)}" if self.threads else ""
-        names = ", ".join(f"{m.strategy} (seed {m.seed})" for m in self.members)
+        names = ", ".join(f"{m.strategy} (seed {m.seed}{f', {m.per_class}/class' if m.per_class else ''})"
+                          for m in self.members)
         why = " (they share the cached features)" if sum(m.shares for m in self.members) > 1 else ""
         return f"{self.where}{threads}: {names}{why}"
 
@@ -70,13 +72,15 @@ class Plan:
     groups: tuple[Group, ...]
     cores: int
     device: str
+    skipped: dict = field(default_factory=dict)  # data efficiency: strategy -> why it has no points
 
     def config(self, member: Member) -> TrainConfig:
         return replace(self.base, strategy=member.strategy, seed=member.seed, sweep=self.sweep_id, name="",
-                       split_seed=self.base.split_seed if self.base.split_seed is not None else self.base.seed)
+                       split_seed=self.base.split_seed if self.base.split_seed is not None else self.base.seed,
+                       train_per_class=member.per_class or self.base.train_per_class)
 
     def to_dict(self) -> dict:
-        return {"base": self.base.to_dict(), "members": [m.to_dict() for m in self.members],
+        return {"base": self.base.to_dict(), "members": [m.to_dict() for m in self.members], "skipped": self.skipped,
                 "groups": [{"where": g.where, "threads": g.threads, "members": [m.run_id for m in g.members],
                             "text": g.describe()} for g in self.groups],
                 "cores": self.cores, "device": self.device}
@@ -144,35 +148,63 @@ def _caches(base: TrainConfig) -> bool:
     return base.feature_cache and base.bn_frozen and (not augmenting or base.augment_views > 0)
 
 
+def parse_per_class(text: str | tuple[int, ...] | list[int] | None) -> tuple[int, ...]:
+    """The data-efficiency points of ``--per-class``: images per class, e.g. 2,5,10,20 (empty: none)."""
+    if text is None or text == "":
+        return ()
+    try:
+        items = [int(s) for s in text.split(",") if s.strip()] if isinstance(text, str) else list(text)
+    except ValueError:
+        raise ValueError(f"--per-class takes whole numbers separated by commas, e.g. 2,5,10,20; not {text!r}") from None
+    if any(k < 1 for k in items):
+        raise ValueError(f"images per class start at 1; got {some(items)}")
+    return tuple(sorted(set(items)))
+
+
+def _cheap(strategy: str) -> bool:
+    """Cheap enough for data-efficiency points: it trains on cached features throughout (a probe or
+    top-N), so a point costs its few training images; gradual, lp-ft and full fine-tune every block."""
+    return freeze.Strategy.parse(strategy).kind in ("linear-probe", "top-N")
+
+
 def make_plan(base: TrainConfig, strategies, seeds, *, cores: int | None = None, device: str | None = None,
-              workers: int | None = None) -> Plan:
+              workers: int | None = None, per_class=()) -> Plan:
     """Members in the order they run and the processes they run in. ``workers`` caps the processes
-    (default: the core count; 1: everything in this process)."""
+    (default: the core count; 1: everything in this process). ``per_class`` adds, for each strategy
+    cheap enough and each seed, a member trained on that many images per class."""
     from ftlab.engine import pick_device
 
-    strategies, seeds = parse_strategies(strategies), parse_seeds(seeds)
-    if len(strategies) * len(seeds) > MAX_MEMBERS:
-        raise ValueError(f"{len(strategies)} strategies x {len(seeds)} seeds is {len(strategies) * len(seeds)} runs; "
-                         f"a sweep takes at most {MAX_MEMBERS}")
-    device = device or pick_device(base.device).type
-    cores = cores or available_cores()
+    strategies, seeds, per_class = parse_strategies(strategies), parse_seeds(seeds), parse_per_class(per_class)
     frozen = _frozen_counts(base, strategies)
     caching = _caches(base)
-    members = [Member(new_run_id(), s, seed, frozen[s], caching and frozen[s] > 0) for s in strategies for seed in seeds]
-    # shallowest cached boundary first (the most blocks train): the deeper ones derive their inputs from it
-    members.sort(key=lambda m: (not m.shares, m.frozen if m.shares else 0, m.seed))
+    points = {s: per_class if caching and frozen[s] > 0 and _cheap(s) else () for s in strategies}
+    skipped = {s: ("every block trains at some epoch, so each point is a whole fine-tuning run" if not _cheap(s) or
+                   not frozen[s] else "its inputs are not cached under these options (see --feature-cache)")
+               for s in strategies if per_class and not points[s]}
+    count = sum(len(seeds) * (1 + len(points[s])) for s in strategies)
+    if count > MAX_MEMBERS:
+        raise ValueError(f"{len(strategies)} strategies x {len(seeds)} seeds (with the per-class points) is {count} "
+                         f"runs; a sweep takes at most {MAX_MEMBERS}")
+    device = device or pick_device(base.device).type
+    cores = cores or available_cores()
+    members = [Member(new_run_id(), s, seed, frozen[s], caching and frozen[s] > 0, k)
+               for s in strategies for k in (0, *points[s]) for seed in seeds]
+    # shallowest cached boundary first (the most blocks train): the deeper ones derive their inputs from it;
+    # the whole data first, then each data-efficiency point (its own training images, the same val images)
+    members.sort(key=lambda m: (not m.shares, m.per_class, m.frozen if m.shares else 0, m.seed))
     sharing = tuple(m for m in members if m.shares)
     alone = [(m,) for m in members if not m.shares]
     bundles = ([sharing] if sharing else []) + alone
     limit = min(cores, workers or cores, len(bundles))
     if device != "cpu" or limit <= 1:
-        return Plan(new_run_id(), base, tuple(members), (Group(tuple(members), None, "this process"),), cores, device)
+        return Plan(new_run_id(), base, tuple(members), (Group(tuple(members), None, "this process"),), cores, device,
+                    skipped)
     slots: list[list[Member]] = [[] for _ in range(limit)]
     for i, bundle in enumerate(bundles):  # the shared bundle first, then one alone member per slot in turn
         slots[i % limit].extend(bundle)
     threads = max(1, cores // limit)
     groups = tuple(Group(tuple(slot), threads, f"process {i + 1} of {limit}") for i, slot in enumerate(slots))
-    return Plan(new_run_id(), base, tuple(m for g in groups for m in g.members), groups, cores, device)
+    return Plan(new_run_id(), base, tuple(m for g in groups for m in g.members), groups, cores, device, skipped)
 
 
 @dataclass

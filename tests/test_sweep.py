@@ -134,3 +134,18 @@ def test_the_cli_runs_a_sweep_and_prints_its_summary_as_json(tmp_path, monkeypat
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])[0]["id"] == rep["sweep_id"]
     assert cli.main(["sweep", "--dataset", "digits", "--strategies", "top3"]) == 2
     assert "unknown strategy 'top3'" in capsys.readouterr().err
+
+
+def test_data_efficiency_points_train_on_fewer_images_and_skip_what_is_not_cheap(store):
+    plan = sweep.make_plan(BASE, "linear-probe,full", "0", workers=1, per_class="5,2")
+    points = [(m.strategy, m.per_class) for m in plan.members]
+    assert sorted(points) == [("full", 0), ("linear-probe", 0), ("linear-probe", 2), ("linear-probe", 5)]
+    assert "every block trains" in plan.skipped["full"] and "linear-probe" not in plan.skipped
+    outcome = sweep.run(plan, store=store)
+    assert outcome.status == "finished", outcome.message
+    for m in plan.members:
+        record = store.get(m.run_id)
+        train, val = record.split["train"], record.split["val"]
+        assert len(train) == (10 * m.per_class if m.per_class else 1437) and len(val) == 360
+    with pytest.raises(ValueError, match="start at 1"):
+        sweep.parse_per_class("0,2")

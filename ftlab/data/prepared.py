@@ -18,7 +18,7 @@ from ftlab.data.dataset import DataError, Dataset
 from ftlab.data.decoding import Decoded, DecodingStopped, decode
 from ftlab.data.registry import list_datasets, load_dataset
 from ftlab.data.shapes import ShapesOptions
-from ftlab.data.splits import Split, long_tail_indices, make_split
+from ftlab.data.splits import Split, long_tail_indices, make_split, per_class_indices
 from ftlab.errors import StopRequested
 
 
@@ -49,6 +49,9 @@ def split_for(config, ds: Dataset) -> Split:
                        seed=data_seed(config))
     if config.imbalance_ratio > 1:
         split = replace(split, train=long_tail_indices(ds.labels, split.train, config.imbalance_ratio, data_seed(config)))
+    if getattr(config, "train_per_class", 0):  # a data-efficiency point: the same val images, fewer to train on
+        split = replace(split, train=per_class_indices(ds.labels, split.train, config.train_per_class,
+                                                       data_seed(config)))
     return split
 
 
@@ -128,7 +131,7 @@ def reusing_decoded() -> Iterator[None]:
 
 def _prepared_key(config, size: int, resize: int) -> tuple:
     return (identity(config), config.val_fraction, config.test_fraction, data_seed(config), config.imbalance_ratio,
-            size, resize)
+            getattr(config, "train_per_class", 0), size, resize)
 
 
 def prepare(config, size: int, resize: int, say: Callable[[str], None] = lambda msg: None,

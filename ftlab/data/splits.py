@@ -103,3 +103,22 @@ def long_tail_indices(labels: np.ndarray, indices: np.ndarray, ratio: float, see
     rng = np.random.default_rng(seed)
     kept = [rng.choice(indices[labels[indices] == k], n, replace=False) for k, n in zip(present, targets)]
     return np.sort(np.concatenate(kept)) if kept else indices[:0]
+
+
+def per_class_indices(labels: np.ndarray, indices: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """At most ``per_class`` of ``indices`` from each class, drawn with ``seed``; sorted. A class with
+    fewer keeps them all (the caller says so).
+
+    >>> labels = np.repeat([0, 1], [5, 2])
+    >>> np.bincount(labels[per_class_indices(labels, np.arange(7), 3)]).tolist()
+    [3, 2]
+    """
+    if per_class < 1:
+        raise DataError(f"images per class must be at least 1; got {per_class}.")
+    indices = np.asarray(indices, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    kept = []
+    for k in np.unique(labels[indices]):
+        members = indices[labels[indices] == k]
+        kept.append(members if len(members) <= per_class else rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(kept)) if kept else indices[:0]
