@@ -20,6 +20,7 @@ PAGES = [
     st.Page("app_pages/data.py", title="Data", icon="🗂️", url_path="data"),
     st.Page("app_pages/model.py", title="Model & freezing", icon="🧊", url_path="model"),
     st.Page("app_pages/train.py", title="Train", icon="🏋️", url_path="train"),
+    st.Page("app_pages/sweep.py", title="Sweep strategies", icon="🧪", url_path="sweep"),
     st.Page("app_pages/runs.py", title="Runs", icon="📋", url_path="runs"),
     st.Page("app_pages/inspect_run.py", title="Inspect & predict", icon="🔍", url_path="inspect"),
 ]

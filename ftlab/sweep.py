@@ -28,6 +28,7 @@ from ftlab.messages import some
 from ftlab.runs import RunStore, new_run_id
 
 DEFAULT_STRATEGIES = ("linear-probe", "top-1", "top-2", "top-4", "full", "gradual", "lp-ft")
+STRATEGY_CHOICES = DEFAULT_STRATEGIES + ("top-3", "top-6", "top-all")  # the Sweep page's list; any other can be typed
 MAX_MEMBERS = 200  # strategies x seeds: a sweep is a lesson, not a search
 
 
@@ -339,3 +340,96 @@ def report_text(rep: dict) -> str:
         lines.append(f"  {m['strategy']:14} seed {m['seed']}: {m['status']}, best val "
                      f"{'none' if best is None else f'{best:.3f}'}")
     return "\n".join(lines)
+
+
+# --- what the Sweep page and the CLI show ------------------------------------------------------
+@dataclass
+class View:
+    """A kept sweep as the page shows it: every planned member with its status, the finished ones
+    as `ftlab.compare.Member`s (the whole training data) and the data-efficiency points."""
+
+    sweep_id: str
+    status: str
+    message: str
+    base: dict
+    groups: list[str]
+    skipped: dict
+    rows: list[dict]  # per planned member: strategy, seed, images per class, status, best val, run
+    members: list  # compare.Member, trained on all the training images
+    efficiency: dict  # strategy -> [{per_class, images_per_class, mean, low, high, accuracies, label}]
+    running: bool  # a member still trains (or waits its turn)
+
+
+def view(store: RunStore, sweep_id: str) -> View:
+    from ftlab import compare
+
+    kept = store.sweep(sweep_id)
+    plan = kept["plan"]
+    records, rows = {}, []
+    for m in plan.get("members", []):
+        try:
+            records[m["run_id"]] = record = store.get(m["run_id"])
+        except KeyError:
+            record = None
+        best = record.summary.get("best_val_accuracy") if record else None
+        status = record.status if record else ("waiting" if kept["status"] == "running" else "not run")
+        rows.append({"strategy": m["strategy"], "seed": m["seed"], "images per class": m.get("per_class") or "all",
+                     "status": status, "best val": best, "run": m["run_id"]})
+    whole = [m["run_id"] for m in plan.get("members", []) if not m.get("per_class") and m["run_id"] in records]
+    members = compare.members(store, [records[r] for r in whole])
+    return View(sweep_id, kept["status"], kept["message"], plan.get("base", {}),
+                [g.get("text", "") for g in plan.get("groups", [])], plan.get("skipped", {}), rows, members,
+                _efficiency(store, plan, records), any(r["status"] in ("waiting", "running") for r in rows))
+
+
+def _efficiency(store: RunStore, plan: dict, records: dict) -> dict:
+    """Per strategy with data-efficiency members: accuracy against images per class, the mean over its
+    seeds with the 95% interval of the per-image mean correctness (all seeds score the same val images),
+    and its whole-data members as the last point."""
+    import numpy as np
+
+    from ftlab import compare
+
+    points: dict[str, dict[int, list]] = {}
+    for m in plan.get("members", []):
+        if m["run_id"] in records:
+            points.setdefault(m["strategy"], {}).setdefault(m.get("per_class") or 0, []).append(records[m["run_id"]])
+    out = {}
+    for strategy, by_k in points.items():
+        if len(by_k) < 2:
+            continue
+        series = []
+        for k, recs in sorted(by_k.items(), key=lambda kv: (kv[0] == 0, kv[0])):
+            done = [x for x in compare.members(store, recs) if x.correct is not None]
+            if not done or len({len(x.correct) for x in done}) != 1:
+                continue
+            mean_correct = np.mean([x.correct for x in done], axis=0)
+            low, high = compare.bootstrap_interval(mean_correct)
+            train = [len(r.split.get("train", [])) for r in recs]
+            classes = max(1, len(recs[0].classes))
+            series.append({"per_class": k or None, "label": str(k) if k else "all",
+                           "images_per_class": float(k) if k else float(np.mean(train)) / classes,
+                           "mean": float(mean_correct.mean()), "low": low, "high": high,
+                           "accuracies": [float(x.best_val) for x in done]})
+        out[strategy] = series
+    return out
+
+
+def progress_sayer(plan: Plan, say: Callable[[str], None]) -> Callable:
+    """An ``emit`` for `run` that tells ``say`` what the sweep does now, in a sentence (the Sweep page's line)."""
+    from ftlab import events
+
+    names = {m.run_id: (i + 1, m) for i, m in enumerate(plan.members)}
+
+    def emit(e) -> None:
+        at = names.get(getattr(e, "run_id", ""))
+        if at is None:
+            return
+        i, m = at
+        who = f"run {i} of {len(plan.members)}, {m.strategy} (seed {m.seed}" + \
+              (f", {m.per_class} per class)" if m.per_class else ")")
+        if isinstance(e, events.Preparing):
+            say(f"{who}: {e.message}")
+        elif isinstance(e, events.EpochEnded):
+            say(f"{who}: epoch {e.epoch}/{e.epochs}, val accuracy {e.val_accuracy:.3f}")
+    return emit

@@ -160,3 +160,18 @@ def top_k(top: Sequence[tuple[str, float]]) -> go.Figure:
                            text=[f"{p:.1%}" for _, p in top][::-1], textposition="auto"))
     return _layout(fig, "Top classes", xaxis_title="probability", xaxis_range=[0, 1], yaxis_type="category",
                    height=max(220, 60 + 36 * len(top)))
+
+
+def sweep_efficiency(series: Mapping[str, Sequence[Mapping]]) -> go.Figure:
+    """A sweep's data-efficiency members (`ftlab.sweep.View.efficiency`): per strategy, best val accuracy
+    (the mean over its seeds, with the 95% interval as error bars) against training images per class."""
+    fig = go.Figure()
+    for strategy, pts in series.items():
+        fig.add_trace(go.Scatter(
+            name=str(strategy), x=[p["images_per_class"] for p in pts], y=[p["mean"] for p in pts],
+            mode="lines+markers", text=[p["label"] for p in pts],
+            error_y=dict(type="data", symmetric=False, array=[p["high"] - p["mean"] for p in pts],
+                         arrayminus=[p["mean"] - p["low"] for p in pts]),
+            hovertemplate="%{text} per class: %{y:.3f}<extra>" + str(strategy) + "</extra>"))
+    return _layout(fig, "Data efficiency: best val accuracy against training images per class", height=380,
+                   xaxis_title="training images per class", yaxis_title="best val accuracy", xaxis_type="log")

@@ -72,6 +72,22 @@ RUNS_FLASH = "runs.flash"  # a message for the next run of the Runs page
 STORE_FLASH = "store.flash"  # (kind, message) of moving a damaged run store aside, for the next page run
 MOVE_ASIDE = "store.move_aside"
 
+# Sweep page
+SWEEP_FORM = "sweep.form"
+SWEEP_STRATEGIES = "sweep.strategies"
+SWEEP_SEEDS = "sweep.seeds"
+SWEEP_PER_CLASS = "sweep.per_class"
+SWEEP_WORKERS = "sweep.workers"
+SWEEP_START = "sweep.start"
+SWEEP_STOP = "sweep.stop"
+SWEEP_PICKED = "sweep.picked"  # the sweep id the page shows
+SWEEP_X = "sweep.x"  # the accuracy chart's x: depth | trainable_params | cpu_seconds
+SWEEP_MOVED = "sweep.moved"  # the member whose "which layers moved" heatmap shows
+SWEEP_FLASH = "sweep.flash"
+PROBE_START = "sweep.probe_start"
+PROBE_STOP = "sweep.probe_stop"
+PROBE_PER_CLASS = "sweep.probe_per_class"
+
 SOURCES = ("Built-in", "Download", "Upload a .zip", "Folder on this machine")  # the Data page's choices
 
 

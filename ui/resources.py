@@ -6,7 +6,7 @@ import streamlit as st
 
 from ftlab import data, explore, paths
 from ftlab.config import TrainConfig
-from ftlab.jobs import JobRegistry
+from ftlab.jobs import Background, JobRegistry
 from ftlab.runs import RunStore
 
 
@@ -54,3 +54,23 @@ def predictor(run_id: str, home: str):
     from ftlab.predict import Predictor
 
     return Predictor.for_run(run_id, RunStore(home))
+
+
+@st.cache_resource(show_spinner=False)
+def _background() -> dict:
+    return {}
+
+
+def background(owner: str, kind: str) -> "Background | None":
+    """This session's latest sweep or probe (``kind``), kept per server process like the jobs."""
+    return _background().get((owner, kind))
+
+
+def start_background(owner: str, kind: str, work, name: str) -> Background:
+    """Start ``work`` (`ftlab.jobs.Background`) for ``owner`` unless its last one of ``kind`` still runs."""
+    running = background(owner, kind)
+    if running is not None and running.alive():
+        return running
+    job = Background(work, name).start()
+    _background()[(owner, kind)] = job
+    return job

@@ -1,0 +1,177 @@
+"""Sweep: one click trains a run per freeze strategy (and seed), then compares them honestly:
+intervals, McNemar's test, the Pareto front and a named pick; and the layer-wise probe."""
+import pandas as pd
+import streamlit as st
+
+from ftlab import compare, sweep
+from ftlab.config import validate
+from ui import charts, keys as K, parts, resources, session as S
+
+state = st.session_state
+store = resources.store()
+owner = state[K.OWNER]
+config = S.current_config(state)
+X_AXES = {"depth": "freeze depth", "trainable_params": "trainable parameters", "cpu_seconds": "CPU-seconds"}
+
+
+def start_sweep() -> None:
+    strategies, seeds = state.get(K.SWEEP_STRATEGIES) or [], state.get(K.SWEEP_SEEDS, "")
+    try:
+        plan = sweep.make_plan(config, strategies, seeds, per_class=state.get(K.SWEEP_PER_CLASS, ""),
+                               workers=state.get(K.SWEEP_WORKERS) or None)
+    except ValueError as err:
+        state[K.SWEEP_FLASH] = ("error", str(err))
+        return
+    problems = sorted({p for m in plan.members for p in validate(plan.config(m))})
+    if problems:
+        state[K.SWEEP_FLASH] = ("error", "The sweep cannot start: " + " ".join(problems))
+        return
+    home = store.home
+    resources.start_background(owner, "sweep", lambda say, stop: sweep.run(
+        plan, store=type(store)(home), stop=stop, emit=sweep.progress_sayer(plan, say)), f"sweep-{plan.sweep_id}")
+    state[K.SWEEP_PICKED] = plan.sweep_id
+
+
+def start_probe() -> None:
+    from ftlab import probe
+
+    options = probe.ProbeOptions(per_class=state.get(K.PROBE_PER_CLASS, "2,5,10,20,all"))
+    resources.start_background(owner, "probe", lambda say, stop: probe.run_probe(
+        config, options, say=say, should_stop=stop.is_set), "probe")
+
+
+st.title("Sweep freeze strategies")
+st.markdown(parts.config_summary(config))
+st.caption("Each member is an ordinary run with the options of the Data, Model and Train pages, its strategy and "
+           "seed replaced; all are scored on the same val images (the split seed stays fixed).")
+if flash := state.pop(K.SWEEP_FLASH, None):
+    getattr(st, flash[0])(flash[1])
+job = resources.background(owner, "sweep")
+running = job is not None and job.alive()
+with st.form(K.SWEEP_FORM, border=True):
+    cols = st.columns([3, 1, 1, 1])
+    cols[0].multiselect("Strategies", sweep.STRATEGY_CHOICES, default=list(sweep.DEFAULT_STRATEGIES),
+                        key=K.SWEEP_STRATEGIES, accept_new_options=True,
+                        help="Type another to add it: top-N for any N, top-all, or top-BLOCK (that block and "
+                             "every one above it train).")
+    cols[1].text_input("Seeds", "0", key=K.SWEEP_SEEDS, help="A comma list, e.g. 0,1,2: each strategy runs once "
+                       "per seed, and the table shows the mean and spread across seeds.")
+    cols[2].text_input("Images per class", "", key=K.SWEEP_PER_CLASS, placeholder="e.g. 2,5,10,20",
+                       help="Data efficiency: also train the probe and top-N members on this many images per class.")
+    cols[3].number_input("Processes", 0, 64, 0, key=K.SWEEP_WORKERS,
+                         help="At most this many processes (0: one per core). Members that share cached features "
+                              "run one after another in one; on a GPU all run in this one.")
+    st.form_submit_button("Start the sweep", type="primary", disabled=running, key=K.SWEEP_START,
+                          on_click=start_sweep)
+
+kept = store.sweeps()
+if not kept:
+    st.caption("No sweep yet: choose the strategies and press Start the sweep.")
+else:
+    ids = [s["id"] for s in kept]
+    if state.get(K.SWEEP_PICKED) not in ids:
+        state[K.SWEEP_PICKED] = ids[0]
+    labels = {s["id"]: f"{s['id']} · {s['status']} · {len(s['plan'].get('members', []))} runs" for s in kept}
+    st.selectbox("Sweep", ids, key=K.SWEEP_PICKED, format_func=labels.get)
+
+    @st.fragment(run_every=2.0 if running else None)
+    def live() -> None:
+        current = resources.background(owner, "sweep")
+        if current is not None and current.alive():
+            cols = st.columns([5, 1])
+            cols[0].info(f"The sweep is running: {current.message}")
+            cols[1].button("Stop", key=K.SWEEP_STOP, on_click=current.stop,
+                           help="Ends the member training now (its best checkpoint is kept); the rest do not start.")
+        elif current is not None and current.error:
+            st.error(f"The sweep failed: {current.error}")
+        if running and (current is None or not current.alive()):
+            st.rerun()  # it ended: the whole page again, with Start enabled and the fragment no longer polling
+        draw(sweep.view(store, state[K.SWEEP_PICKED]))
+
+    def draw(v: sweep.View) -> None:
+        if v.message:
+            st.caption(f"Sweep {v.status}: {v.message}")
+        st.caption("Where it ran: " + "; ".join(v.groups))
+        st.dataframe(pd.DataFrame(v.rows), hide_index=True, key="sweep.plan_table")
+        if not v.members or all(m.best_val is None for m in v.members):
+            st.caption("The comparison appears when the first member ends.")
+            return
+        st.subheader("Comparison")
+        st.success(compare.pick_text(v.members))
+        st.dataframe(pd.DataFrame(compare.member_table(v.members)), hide_index=True, key="sweep.member_table")
+        rows = compare.by_strategy(v.members)
+        if any(len(r.seeds) > 1 for r in rows):
+            st.markdown("**Across seeds**")
+            st.dataframe(pd.DataFrame(compare.strategy_table(rows)), hide_index=True, key="sweep.strategy_table")
+        x = st.radio("Accuracy against", list(X_AXES), format_func=X_AXES.get, horizontal=True, key=K.SWEEP_X)
+        data = compare.chart_points(v.members, x)
+        st.plotly_chart(charts.sweep_accuracy(data.points, data.x_title, data.log_x), key="sweep.accuracy_chart")
+        if data.note:
+            st.caption(data.note)
+        pairs = compare.pairwise(v.members)
+        lines = compare.pairs_text(pairs)
+        st.markdown("**Are the differences real?** " + lines[0])
+        if pairs:
+            m = compare.pair_matrix(pairs)
+            st.plotly_chart(charts.mcnemar_matrix(m["labels"], m["p"], m["text"]), key="sweep.mcnemar_chart")
+            with st.expander(f"Each pair ({len(pairs)})"):
+                for line in lines[1:]:
+                    st.markdown(f"- {parts.plain(line)}")
+        if v.efficiency:
+            st.markdown("**Data efficiency of the members**")
+            st.plotly_chart(charts.sweep_efficiency(v.efficiency), key="sweep.efficiency_chart")
+        for strategy, why in v.skipped.items():
+            st.caption(f"No data-efficiency points for {strategy}: {why}.")
+        st.markdown("**Which layers moved, and did the frozen ones stay put**")
+        finished = [m for m in v.members if m.best_val is not None]
+        if finished:
+            names = {m.run_id: m.label for m in finished}
+            chosen = st.selectbox("Member", list(names), format_func=names.get, key=K.SWEEP_MOVED)
+            picked = next(m for m in finished if m.run_id == chosen)
+            if picked.frozen_check:
+                st.caption(f"Freeze-integrity check: {picked.frozen_check}")
+            epochs = store.epochs(chosen)
+            if any(e.get("moved") for e in epochs):
+                st.plotly_chart(charts.moved(epochs), key="sweep.moved_chart")
+
+    live()
+
+st.divider()
+st.subheader("Where the class information lives")
+st.caption("A logistic regression on the pooled output of each block (train split), scored on val: how much of "
+           "the answer each depth already holds. Freezing the blocks before a high point costs little.")
+probe_job = resources.background(owner, "probe")
+probing = probe_job is not None and probe_job.alive()
+cols = st.columns([2, 1, 1])
+cols[0].text_input("Images per class (data efficiency)", "2,5,10,20,all", key=K.PROBE_PER_CLASS)
+cols[1].button("Run the layer-wise probe", key=K.PROBE_START, on_click=start_probe, disabled=probing)
+if probing:
+    cols[2].button("Stop the probe", key=K.PROBE_STOP, on_click=probe_job.stop)
+
+
+@st.fragment(run_every=1.0 if probing else None)
+def probe_view() -> None:
+    current = resources.background(owner, "probe")
+    if current is None:
+        return
+    if current.alive():
+        st.info(f"Probing: {current.message}")
+        return
+    if probing:
+        st.rerun()  # it ended: the page again, without the Stop button and the polling
+    if current.error:
+        st.error(f"The probe failed: {current.error}")
+        return
+    if current.result is None:
+        st.caption("The probe was stopped.")
+        return
+    result = current.result.to_dict()
+    st.caption("\n".join(current.result.lines()[:1]))
+    st.plotly_chart(charts.probe_depths(result["depths"], result["majority"]), key="sweep.probe_chart")
+    if result["efficiency"]:
+        st.plotly_chart(charts.data_efficiency(result["efficiency"], result["at"]), key="sweep.probe_efficiency")
+    for line in result["skipped"]:
+        st.caption(f"Skipped: {line}")
+
+
+probe_view()
