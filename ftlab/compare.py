@@ -483,9 +483,16 @@ def pairs_text(pairs: Sequence[Pair]) -> list[str]:
         return [f"None of the {len(pairs)} pairs was scored on the same val images, so none is compared.",
                 *(p.sentence for p in pairs)]
     told = [p for p in tested if p.test.distinguishable]
-    head = (f"{len(told)} of {len(tested)} pair{'s' if len(tested) != 1 else ''} "
-            f"{'is' if len(told) == 1 else 'are'} distinguishable by McNemar's test (p < {ALPHA:g}); "
-            "the others are not told apart on these val images, whatever their accuracies.")
+    test = f"McNemar's test (p < {ALPHA:g})"
+    if len(tested) == 1:
+        head = (f"The pair is distinguishable by {test}." if told else f"The pair is not distinguishable by {test}: "
+                "neither member is ranked above the other on these val images.")
+    elif not told:
+        head = (f"None of the {len(tested)} pairs is distinguishable by {test}: no member is ranked above another "
+                "on these val images.")
+    else:
+        head = (f"{len(told)} of {len(tested)} pairs {'is' if len(told) == 1 else 'are'} distinguishable by {test}"
+                + ("." if len(told) == len(tested) else "; the others are not ranked, whatever their accuracies."))
     ordered = sorted(pairs, key=lambda p: (p.test is None, not (p.test and p.test.distinguishable)))
     return [head, *(p.sentence for p in ordered)]
 
