@@ -22,6 +22,7 @@ import numpy as np
 
 from ftlab.explore import strategy_label
 from ftlab.freeze import Strategy, backbone_blocks
+from ftlab.messages import printable
 
 LEVEL = 0.95  # the interval's coverage, and 1 - the significance level of McNemar's test
 ALPHA = 0.05
@@ -306,8 +307,10 @@ def _correctness(record) -> tuple[np.ndarray | None, tuple[int, ...], str]:
     """Per-image correctness of the best model on val, its val indices, and why not when absent."""
     val = record.final.get("val") if isinstance(record.final, dict) else None
     if not isinstance(val, dict) or "predictions" not in val:
-        why = {"running": "still training"}.get(record.status, f"{record.status}, no val predictions kept")
-        return None, (), why
+        if record.status == "running":
+            return None, (), "still training"
+        message = printable(str(record.message or "")).strip()
+        return None, (), f"{record.status}: {message}" if message else f"{record.status}, no val predictions kept"
     if "labels" not in val:
         return None, (), "kept before runs stored their val labels: no per-image comparison"
     try:

@@ -212,6 +212,11 @@ def test_members_read_per_image_correctness_costs_and_depth(tmp_path):
     assert (t.depth, t.trainable_params, t.best_val) == (2, 5000, pytest.approx(0.9))
     assert o.correct is None and o.best_val == 0.5 and "val labels" in o.note and o.cpu_seconds is None
     assert r.status == "running" and r.correct is None and r.interval is None and r.note == "still training"
+    failed = new_run_id()
+    store.create(failed, {"dataset": "digits", "backbone": "small_cnn", "strategy": "top-1", "seed": 0})
+    store.finish(failed, "failed", {}, {}, "the freeze-integrity check failed: stage1 changed")
+    (f,) = members(store, [failed])
+    assert f.correct is None and f.note == "failed: the freeze-integrity check failed: stage1 changed"
     with pytest.raises(KeyError):
         members(store, ["20000101-000000-dead00"])
 
@@ -240,6 +245,21 @@ def test_several_seeds_label_members_and_pool_per_strategy(tmp_path):
     pooled = np.mean([ms[0].correct, ms[1].correct], axis=0)  # per image: 1, 0.5 or 0
     assert top.interval == bootstrap_interval(pooled)
     assert top.text == "0.800 ± 0.141 (2 seeds, 0.700-0.900)"
+
+
+def test_the_pick_and_the_chart_work_on_strategy_rows(tmp_path):
+    """With several seeds the page picks among strategies (mean across seeds, pooled interval)."""
+    store = RunStore(tmp_path)
+    ids = [_run(store, "linear-probe", s, _flip(w), cpu_seconds=2.0) for s, w in ((0, [0, 1, 2, 3, 4, 5]),
+                                                                                    (1, [1]))]
+    ids += [_run(store, "full", s, _flip([]), cpu_seconds=30.0, trained_blocks=4) for s in (0, 1)]
+    rows = by_strategy(members(store, ids))
+    assert [r.accuracy for r in rows] == [pytest.approx((0.4 + 0.9) / 2), 1.0] and rows[1].interval == (1.0, 1.0)
+    pick = cheapest_adequate(rows)
+    assert pick.index == 1 and pick.reason.startswith("full is the pick: it is the most accurate member (1.000")
+    points = chart_points(rows, "depth").points
+    assert [(p["label"], p["x"], p["front"], p["pick"]) for p in points] == [("linear-probe", 0, True, False),
+                                                                             ("full", 4, True, True)]
 
 
 def test_one_seed_rows_carry_the_members_interval(tmp_path):
