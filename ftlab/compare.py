@@ -28,7 +28,8 @@ LEVEL = 0.95  # the interval's coverage, and 1 - the significance level of McNem
 ALPHA = 0.05
 EXACT_BELOW = 25  # discordant pairs under which McNemar's test is the exact binomial one
 RESAMPLES = 10_000
-_CHUNK = 2**21  # draws (resamples x distinct values) held at once by the bootstrap
+_CHUNK = 2**21  # draws (resamples x distinct values, or x images) held at once by the bootstrap
+_LEVELS = 64  # distinct scores up to which the bootstrap draws multinomial counts (0/1, means over a few seeds)
 # how a member's cost is read and written: attribute -> (axis title, unit in sentences, log axis)
 COSTS = {"cpu_seconds": ("CPU-seconds", "CPU-s", False),
          "trainable_params": ("trainable parameters", "trainable parameters", True)}
@@ -59,9 +60,14 @@ def bootstrap_interval(correct: np.ndarray, level: float = LEVEL, resamples: int
     n = len(values)
     levels, counts = np.unique(values, return_counts=True)
     rng = np.random.default_rng(seed)
-    step = max(1, _CHUNK // len(levels))
-    means = np.concatenate([rng.multinomial(n, counts / n, size=min(step, resamples - start)) @ levels / n
-                            for start in range(0, resamples, step)])
+    if len(levels) <= _LEVELS:
+        step = max(1, _CHUNK // len(levels))
+        means = np.concatenate([rng.multinomial(n, counts / n, size=min(step, resamples - start)) @ levels / n
+                                for start in range(0, resamples, step)])
+    else:  # many distinct scores: drawing image indices is cheaper than a multinomial over each score
+        step = max(1, _CHUNK // n)
+        means = np.concatenate([values[rng.integers(0, n, (min(step, resamples - start), n))].mean(axis=1)
+                                for start in range(0, resamples, step)])
     low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
 
@@ -146,6 +152,23 @@ def mcnemar(a_correct: Sequence | np.ndarray, b_correct: Sequence | np.ndarray,
     return McNemar(len(a), only_a, only_b, float(statistic), float(min(1.0, p)), exact, tuple(names))
 
 
+def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[bool]:
+    """Which of several tests stay significant after Holm's step-down correction: the k-th smallest
+    p-value must lie below alpha / (m - k + 1), and the first that does not stops the rest. With
+    many pairs some p-values fall below 0.05 by chance alone; this says which survive that.
+
+    >>> holm([0.01, 0.04, 0.03, 0.005])  # 0.005 < 0.05/4, 0.01 < 0.05/3, 0.03 >= 0.05/2: stop
+    [True, False, False, True]
+    """
+    m = len(p_values)
+    kept = [False] * m
+    for k, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        if p_values[i] >= alpha / (m - k):
+            break
+        kept[i] = True
+    return kept
+
+
 def _p_text(p: float) -> str:
     """A p-value to two figures, or below 0.001.
 
@@ -204,11 +227,13 @@ def cheapest_adequate(members: Sequence, cost: str = "cpu_seconds") -> Pick:
 def _pick_reason(members: Sequence, pick: int, best: int, cost: str) -> str:
     p, b = members[pick], members[best]
     low, high = b.interval
+    noun = getattr(b, "noun", "member")  # a StrategyRow is a strategy over its seeds
     if pick == best:
         cheaper = "no cheaper member is" if _cost(b, cost) is not None else "no member with its cost recorded is"
-        return (f"{p.label} is the pick: it is the most accurate member ({p.accuracy:.3f}, interval "
+        cheaper = cheaper.replace("member", noun)
+        return (f"{p.label} is the pick: it is the most accurate {noun} ({p.accuracy:.3f}, interval "
                 f"{low:.3f}-{high:.3f}) and {cheaper} within that interval, at {cost_text(_cost(p, cost), cost)}.")
-    return (f"{p.label} is the pick: it is within the best member's ({b.label}, {b.accuracy:.3f}) interval "
+    return (f"{p.label} is the pick: it is within the best {noun}'s ({b.label}, {b.accuracy:.3f}) interval "
             f"{low:.3f}-{high:.3f} at {p.accuracy:.3f}, at {cost_text(_cost(p, cost), cost)} against "
             f"{cost_text(_cost(b, cost), cost)}.")
 
@@ -386,6 +411,8 @@ def _positive(value: object) -> float | None:
 class StrategyRow:
     """A strategy's members together: the mean across seeds and its spread."""
 
+    noun = "strategy"  # what the pick's sentence calls it (a class attribute, not a field)
+
     strategy: str
     label: str
     depth: int | None
@@ -496,6 +523,9 @@ def pairs_text(pairs: Sequence[Pair]) -> list[str]:
     else:
         head = (f"{len(told)} of {len(tested)} pairs {'is' if len(told) == 1 else 'are'} distinguishable by {test}"
                 + ("." if len(told) == len(tested) else "; the others are not ranked, whatever their accuracies."))
+        survive = sum(holm([p.test.p_value for p in tested]))
+        head += (f" Of {len(tested)} tests about {len(tested) * ALPHA:.2g} would fall below {ALPHA:g} by chance "
+                 f"alone: {survive} {'stays' if survive == 1 else 'stay'} distinguishable after Holm's correction.")
     ordered = sorted(pairs, key=lambda p: (p.test is None, not (p.test and p.test.distinguishable)))
     return [head, *(p.sentence for p in ordered)]
 

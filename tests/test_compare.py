@@ -54,6 +54,14 @@ def test_fractional_scores_agree_with_scipy_too():
     assert ours == pytest.approx((theirs.low, theirs.high), abs=0.01)
 
 
+def test_many_distinct_scores_resample_images_and_agree_with_scipy():
+    scores = np.random.default_rng(8).random(300)  # 300 distinct values: the index-resampling path
+    ours = bootstrap_interval(scores, resamples=20_000)
+    theirs = stats.bootstrap((scores,), np.mean, method="percentile", n_resamples=20_000,
+                             rng=np.random.default_rng(0)).confidence_interval
+    assert ours == pytest.approx((theirs.low, theirs.high), abs=0.004)  # the mean's standard error is 0.017
+
+
 def test_interval_is_seeded_and_narrows_with_the_level():
     correct = np.r_[np.ones(30), np.zeros(10)]
     assert bootstrap_interval(correct, seed=4) == bootstrap_interval(correct, seed=4)
@@ -124,6 +132,12 @@ def test_mcnemar_refuses_unpaired_inputs():
 
 
 # --- the Pareto front and the pick --------------------------------------------------------------
+def test_holm_keeps_what_survives_the_step_down_correction():
+    # sorted 0.005 < 0.05/4 and 0.01 < 0.05/3 are kept; 0.03 >= 0.05/2 stops, so 0.04 goes too
+    assert compare.holm([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]
+    assert compare.holm([0.04]) == [True] and compare.holm([0.06, 0.001]) == [False, True] and compare.holm([]) == []
+
+
 def test_pareto_front_keeps_the_undominated_cheapest_first():
     assert pareto_front([4, 1, 3, 2], [0.9, 0.5, 0.6, 0.7]) == [1, 3, 0]  # 3 (0.6) is beaten by 2 (0.7)
     assert pareto_front([1, 1], [0.5, 0.6]) == [1]  # as costly and less accurate
@@ -256,7 +270,7 @@ def test_the_pick_and_the_chart_work_on_strategy_rows(tmp_path):
     rows = by_strategy(members(store, ids))
     assert [r.accuracy for r in rows] == [pytest.approx((0.4 + 0.9) / 2), 1.0] and rows[1].interval == (1.0, 1.0)
     pick = cheapest_adequate(rows)
-    assert pick.index == 1 and pick.reason.startswith("full is the pick: it is the most accurate member (1.000")
+    assert pick.index == 1 and pick.reason.startswith("full is the pick: it is the most accurate strategy (1.000")
     points = chart_points(rows, "depth").points
     assert [(p["label"], p["x"], p["front"], p["pick"]) for p in points] == [("linear-probe", 0, True, False),
                                                                              ("full", 4, True, True)]
@@ -290,7 +304,8 @@ def test_pairwise_compares_members_of_one_seed_on_the_same_images(tmp_path):
     two = pairwise([SimpleNamespace(label=n, run_id=n, seed=0, correct=x, indices=())
                     for n, x in zip("ABC", (*_paired(100, 2, 15, 5), _paired(100, 2, 15, 5)[0]))])
     assert pairs_text(two)[0] == ("2 of 3 pairs are distinguishable by McNemar's test (p < 0.05); the others are "
-                                  "not ranked, whatever their accuracies.")
+                                  "not ranked, whatever their accuracies. Of 3 tests about 0.15 would fall below "
+                                  "0.05 by chance alone: 2 stay distinguishable after Holm's correction.")
     assert pairs_text(two)[1].startswith("A vs B: B is more accurate")  # the distinguishable first
     assert pairs_text([]) == ["No two finished members of the same seed to compare yet."]
 
