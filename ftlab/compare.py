@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
@@ -24,8 +24,8 @@ from ftlab.explore import strategy_label
 from ftlab.freeze import Strategy, backbone_blocks
 from ftlab.messages import printable
 
-LEVEL = 0.95  # the interval's coverage, and 1 - the significance level of McNemar's test
-ALPHA = 0.05
+LEVEL = 0.95  # the bootstrap interval's coverage
+ALPHA = 0.05  # McNemar's test: p below this tells two members apart
 EXACT_BELOW = 25  # discordant pairs under which McNemar's test is the exact binomial one
 RESAMPLES = 10_000
 _CHUNK = 2**21  # draws (resamples x distinct values, or x images) held at once by the bootstrap
@@ -45,7 +45,8 @@ def bootstrap_interval(correct: np.ndarray, level: float = LEVEL, resamples: int
     A resample of n images is described completely by how often it draws each distinct score,
     and those counts are multinomial(n, shares of the scores): drawing the counts is the same
     bootstrap as drawing image indices (`scipy.stats.bootstrap`'s percentile method), without
-    holding n x resamples indices; for 0/1 scores it is a binomial draw per resample.
+    holding n x resamples indices; for 0/1 scores it is a binomial draw per resample. Scores with
+    many distinct values (more than 64) are resampled by index, in chunks.
 
     >>> bootstrap_interval(np.ones(20, bool))
     (1.0, 1.0)
@@ -392,7 +393,6 @@ def _distinct_labels(ms: list[Member]) -> list[Member]:
 
 
 def _relabel(m: Member, label: str) -> Member:
-    from dataclasses import replace
     return replace(m, label=label)
 
 
@@ -484,6 +484,10 @@ class Pair:
     test: McNemar | None  # None: not scored on the same val images
     sentence: str
 
+    @property
+    def distinguishable(self) -> bool:
+        return self.test is not None and self.test.distinguishable
+
 
 def pairwise(ms: Sequence[Member]) -> list[Pair]:
     """McNemar's test between every two members with an accuracy and the same seed, paired on
@@ -526,7 +530,7 @@ def pairs_text(pairs: Sequence[Pair]) -> list[str]:
         survive = sum(holm([p.test.p_value for p in tested]))
         head += (f" Of {len(tested)} tests about {len(tested) * ALPHA:.2g} would fall below {ALPHA:g} by chance "
                  f"alone: {survive} {'stays' if survive == 1 else 'stay'} distinguishable after Holm's correction.")
-    ordered = sorted(pairs, key=lambda p: (p.test is None, not (p.test and p.test.distinguishable)))
+    ordered = sorted(pairs, key=lambda p: (p.test is None, not p.distinguishable))
     return [head, *(p.sentence for p in ordered)]
 
 
@@ -543,7 +547,7 @@ def pair_matrix(pairs: Sequence[Pair], seed: int | None = None) -> dict:
     for pair in chosen:
         i, j = at[pair.a], at[pair.b]
         cell = "not paired" if pair.test is None else (
-            f"{_p_text(pair.test.p_value)}" if pair.test.distinguishable else f"n.d. ({_p_text(pair.test.p_value)})")
+            _p_text(pair.test.p_value) if pair.test.distinguishable else f"n.d. ({_p_text(pair.test.p_value)})")
         for r, c in ((i, j), (j, i)):
             p_values[r][c] = None if pair.test is None else pair.test.p_value
             text[r][c] = cell
@@ -556,7 +560,12 @@ def pick_text(ms: Sequence, cost: str = "cpu_seconds") -> str:
     try:
         return cheapest_adequate(ms, cost).reason
     except ValueError as err:
-        return str(err)[0].upper() + str(err)[1:] + "."
+        return _sentence(err)
+
+
+def _sentence(err: Exception) -> str:
+    text = str(err)
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def member_table(ms: Sequence[Member]) -> list[dict]:
@@ -615,3 +624,24 @@ def chart_points(ms: Sequence, x: str = "depth", cost: str = "cpu_seconds") -> C
                "front": k in front, "pick": i == pick} for k, (i, v) in enumerate(shown)]
     note = f"Not on this chart (no accuracy or no {x_title} recorded): {', '.join(left)}." if left else ""
     return ChartData(points, x_title, log_x, note, front)
+
+
+def report(ms: Sequence[Member], cost: str = "cpu_seconds") -> dict:
+    """The comparison as JSON-ready data (`ftlab sweep --json`): the members, the strategies across
+    seeds, the pick with its reason, and McNemar's test between every paired two of one seed."""
+    rows = by_strategy(ms)
+    several = len({m.seed for m in ms}) > 1
+    try:
+        pick = cheapest_adequate(rows if several else ms, cost)
+        chosen = {"label": (rows if several else ms)[pick.index].label, "reason": pick.reason}
+    except ValueError as err:
+        chosen = {"label": None, "reason": _sentence(err)}
+    return {"members": [{**row, "interval": list(m.interval) if m.interval else None}
+                        for row, m in zip(member_table(ms), ms)],
+            "strategies": strategy_table(rows), "pick": chosen, "cost": cost,
+            "pairs": [{"a": p.a, "b": p.b, "seed": p.seed, "paired": p.test is not None,
+                       "p_value": None if p.test is None else p.test.p_value,
+                       "only_a": None if p.test is None else p.test.only_a,
+                       "only_b": None if p.test is None else p.test.only_b,
+                       "exact": None if p.test is None else p.test.exact,
+                       "distinguishable": p.distinguishable, "sentence": p.sentence} for p in pairwise(ms)]}

@@ -1,6 +1,7 @@
 """Comparing runs: the bootstrap interval, McNemar's test, the Pareto front, the pick, members
 read from the run store, and the charts the Sweep page draws. Expected values are computed by
 hand or by scipy, never by the code under test."""
+import json
 import math
 import subprocess
 import sys
@@ -336,6 +337,22 @@ def test_member_and_strategy_tables(tmp_path):
     assert row["95% interval"] == f"{lo:.3f}-{hi:.3f}"
     (srow,) = compare.strategy_table(by_strategy(ms))
     assert srow["seeds"] == 1 and srow["mean val"] == 0.9 and srow["std"] is None
+
+
+def test_report_is_json_ready_and_picks_among_strategies_with_several_seeds(tmp_path):
+    store = RunStore(tmp_path)
+    ids = [_run(store, "linear-probe", s, _flip([0, 1, 2, 3, 4, 5]), cpu_seconds=2.0) for s in (0, 1)]
+    ids += [_run(store, "full", s, _flip([]), cpu_seconds=30.0, trained_blocks=4) for s in (0, 1)]
+    out = json.loads(json.dumps(compare.report(members(store, ids))))
+    assert [m["member"] for m in out["members"]] == ["linear-probe · seed 0", "linear-probe · seed 1",
+                                                     "full · seed 0", "full · seed 1"]
+    assert out["members"][2]["interval"] == [1.0, 1.0] and out["pick"]["label"] == "full"
+    assert [s["strategy"] for s in out["strategies"]] == ["linear-probe", "full"]
+    (p0, p1) = out["pairs"]  # one per seed: linear-probe against full
+    assert (p0["seed"], p0["only_a"], p0["only_b"], p0["exact"]) == (0, 0, 6, True)
+    assert p0["p_value"] == pytest.approx(2 / 64) and p0["distinguishable"]  # 2 x (1/2)^6
+    assert compare.report([])["pick"] == {"label": None, "reason": "No member has a val accuracy yet: the pick "
+                                                                    "comes once a member has finished."}
 
 
 def test_chart_points_mark_the_front_and_the_pick():
