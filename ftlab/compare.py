@@ -534,6 +534,11 @@ def pairs_text(pairs: Sequence[Pair]) -> list[str]:
     return [head, *(p.sentence for p in ordered)]
 
 
+def pair_seeds(pairs: Sequence[Pair]) -> list[int | None]:
+    """The seeds that have pairs, in order (the page's choice of which matrix to show)."""
+    return sorted({p.seed for p in pairs}, key=lambda s: (s is None, s or 0))
+
+
 def pair_matrix(pairs: Sequence[Pair], seed: int | None = None) -> dict:
     """McNemar's p-values between the members of ``seed`` (default: the first pair's) as a square
     matrix for a heatmap: {"labels", "p" (None on the diagonal and where not paired), "text"}."""

@@ -349,6 +349,7 @@ def test_report_is_json_ready_and_picks_among_strategies_with_several_seeds(tmp_
     assert out["members"][2]["interval"] == [1.0, 1.0] and out["pick"]["label"] == "full"
     assert [s["strategy"] for s in out["strategies"]] == ["linear-probe", "full"]
     (p0, p1) = out["pairs"]  # one per seed: linear-probe against full
+    assert compare.pair_seeds(pairwise(members(store, ids))) == [0, 1]
     assert (p0["seed"], p0["only_a"], p0["only_b"], p0["exact"]) == (0, 0, 6, True)
     assert p0["p_value"] == pytest.approx(2 / 64) and p0["distinguishable"]  # 2 x (1/2)^6
     assert compare.report([])["pick"] == {"label": None, "reason": "No member has a val accuracy yet: the pick "
