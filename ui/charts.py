@@ -162,6 +162,50 @@ def top_k(top: Sequence[tuple[str, float]]) -> go.Figure:
                    height=max(220, 60 + 36 * len(top)))
 
 
+PICK, FRONT = "#d62728", "#7f7f7f"
+
+
+def sweep_accuracy(points: Sequence[Mapping], x_title: str, log_x: bool = False,
+                   title: str = "Best val accuracy with its 95% interval") -> go.Figure:
+    """A sweep's members (`ftlab.compare.chart_points`): accuracy with its bootstrap interval as
+    error bars, one trace per strategy; the Pareto front along x as a line; the pick as a star."""
+    fig = go.Figure()
+    for strategy in dict.fromkeys(p["strategy"] for p in points):
+        pts = [p for p in points if p["strategy"] == strategy]
+        fig.add_trace(go.Scatter(
+            name=str(strategy), x=[p["x"] for p in pts], y=[p["accuracy"] for p in pts], mode="markers",
+            marker_size=10, text=[p["label"] for p in pts],
+            error_y=dict(type="data", symmetric=False, array=[p["high"] - p["accuracy"] for p in pts],
+                         arrayminus=[p["accuracy"] - p["low"] for p in pts]),
+            customdata=[[p["low"], p["high"]] for p in pts],
+            hovertemplate="%{text}<br>" + x_title + " %{x}<br>val %{y:.3f} (95%: %{customdata[0]:.3f}-"
+                          "%{customdata[1]:.3f})<extra></extra>"))
+    front = sorted((p for p in points if p.get("front")), key=lambda p: (p["x"], -p["accuracy"]))
+    if front:
+        fig.add_trace(go.Scatter(name="Pareto front", x=[p["x"] for p in front], y=[p["accuracy"] for p in front],
+                                 mode="lines", line=dict(color=FRONT, dash="dash", shape="hv"), hoverinfo="skip"))
+    for p in (p for p in points if p.get("pick")):
+        fig.add_trace(go.Scatter(name=f"pick: {p['label']}", x=[p["x"]], y=[p["accuracy"]], mode="markers",
+                                 marker=dict(symbol="star", size=18, color=PICK, line=dict(width=1, color="black")),
+                                 hovertemplate=f"pick: {p['label']}<extra></extra>"))
+    return _layout(fig, title, height=400, xaxis_title=x_title, yaxis_title="best val accuracy",
+                   xaxis_type="log" if log_x else None)
+
+
+def mcnemar_matrix(labels: Sequence[str], p: Sequence[Sequence[float | None]], text: Sequence[Sequence[str]],
+                   title: str = "McNemar's test between members: p-values") -> go.Figure:
+    """p-values of McNemar's test between members (`ftlab.compare.pair_matrix`), each cell annotated
+    with its text ("n.d." where p ≥ 0.05: not distinguishable). The colour changes sharply at 0.05,
+    so the pairs the test tells apart stand out; empty cells (the diagonal, unpaired members) are blank."""
+    names = [str(x) for x in labels]
+    scale = [[0.0, "#08306b"], [0.0499, "#6baed6"], [0.05, "#f0f0f0"], [1.0, "#ffffff"]]
+    fig = go.Figure(go.Heatmap(z=[list(r) for r in p], x=names, y=names, zmin=0, zmax=1, colorscale=scale,
+                               text=[list(r) for r in text], texttemplate="%{text}",
+                               hovertemplate="%{y} vs %{x}: %{text}<extra></extra>",
+                               colorbar=dict(title="p", tickvals=[0, 0.05, 0.5, 1])))
+    side = min(700, 260 + 40 * len(names))
+    return _layout(fig, title, height=side, xaxis_type="category", yaxis_type="category", yaxis_autorange="reversed")
+
 def sweep_efficiency(series: Mapping[str, Sequence[Mapping]]) -> go.Figure:
     """A sweep's data-efficiency members (`ftlab.sweep.View.efficiency`): per strategy, best val accuracy
     (the mean over its seeds, with the 95% interval as error bars) against training images per class."""
