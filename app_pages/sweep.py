@@ -97,7 +97,7 @@ else:
             st.caption("The comparison appears when the first member ends.")
             return
         st.subheader("Comparison")
-        st.success(compare.pick_text(v.members))
+        st.success(v.comparison["pick"]["reason"])
         st.dataframe(pd.DataFrame(compare.member_table(v.members)), hide_index=True, key="sweep.member_table")
         rows = compare.by_strategy(v.members)
         if any(len(r.seeds) > 1 for r in rows):

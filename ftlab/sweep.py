@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 
 from ftlab import freeze
@@ -317,28 +318,41 @@ def _run_processes(plan: Plan, store: RunStore, stop: threading.Event, collect: 
 
 
 def report(sweep_id: str, store: RunStore, wall_seconds: float | None = None) -> dict:
-    """The sweep's summary (the ``--json`` line): its plan, and each member's figures."""
-    kept = store.sweep(sweep_id)
-    plan = kept["plan"]
-    rows = []
-    for m in plan["members"]:
-        try:
-            record = store.get(m["run_id"])
-        except KeyError:
-            rows.append({**m, "status": "not run"})
-            continue
-        rows.append({**m, "status": record.status, "summary": record.summary})
-    return {"sweep_id": sweep_id, "status": kept["status"], "message": kept["message"], "groups": plan["groups"],
-            "members": rows, "wall_seconds": wall_seconds}
+    """The sweep's summary (the ``--json`` line): where each member ran, each member's status and
+    figures, the comparison (`ftlab.compare.report`: intervals, the pick, McNemar between pairs) of
+    the members trained on all the data, and the data-efficiency points."""
+    v = view(store, sweep_id)
+    summaries = {}
+    for row in v.rows:
+        with suppress(KeyError):
+            summaries[row["run"]] = store.get(row["run"]).summary
+    return {"sweep_id": sweep_id, "status": v.status, "message": v.message, "groups": v.groups,
+            "skipped": v.skipped, "wall_seconds": wall_seconds,
+            "members": [{**m, "status": r["status"], "summary": summaries.get(m["run_id"], {})}
+                        for m, r in zip(store.sweep(sweep_id)["plan"]["members"], v.rows)],
+            "comparison": v.comparison, "efficiency": v.efficiency}
 
 
 def report_text(rep: dict) -> str:
+    """The summary as the CLI prints it: a line per member, the pick, and which pairs the test tells apart."""
     lines = [f"sweep {rep['sweep_id']}: {rep['status']}" + (f" ({rep['message']})" if rep["message"] else "")]
+    shown = {m["run"]: m for m in rep["comparison"]["members"]}
     for m in rep["members"]:
-        s = m.get("summary", {})
-        best = s.get("best_val_accuracy")
-        lines.append(f"  {m['strategy']:14} seed {m['seed']}: {m['status']}, best val "
-                     f"{'none' if best is None else f'{best:.3f}'}")
+        row = shown.get(m["run_id"], {})
+        best = m["summary"].get("best_val_accuracy")
+        k = f", {m['per_class']}/class" if m.get("per_class") else ""
+        lines.append(f"  {m['strategy']:14} seed {m['seed']}{k}: {m['status']}, best val "
+                     f"{'none' if best is None else f'{best:.3f}'}"
+                     + (f" (95% {row['95% interval']})" if row.get("95% interval") else "")
+                     + (f", {m['summary']['cpu_seconds']:.0f} CPU-s" if m["summary"].get("cpu_seconds") else ""))
+    comparison = rep["comparison"]
+    lines.append(f"pick: {comparison['pick']['reason']}")
+    told = [p for p in comparison["pairs"] if p["distinguishable"]]
+    lines.append(f"McNemar: {len(told)} of {len(comparison['pairs'])} pairs distinguishable (p < 0.05)"
+                 + "".join(f"\n  {p['sentence']}" for p in told))
+    for strategy, series in rep["efficiency"].items():
+        lines.append(f"data efficiency, {strategy}: " + ", ".join(f"{p['label']}/class {p['mean']:.3f}"
+                                                              for p in series))
     return "\n".join(lines)
 
 
@@ -358,6 +372,7 @@ class View:
     members: list  # compare.Member, trained on all the training images
     efficiency: dict  # strategy -> [{per_class, images_per_class, mean, low, high, accuracies, label}]
     running: bool  # a member still trains (or waits its turn)
+    comparison: dict  # `ftlab.compare.report` of ``members``: the pick (among strategies with several seeds)
 
 
 def view(store: RunStore, sweep_id: str) -> View:
@@ -379,7 +394,8 @@ def view(store: RunStore, sweep_id: str) -> View:
     members = compare.members(store, [records[r] for r in whole])
     return View(sweep_id, kept["status"], kept["message"], plan.get("base", {}),
                 [g.get("text", "") for g in plan.get("groups", [])], plan.get("skipped", {}), rows, members,
-                _efficiency(store, plan, records), any(r["status"] in ("waiting", "running") for r in rows))
+                _efficiency(store, plan, records), any(r["status"] in ("waiting", "running") for r in rows),
+                compare.report(members))
 
 
 def _efficiency(store: RunStore, plan: dict, records: dict) -> dict:
