@@ -54,7 +54,7 @@ class ProbeOptions:
 
     per_class: str = _opt("2,5,10,20,all", "data-efficiency: training images per class, a comma list of whole "
                           "numbers and/or all (empty: no data-efficiency probe)")
-    at: str = _opt("", "data-efficiency: the block boundary to probe at (default: the last backbone block)")
+    at: str = _opt("", "data-efficiency: the block boundary to probe at (empty: the last backbone block)")
     draws: int = _opt(5, "data-efficiency: seeded draws of the training subset for each number of images per "
                       "class (all: one)", lo=1, hi=100)
     c: float = _opt(1.0, "the logistic regression's inverse regularisation strength C (smaller: stronger)",
@@ -377,10 +377,13 @@ def run_probe(config: TrainConfig, options: ProbeOptions = ProbeOptions(), *, sa
     problems = validate(config) + option_problems(options)
     if problems:
         raise ValueError(" ".join(["the probe cannot start:"] + problems))
+    size = resolved_image_size(config)
+    _check_at(options.at, freeze.backbone_blocks(backbones.freezable_blocks(config.backbone, config.edits(), size)),
+              config.backbone)
     seconds, began = {}, time.perf_counter()
     torch.manual_seed(config.seed)
     say("loading data")
-    preprocessing = Preprocessing.for_backbone(config.backbone, resolved_image_size(config))
+    preprocessing = Preprocessing.for_backbone(config.backbone, size)
     prepared = data.prepare(config, preprocessing.size, preprocessing.resize, say, should_stop)
     seconds["decode"] = time.perf_counter() - began
     classes = prepared.dataset.classes
@@ -391,9 +394,7 @@ def run_probe(config: TrainConfig, options: ProbeOptions = ProbeOptions(), *, sa
                                    image_size=preprocessing.size).to(device).eval()
     model.to(memory_format=torch.channels_last)
     probed = boundaries(model)
-    at = options.at.strip() or probed[-1]
-    if at not in probed:
-        raise ValueError(f"no block {at!r} to probe at in {config.backbone}: choose one of {some(probed)}.")
+    at = _check_at(options.at, probed, config.backbone)
     began = time.perf_counter()
     train, val = prepared.train, prepared.val
     images = torch.cat([train.images, val.images])  # one pass over both splits
@@ -422,6 +423,14 @@ def run_probe(config: TrainConfig, options: ProbeOptions = ProbeOptions(), *, sa
                        tuple(classes), n, len(val_y), majority, depths, at if ks else "", efficiency, skipped,
                        choice, fast.note(), seconds,
                        tuple(f"warning: {w}" for w in prepared.dataset.notes) + notes)
+
+
+def _check_at(at: str, probed: Sequence[str], backbone: str) -> str:
+    """The data-efficiency probe's boundary: ``at``, or the last one when it is empty."""
+    at = at.strip() or probed[-1]
+    if at not in probed:
+        raise ValueError(f"no block {at!r} to probe at in {backbone}: choose one of {some(probed)}.")
+    return at
 
 
 def _depths(split: dict, train_y: np.ndarray, val_y: np.ndarray, options: ProbeOptions, seed: int, say: Say,
