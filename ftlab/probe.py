@@ -34,7 +34,7 @@ from ftlab.precision import Choice
 from ftlab.transforms import Preprocess, Preprocessing
 
 Say = Callable[[str], None]
-MAX_ITER = 2000  # lbfgs on standardised features converged within a few hundred iterations on Lite0's
+MAX_ITER = 2000  # lbfgs iterations: ample for standardised features (every Lite0 boundary on ants/bees converged)
 LEVEL = 0.95
 _SAMPLE = 8  # images: the batch the fast forward pass is checked and timed on, as in the engine
 
