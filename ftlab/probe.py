@@ -407,22 +407,47 @@ def run_probe(config: TrainConfig, options: ProbeOptions = ProbeOptions(), *, sa
                                batch_size=max(64, 2 * config.batch_size), should_stop=should_stop)
     seconds["forward"] = time.perf_counter() - began
     n = len(train.labels)
-    train_y, val_y = train.labels.numpy(), val.labels.numpy()
     split = {b: (f[:n].numpy(), f[n:].numpy()) for b, f in features.items()}
-    depths, notes = _depths(split, train_y, val_y, options, config.seed, say, should_stop, seconds)
+    fitted = fit_features(split, train.labels.numpy(), val.labels.numpy(), classes, options, at=at,
+                          seed=config.seed, say=say, should_stop=should_stop)
+    return ProbeResult(prepared.dataset.name, config.backbone, weights.describe(), preprocessing.size,
+                       tuple(classes), n, len(val.labels), fitted.majority, fitted.depths, fitted.at,
+                       fitted.efficiency, fitted.skipped, choice, fast.note(), {**seconds, **fitted.seconds},
+                       tuple(f"warning: {w}" for w in prepared.dataset.notes) + fitted.notes)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The probes fitted on pooled features (`fit_features`)."""
+
+    depths: tuple[Depth, ...]
+    at: str  # "" without a data-efficiency probe
+    efficiency: tuple[Efficiency, ...]
+    skipped: tuple[str, ...]
+    majority: float
+    notes: tuple[str, ...]
+    seconds: dict  # fits, efficiency
+
+
+def fit_features(split: dict[str, tuple[np.ndarray, np.ndarray]], train_y: np.ndarray, val_y: np.ndarray,
+                 classes: Sequence[str], options: ProbeOptions = ProbeOptions(), *, at: str = "", seed: int = 0,
+                 say: Say = lambda m: None, should_stop: Callable[[], bool] = lambda: False) -> Fitted:
+    """The probe at every boundary of ``split`` (block -> its pooled (train, val) features, in block
+    order), then the data-efficiency probe at ``at`` (default the last): from features computed
+    once, here or by a sweep's feature cache."""
+    seconds = {}
+    at = at or list(split)[-1]
+    depths, notes = _depths(split, train_y, val_y, options, seed, say, should_stop, seconds)
     ks, skipped = efficiency_plan(train_y, parse_per_class(options.per_class), classes)
     began = time.perf_counter()
     if ks:
         say(f"data efficiency at {at}: {', '.join('all' if k is None else str(k) for k in ks)} images per class")
     train_x, val_x = split[at]
-    efficiency = data_efficiency(train_x, train_y, val_x, val_y, ks, draws=options.draws, c=options.c, seed=config.seed,
+    efficiency = data_efficiency(train_x, train_y, val_x, val_y, ks, draws=options.draws, c=options.c, seed=seed,
                                  resamples=options.resamples, should_stop=should_stop) if ks else ()
     seconds["efficiency"] = time.perf_counter() - began
     majority = float((val_y == np.bincount(train_y).argmax()).mean())
-    return ProbeResult(prepared.dataset.name, config.backbone, weights.describe(), preprocessing.size,
-                       tuple(classes), n, len(val_y), majority, depths, at if ks else "", efficiency, skipped,
-                       choice, fast.note(), seconds,
-                       tuple(f"warning: {w}" for w in prepared.dataset.notes) + notes)
+    return Fitted(depths, at if ks else "", efficiency, skipped, majority, notes, seconds)
 
 
 def _check_at(at: str, probed: Sequence[str], backbone: str) -> str:

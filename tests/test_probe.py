@@ -204,3 +204,19 @@ def test_charts_draw_the_band_and_the_curve():
     curve = next(t for t in fig.data if t.name == "val accuracy (mean of the draws)")
     assert list(curve.x) == [2, 120.5] and list(curve.y) == [0.6, 0.9]
     assert "conv_head" in fig.layout.title.text
+
+
+def test_fit_features_from_given_features():
+    """Features from elsewhere (a sweep's cache): a boundary whose features carry the class scores 1.0, one of
+    pure noise about chance."""
+    rng = np.random.default_rng(0)
+    train_y, val_y = np.repeat([0, 1], 40), np.repeat([0, 1], 200)
+    noise = (rng.normal(size=(80, 8)), rng.normal(size=(400, 8)))
+    signal = tuple(rng.normal(size=(len(y), 4)) + 6 * y[:, None] for y in (train_y, val_y))
+    fitted = probe.fit_features({"noise": noise, "signal": signal}, train_y, val_y, ("a", "b"),
+                                probe.ProbeOptions(per_class="2,all", draws=3))
+    assert [d.block for d in fitted.depths] == ["noise", "signal"]
+    assert fitted.depths[1].accuracy == 1.0
+    assert 0.35 < fitted.depths[0].accuracy < 0.65 and fitted.depths[0].low < 0.5 < fitted.depths[0].high
+    assert fitted.at == "signal" and [e.label for e in fitted.efficiency] == ["2", "all"]
+    assert fitted.majority == 0.5
