@@ -14,7 +14,7 @@ from ftlab.errors import StopRequested
 from ftlab.transforms import Preprocess, Preprocessing
 
 SMALL = dict(backbone="small_cnn", weights="random", image_size=32, precision="fp32")
-SHAPES = dict(dataset="shapes", shapes_per_class=16, **SMALL)  # 4 classes, 64 images: 51 train (12 or 13 a class), 13 val
+SHAPES = dict(dataset="shapes", shapes_per_class=16, **SMALL)  # 4 classes, 64 images: 51 train, 13 val
 
 
 def _separable(root: Path, per_class: int = 10) -> Path:
