@@ -390,8 +390,11 @@ def run_probe(config: TrainConfig, options: ProbeOptions = ProbeOptions(), *, sa
     device = pick_device(config.device)
     weights = backbones.Weights.parse(config.weights)
     say(f"building {config.backbone} ({weights.describe()})")
-    model = backbones.create_model(config.backbone, len(classes), config.weights, edits=config.edits(),
-                                   image_size=preprocessing.size).to(device).eval()
+    try:
+        model = backbones.create_model(config.backbone, len(classes), config.weights, edits=config.edits(),
+                                       image_size=preprocessing.size).to(device).eval()
+    except backbones.WeightsUnavailable as err:  # offline without the file, or a file that does not fit
+        raise ValueError(str(err)) from None
     model.to(memory_format=torch.channels_last)
     probed = boundaries(model)
     at = _check_at(options.at, probed, config.backbone)

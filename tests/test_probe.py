@@ -220,3 +220,12 @@ def test_fit_features_from_given_features():
     assert 0.35 < fitted.depths[0].accuracy < 0.65 and fitted.depths[0].low < 0.5 < fitted.depths[0].high
     assert fitted.at == "signal" and [e.label for e in fitted.efficiency] == ["2", "all"]
     assert fitted.majority == 0.5
+
+
+def test_cli_a_weights_file_that_does_not_fit(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    torch.save({"stem.0.weight": torch.zeros(1)}, bad)
+    assert main(["probe", "--dataset", "shapes", "--shapes-per-class", "8", "--backbone", "small_cnn",
+                 "--weights", str(bad), "--image-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "does not fit small_cnn" in err and "Traceback" not in err
