@@ -56,8 +56,11 @@ class _FlagOnce(argparse.BooleanOptionalAction):
 _METAVARS = {"teacher": "RUN_ID", "distill_temperature": "T", "distill_alpha": "A"}  # as the issue writes them
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """``TrainConfig``'s fields as flags (``only``: those a command takes, e.g. `probe`)."""
     for f in cfg.options():
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind, meta = cfg.option_type(f), f.metadata
         help_text = meta["help"] + _default_and_range(f, kind)
@@ -136,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true")
     _add_export(sub)
     _add_sweep(sub)
+    _add_probe(sub)
     return p
 
 
@@ -185,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
-                "stats": _stats, "predict": _predict, "export": _export, "sweep": _sweep}[args.command](args)
+                "stats": _stats, "predict": _predict, "export": _export, "sweep": _sweep,
+                "probe": _probe}[args.command](args)
     except SettingError as err:  # an environment setting read where it is used
         return _fail(str(err))
     except KeyboardInterrupt:
@@ -497,6 +502,52 @@ def _export(args: argparse.Namespace) -> int:
                                    say=lambda m: print(f"[ftlab] {m}", file=sys.stderr))
     except (KeyError, CheckpointError, export.ExportError, data.DataError) as err:
         return _fail(err.args[0] if err.args else str(err), 1)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        for line in result.lines():
+            print(printable(line))
+    return 0
+
+
+# --- probe ------------------------------------------------------------------------------
+
+def _add_probe(sub) -> None:
+    from ftlab import probe  # its options and words; ftlab.probe imports torch only when it runs
+
+    pr = sub.add_parser("probe", help="where the class information lives: a linear probe at every block of a "
+                                      "backbone, and how many images per class it needs",
+                        description="A logistic regression on the pooled output of each backbone block (one "
+                                    "forward pass over the train and val images), scored on val with a 95% "
+                                    "bootstrap interval; then the same at one block on k images per class.")
+    _add_config_options(pr, only=probe.CONFIG_FIELDS)
+    for f in dataclasses.fields(probe.ProbeOptions):
+        meta = f.metadata
+        shown = [f"default: {f.default}"] if f.default != "" else []
+        shown += [] if meta["lo"] is None else [f"range {meta['lo']:g} to {meta['hi']:g}"]
+        words = meta["help"] + (f" ({'; '.join(shown)})" if shown else "")
+        pr.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), action=_Once, default=f.default,
+                        metavar="C" if f.name == "c" else None, help=words.replace("%", "%%"))
+    pr.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from ftlab import probe
+    from ftlab.errors import StopRequested
+
+    config = cfg.TrainConfig(**{name: getattr(args, name) for name in probe.CONFIG_FIELDS})
+    options = probe.ProbeOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(probe.ProbeOptions)})
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C stops between batches
+    try:
+        result = probe.run_probe(config, options, say=lambda m: print(f"[ftlab] {printable(m)}", file=sys.stderr),
+                                 should_stop=stop.is_set)
+    except StopRequested:
+        return _fail("stopped by the user", 1)
+    except ValueError as err:  # bad options or data (DataError is one), in a sentence
+        return _fail(str(err))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

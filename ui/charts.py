@@ -219,3 +219,52 @@ def sweep_efficiency(series: Mapping[str, Sequence[Mapping]]) -> go.Figure:
             hovertemplate="%{text} per class: %{y:.3f}<extra>" + str(strategy) + "</extra>"))
     return _layout(fig, "Data efficiency: best val accuracy against training images per class", height=380,
                    xaxis_title="training images per class", yaxis_title="best val accuracy", xaxis_type="log")
+
+
+# --- where the class information lives (`ftlab.probe`) ----------------------------------
+
+BAND = "rgba(255, 127, 14, 0.2)"  # the 95% interval around the val curve (VAL's colour)
+
+
+def _band(x: Sequence[float], low: Sequence[float], high: Sequence[float]) -> go.Scatter:
+    """The region between ``low`` and ``high`` over ``x``, one closed shape."""
+    return go.Scatter(name="95% interval", x=list(x) + list(x)[::-1], y=list(high) + list(low)[::-1],
+                      fill="toself", fillcolor=BAND, line_width=0, hoverinfo="skip", mode="lines")
+
+
+def probe_depths(depths: Sequence[Mapping], majority: float | None = None) -> go.Figure:
+    """Val accuracy of the linear probe at each block boundary, input to output, with its 95%
+    bootstrap interval as a band (``depths``: `ftlab.probe.ProbeResult.to_dict`'s), and the
+    accuracy of always answering the commonest class (``majority``) as a dotted line."""
+    x = [d["depth"] for d in depths]
+    fig = go.Figure([_band(x, [d["low"] for d in depths], [d["high"] for d in depths]),
+                     go.Scatter(name="val accuracy", x=x, y=[d["accuracy"] for d in depths], mode="lines+markers",
+                                line_color=VAL, customdata=[[d["block"], d["low"], d["high"], d["features"]]
+                                                            for d in depths],
+                                hovertemplate="%{customdata[0]}: %{y:.3f} (95%: %{customdata[1]:.3f}–"
+                                              "%{customdata[2]:.3f}), %{customdata[3]} features<extra></extra>")])
+    if majority is not None and x:
+        fig.add_trace(go.Scatter(name=f"always the commonest class ({majority:.3f})", x=[min(x), max(x)],
+                                 y=[majority] * 2, mode="lines", line_dash="dot", line_color=TEACHER))
+    return _layout(fig, "Linear probe per block: where the class information lives", xaxis_title="block (depth)",
+                   yaxis_title="val accuracy", yaxis_range=[0, 1.02], xaxis_tickvals=x,
+                   xaxis_ticktext=[d["block"] for d in depths])
+
+
+def data_efficiency(points: Sequence[Mapping], at: str) -> go.Figure:
+    """Val accuracy of the probe at block ``at`` against training images per class (log axis):
+    the mean over the draws with its 95% interval as a band, and each draw as a faint dot
+    (``points``: `ftlab.probe.ProbeResult.to_dict`'s ``efficiency``)."""
+    x = [p["images_per_class"] for p in points]
+    draws_x = [p["images_per_class"] for p in points for _ in p["accuracies"]]
+    fig = go.Figure([_band(x, [p["low"] for p in points], [p["high"] for p in points]),
+                     go.Scatter(name="each draw", x=draws_x, y=[a for p in points for a in p["accuracies"]],
+                                mode="markers", marker=dict(color=VAL, opacity=0.35, size=6),
+                                hovertemplate="%{x:.4g} per class: %{y:.3f}<extra></extra>"),
+                     go.Scatter(name="val accuracy (mean of the draws)", x=x, y=[p["mean"] for p in points],
+                                mode="lines+markers", line_color=VAL, text=[p["label"] for p in points],
+                                customdata=[[p["low"], p["high"], len(p["accuracies"])] for p in points],
+                                hovertemplate="%{text} per class: %{y:.3f} (95%: %{customdata[0]:.3f}–"
+                                              "%{customdata[1]:.3f}, %{customdata[2]} draws)<extra></extra>")])
+    return _layout(fig, f"Data efficiency: the probe at {at}", xaxis_title="training images per class",
+                   yaxis_title="val accuracy", xaxis_type="log", yaxis_range=[0, 1.02])
