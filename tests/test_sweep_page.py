@@ -50,20 +50,20 @@ def _wait(at: AppTest, kind: str) -> AppTest:
 def test_a_sweep_started_on_the_page_fills_in_its_comparison():
     at = _small(AppTest.from_file(APP, default_timeout=120).run())
     assert "No sweep yet" in " ".join(c.value for c in at.caption)
-    at.multiselect(key=K.SWEEP_STRATEGIES).set_value(["linear-probe", "top-1", "full"])
+    at.multiselect(key=K.SWEEP_STRATEGIES).set_value(["linear-probe", "top-1", "top-3"])
     at.text_input(key=K.SWEEP_SEEDS).set_value("0")
     at.number_input(key=K.SWEEP_WORKERS).set_value(1)
     at.button(key=K.SWEEP_START).click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     _wait(at, "sweep")
     plan = at.dataframe(key="sweep.plan_table").value
-    assert sorted(plan["strategy"]) == ["full", "linear-probe", "top-1"] and set(plan["status"]) == {"finished"}
+    assert sorted(plan["strategy"]) == ["linear-probe", "top-1", "top-3"] and set(plan["status"]) == {"finished"}
     members = at.dataframe(key="sweep.member_table").value
     assert all(members["95% interval"].str.match(r"\d\.\d{3}-\d\.\d{3}"))
     assert "pick" in at.success[0].value or "within" in at.success[0].value, at.success[0].value
     specs = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
     names = [{t.get("name") for t in spec["data"]} for spec in specs.values()]
-    assert any({"full", "top-1", "linear-probe"} <= n for n in names)  # the accuracy chart, one trace each
+    assert any({"top-3", "top-1", "linear-probe"} <= n for n in names)  # the accuracy chart, one trace each
     assert any("Pareto front" in n for n in names)
     text = " ".join(m.value for m in at.markdown)
     assert "Are the differences real?" in text and "McNemar" in text
