@@ -84,7 +84,7 @@ class TrainConfig:
     lp_epochs: int = _opt(0, "lp-ft: the most epochs the probe takes (0: half the epochs)", lo=0, hi=1000,
                           section="freezing")
     lp_ft_factor: float = _opt(0.1, "lp-ft: after the probe every block trains at this factor times the probe's rate "
-                               "(each group's; default 0.1: the probe's 0.003 becomes 0.0003, full fine-tuning's)",
+                               "(each group's; 0.1 makes the probe's 0.003 full fine-tuning's 0.0003)",
                                lo=0.001, hi=1.0, section="freezing")
     frozen_blocks: tuple[str, ...] | None = _opt(None, "freeze exactly these blocks (overrides --strategy)",
                                                  section="freezing")

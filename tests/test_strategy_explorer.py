@@ -266,3 +266,23 @@ def test_trained_blocks_counts_the_backbone_blocks_that_trained(store, strategy,
     assert summary["trained_blocks"] == trained and summary["cpu_seconds"] > 0
     frozen = 4 - (trained if strategy != "gradual" else 1)
     assert summary["frozen_check"].startswith(f"{frozen} frozen blocks" if frozen else "no block was frozen")
+
+
+def test_the_model_page_has_an_lp_ft_preset_with_its_caption_and_options(app_env):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from ui import keys as K
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120).run()
+    at.switch_page("app_pages/model.py").run()
+    at.button(key=K.PRESET_BUTTON.format("lp_ft")).click().run()
+    assert not at.exception
+    assert at.session_state[K.PRESET] == "lp-ft"
+    assert any(c.value.startswith("LP-FT (Kumar et al. 2022)") for c in at.caption)
+    at.number_input(key=K.cfg("lp_patience")).set_value(3).run()
+    from ui.session import current_config
+
+    config = current_config({k: at.session_state[k] for k in at.session_state})
+    assert (config.strategy, config.lp_patience) == ("lp-ft", 3)
