@@ -573,7 +573,8 @@ class _Trainer:
             return f"its val accuracy has not improved for {since_best} epochs (lp_patience {c.lp_patience})"
         limit = c.lp_epochs or max(1, c.epochs // 2)
         if epoch + 1 >= limit:
-            return f"it has had its {limit} epochs (lp_epochs {c.lp_epochs}{': half the epochs' if not c.lp_epochs else ''})"
+            why = f"lp_epochs {c.lp_epochs}" if c.lp_epochs else "lp_epochs 0: half the epochs"
+            return f"it has had its {limit} epochs ({why})"
         return ""
 
     def _switch_to_fine_tuning(self, epoch: int, why: str) -> None:
