@@ -287,3 +287,9 @@ def test_the_model_page_has_an_lp_ft_preset_with_its_caption_and_options(app_env
 
     config = current_config({k: at.session_state[k] for k in at.session_state})
     assert (config.strategy, config.lp_patience) == ("lp-ft", 3)
+
+
+def test_the_block_table_says_how_lp_ft_goes_on_after_the_probe():
+    table = explore.block_table(TrainConfig(backbone="small_cnn", strategy="lp-ft"), 4)
+    assert table.columns()["train"] == [False, False, False, False, True]  # the probe: the head alone
+    assert table.schedule.startswith("The table shows the probe;") and "lp_ft_factor" in table.schedule
