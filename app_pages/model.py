@@ -76,13 +76,23 @@ e[2].number_input("Adapter channels", 1, 8192, key=K.cfg("adapter_dim"), persist
                   help="Channels of each adapter's bottleneck.")
 
 st.subheader("Which blocks train")
-p = st.columns(4, vertical_alignment="bottom")
+p = st.columns(5, vertical_alignment="bottom")
 p[1].number_input("N", 1, len(backbone_blocks(blocks)), key=K.TOP_N, persist_state=K.PERSIST)
 p[3].number_input("k (epochs)", 1, 100, key=K.cfg("gradual_every"), persist_state=K.PERSIST)
 for col, (label, name, preset) in zip(p, [("Linear probe", "linear_probe", "linear-probe"), ("Top-N", "top_n", "top-N"),
-                                          ("Full", "full", "full"), ("Gradual", "gradual", "gradual")]):
+                                          ("Full", "full", "full"), ("Gradual", "gradual", "gradual"),
+                                          ("LP-FT", "lp_ft", "lp-ft")]):
     col.button(label, key=K.PRESET_BUTTON.format(name), on_click=S.set_preset, args=(state, preset), width="stretch")
 st.caption(S.strategy_of(state).describe(state[K.cfg("gradual_every")]))
+q = st.columns(3)
+q[0].number_input("LP-FT: probe patience (epochs)", 1, 1000, key=K.cfg("lp_patience"), persist_state=K.PERSIST,
+                  help="The probe has converged when its val accuracy has not improved for this many epochs.")
+q[1].number_input("LP-FT: most probe epochs", 0, 1000, key=K.cfg("lp_epochs"), persist_state=K.PERSIST,
+                  help="The probe ends after this many epochs even if it still improves (0: half the epochs).")
+q[2].number_input("LP-FT: fine-tuning rate factor", 0.001, 1.0, step=0.01, format="%.3g", key=K.cfg("lp_ft_factor"),
+                  persist_state=K.PERSIST,
+                  help="After the probe every block trains at this factor times the probe's rate (0.1: 0.003 "
+                       "becomes 0.0003, full fine-tuning's default).")
 
 o = st.columns(2)
 o[0].slider("Discriminative rate factor", 0.01, 1.0, step=0.01, key=K.cfg("lr_decay"), persist_state=K.PERSIST,

@@ -74,9 +74,18 @@ class TrainConfig:
                                           section="model")
     adapter_dim: int = _opt(64, "channels of each adapter's bottleneck", lo=1, hi=8192, section="model")
     # freezing
-    strategy: str = _opt("linear-probe", "linear-probe, top-N (e.g. top-2), full, or gradual", section="freezing")
+    strategy: str = _opt("linear-probe", "linear-probe, top-N (e.g. top-2; top-all: every block; top-BLOCK, e.g. "
+                         "top-stage6: that block and every block above it), full, gradual, or lp-ft (a linear probe "
+                         "to convergence, then full fine-tuning from its head)", section="freezing")
     gradual_every: int = _opt(2, "gradual: unfreeze one more block from the top every k epochs", lo=1, hi=100,
                               section="freezing")
+    lp_patience: int = _opt(2, "lp-ft: the probe has converged when its val accuracy has not improved for this many "
+                            "epochs", lo=1, hi=1000, section="freezing")
+    lp_epochs: int = _opt(0, "lp-ft: the most epochs the probe takes (0: half the epochs)", lo=0, hi=1000,
+                          section="freezing")
+    lp_ft_factor: float = _opt(0.1, "lp-ft: after the probe every block trains at this factor times the probe's rate "
+                               "(each group's; 0.1 makes the probe's 0.003 full fine-tuning's 0.0003)",
+                               lo=0.001, hi=1.0, section="freezing")
     frozen_blocks: tuple[str, ...] | None = _opt(None, "freeze exactly these blocks (overrides --strategy)",
                                                  section="freezing")
     lr_decay: float = _opt(1.0, "discriminative rates: each block's learning rate is this factor times the "
@@ -85,8 +94,8 @@ class TrainConfig:
     bn_frozen: bool = _opt(True, "frozen blocks keep their BatchNorm statistics (eval mode)", section="freezing")
     # training
     optimizer: str = _opt("adamw", "optimiser", choices=OPTIMIZERS)
-    lr: float | None = _opt(None, "learning rate of the head (default: 0.003 for a linear probe, 0.001 for top-N "
-                            "and gradual, 0.0003 for full fine-tuning)", lo=1e-7, hi=10.0)
+    lr: float | None = _opt(None, "learning rate of the head (default: 0.003 for a linear probe and lp-ft's probe, "
+                            "0.001 for top-N and gradual, 0.0003 for full fine-tuning)", lo=1e-7, hi=10.0)
     momentum: float = _opt(0.9, "SGD momentum", lo=0.0, hi=0.999)
     weight_decay: float = _opt(1e-4, "weight decay of weight matrices and kernels (biases and norm scales are "
                                "not decayed, as in timm and nanoGPT)", lo=0.0, hi=1.0)
@@ -356,7 +365,11 @@ def _check_blocks(config: TrainConfig) -> list[str]:
     if set(blocks) <= plan.frozen_at_start:
         return [f"frozen_blocks freezes every block of {config.backbone}, so nothing would train: leave at least "
                 f"one of {some(blocks)} out (the head, usually)."]
-    if config.l2sp and plan.gradual_every == 0 and set(freeze.backbone_blocks(plan.blocks)) <= plan.frozen_at_start:
+    if plan.strategy == "lp-ft" and (config.epochs < 2 or config.lp_epochs >= config.epochs):
+        return [f"lp-ft probes and then fine-tunes, and {config.epochs} epoch(s) with lp_epochs {config.lp_epochs} "
+                "leave no epoch to fine-tune in: give at least 2 epochs, and lp_epochs below epochs (0: half)."]
+    stays_frozen = plan.strategy != "lp-ft" and plan.gradual_every == 0  # lp-ft and gradual unfreeze later
+    if config.l2sp and stays_frozen and set(freeze.backbone_blocks(plan.blocks)) <= plan.frozen_at_start:
         return [f"l2sp pulls the backbone blocks that train toward their pretrained weights, and {plan.strategy} "
                 "trains none of them (the new head gets plain weight decay): choose top-N, full or gradual, or set "
                 "--l2sp 0."]
@@ -374,7 +387,8 @@ def _path_is(text: str, test) -> bool:
 
 # A linear probe trains one layer on fixed features and takes large steps well; the more
 # pretrained layers train, the smaller the step that keeps their features intact.
-DEFAULT_LR = {"linear-probe": 3e-3, "top-N": 1e-3, "gradual": 1e-3, "custom": 1e-3, "full": 3e-4}
+# lp-ft's is its probe's: the fine-tuning phase takes lp_ft_factor times it.
+DEFAULT_LR = {"linear-probe": 3e-3, "top-N": 1e-3, "gradual": 1e-3, "custom": 1e-3, "full": 3e-4, "lp-ft": 3e-3}
 
 
 def resolved_lr(config: TrainConfig) -> float:

@@ -262,9 +262,12 @@ class _Trainer:
     prefixes: dict = field(default_factory=dict)  # first block after the cached ones -> (Choice, Accelerated)
     caching_precision: Choice = FP32  # of the prefix `_cached` computes now
     stopped_at: StopRequested | None = None  # where a user's stop landed
+    integrity: freeze.IntegrityCheck | None = None  # the frozen blocks as they began (`_check_frozen`)
+    cpu_began: float = 0.0  # time.process_time() when the run began
 
     def run(self) -> dict:
         c = self.config
+        self.cpu_began = time.process_time()
         problems = validate(c, store=self.store)
         self.device = pick_device(c.device) if not problems else torch.device("cpu")
         self.summary = RunSummary(self.run_id, c.dataset, c.backbone, c.strategy, device=self.device.type)
@@ -313,6 +316,9 @@ class _Trainer:
         self.plan = freeze.make_plan(self.model.param_blocks(), c.strategy, gradual_every=c.gradual_every,
                                      frozen_blocks=c.frozen_blocks)
         freeze.apply_freeze(self.model, self.plan.frozen_at(0), c.bn_frozen)
+        self.integrity = freeze.IntegrityCheck(freeze.backbone_blocks(self.plan.blocks), c.bn_frozen)
+        self.integrity.take(self.model, self.plan.frozen_at(0))
+        self.summary.trained_blocks = 0
         self.prep = Preprocess.for_config(c, self.preprocessing, self.device)
         self.cache_budget = c.cache_memory_mb << 20 if c.cache_memory_mb else self.shared_cache.budget
         train_labels = self.data.train.labels
@@ -499,6 +505,8 @@ class _Trainer:
             if frozen != self.model.frozen_blocks:
                 freeze.apply_freeze(self.model, frozen, c.bn_frozen)
                 self._say(f"epoch {epoch + 1}: training {', '.join(b for b in self.plan.blocks if b not in frozen)}")
+            self.integrity.ran(frozen)
+            self.summary.trained_blocks = len(self.integrity.trained)
             self.anchor.take(b for b in self.plan.blocks if b not in frozen)  # before they first train
             lr = self.optimizer.param_groups[-1]["lr"]
             try:
@@ -548,9 +556,49 @@ class _Trainer:
                 best, since_best = ev.accuracy, 0
             else:
                 since_best += 1
+            if why := self._probe_converged(epoch, since_best):
+                self._switch_to_fine_tuning(epoch, why)
+                since_best = 0  # fine-tuning gets its own patience before early stopping
             if c.early_stopping and since_best >= c.early_stopping:
                 return "early_stopping", f"no better val accuracy for {since_best} epochs"
         return "completed", ""
+
+    def _probe_converged(self, epoch: int, since_best: int) -> str:
+        """lp-ft while it probes: why the probe ends after ``epoch`` ("" while it goes on, and after the
+        last epoch, when nothing is left to fine-tune)."""
+        c, plan = self.config, self.plan
+        if plan.strategy != "lp-ft" or plan.switch_at is not None or epoch + 1 >= c.epochs:
+            return ""
+        if since_best >= c.lp_patience:
+            return f"its val accuracy has not improved for {since_best} epochs (lp_patience {c.lp_patience})"
+        limit = c.lp_epochs or max(1, c.epochs // 2)
+        if epoch + 1 >= limit:
+            why = f"lp_epochs {c.lp_epochs}" if c.lp_epochs else "lp_epochs 0: half the epochs"
+            return f"it has had its {limit} epochs ({why})"
+        return ""
+
+    def _switch_to_fine_tuning(self, epoch: int, why: str) -> None:
+        """lp-ft: the probe has converged. Its best head comes back (the backbone was frozen, so the best
+        state holds it unchanged), every block trains from the next epoch, every group's rate becomes
+        lp_ft_factor times its rate (the schedule goes on from there), and the optimiser forgets the probe's
+        moments: they were gathered by the head alone at the probe's larger rate."""
+        c = self.config
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.plan = replace(self.plan, switch_at=epoch + 1)
+        _scale_rates(self.optimizer, self.scheduler, c.lp_ft_factor)
+        self.optimizer.state.clear()
+        self._say(f"lp-ft: the probe ends after epoch {epoch + 1}: {why}; its best head (val accuracy "
+                  f"{self.summary.best_val_accuracy or 0:.3f}, epoch {self.summary.best_epoch}) is restored and every "
+                  f"block fine-tunes from epoch {epoch + 2} at {self.optimizer.param_groups[-1]['lr']:.3g} "
+                  f"({c.lp_ft_factor:g} x the probe's rate)")
+
+    def _check_frozen(self) -> str:
+        """The freeze-integrity check of the saved best checkpoint (`freeze.IntegrityCheck`); raises
+        ``FrozenBlocksChanged`` when it fails."""
+        if self.integrity is None or self.best_state is None:
+            return "no checkpoint was saved: nothing to check"
+        return self.integrity.verify(self.best_state)
 
     def _inputs(self, epoch: int) -> "EpochInputs":
         """What blocks ``start``.. read this epoch: cached features of the frozen prefix where
@@ -868,6 +916,8 @@ class _Trainer:
     def _finish(self, reason: str, message: str) -> dict:
         self.summary.stopped_reason = reason
         try:
+            self.summary.frozen_check = self._check_frozen()
+            self._say(f"freeze-integrity check: {self.summary.frozen_check}")
             self._say("evaluating the best checkpoint")
             final = self._final_evaluation()
         except Exception as err:
@@ -876,6 +926,7 @@ class _Trainer:
             reason, message = "user", "stopped during the final evaluation; the best checkpoint is kept"
             self.summary.stopped_reason = reason
         status = "finished" if reason in ("completed", "early_stopping") else "stopped"
+        self.summary.cpu_seconds = time.process_time() - self.cpu_began
         try:
             self.store.finish(self.run_id, status, self.summary.to_dict(), final, message)
         except StoreError as err:  # a full disk at the very end: the run fails, its checkpoint is kept
@@ -891,6 +942,9 @@ class _Trainer:
     def _fail(self, err: Exception) -> dict:
         message = user_message(err, self.config.batch_size)
         self.summary.stopped_reason = "error"
+        self.summary.cpu_seconds = time.process_time() - self.cpu_began
+        if isinstance(err, freeze.FrozenBlocksChanged):
+            self.summary.frozen_check = message
         try:  # the failure handler must not fail: a store that broke the run may refuse this write too
             self.store.finish(self.run_id, "failed", self.summary.to_dict(), {}, message)
         except Exception as again:
@@ -898,6 +952,17 @@ class _Trainer:
                 message += f" (the failure could not be recorded either: {user_message(again)})"
         self.emit(events.RunFailed(self.run_id, message, self.summary.to_dict()))
         return self.summary.to_dict()
+
+
+def _scale_rates(optimizer: torch.optim.Optimizer, scheduler, factor: float) -> None:
+    """Every group's rate times ``factor``, and the schedule's record of the rates too, so that it goes on
+    from the new ones: cosine and step scale the current rate, one-cycle reads its max, initial and min."""
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if key in group:
+                group[key] *= factor
+    if scheduler is not None:
+        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
 
 
 @contextmanager
@@ -924,7 +989,8 @@ def user_message(err: Exception, batch_size: int | None = None) -> str:
             return (f"The GPU ran out of memory at batch size {batch_size}. Try batch size {batch_size // 2} "
                     "(or a smaller image size); the best checkpoint so far is kept.")
         return "The GPU ran out of memory even at batch size 1. Try a smaller image size or backbone."
-    if isinstance(err, (data.DataError, backbones.WeightsUnavailable, ValueError, StoreError)):
+    if isinstance(err, (data.DataError, backbones.WeightsUnavailable, ValueError, StoreError,
+                        freeze.FrozenBlocksChanged)):
         return str(err)
     where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
     place = f" (in {where.name}, {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""

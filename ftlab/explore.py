@@ -369,7 +369,11 @@ def _architecture(config: TrainConfig, num_classes: int):
 
 
 def _schedule(plan: freeze.FreezePlan) -> str:
-    """How a gradual plan goes on from the first epochs, in a sentence; "" for a plan that stays as it starts."""
+    """How a gradual or lp-ft plan goes on from the first epochs, in a sentence; "" for a plan that stays as it
+    starts."""
+    if plan.strategy == "lp-ft":
+        return ("The table shows the probe; once its val accuracy stops improving (lp_patience, at most lp_epochs), "
+                "its best head is restored and every block trains at lp_ft_factor times these rates.")
     if plan.strategy != "gradual":
         return ""
     order = " → ".join(reversed(freeze.backbone_blocks(plan.blocks)))  # adapters train from the start

@@ -9,7 +9,8 @@ from ftlab.config import DEFAULT_LR, TrainConfig, resolved_lr, validate
 from ftlab.freeze import Strategy, make_plan
 
 SMALL_CNN_BLOCKS = ("stem", "stage1", "stage2", "stage3", "head")
-UNKNOWN = "unknown strategy {!r}; choose one of: linear-probe, top-N (e.g. top-2), full, gradual"
+UNKNOWN = ("unknown strategy {!r}; choose one of: linear-probe, top-N (e.g. top-2, top-all, top-stage6), full, gradual, "
+           "lp-ft")
 
 
 @pytest.mark.parametrize("text, kind, n", [("linear-probe", "linear-probe", 0), ("top-1", "top-N", 1),

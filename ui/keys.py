@@ -25,7 +25,7 @@ SIM_APPLY = "data.sim_apply"
 # Model page
 WEIGHTS = "model.weights"  # imagenet | random | file
 WEIGHTS_FILE = "model.weights_file"
-PRESET = "model.preset"  # linear-probe | top-N | full | gradual | custom
+PRESET = "model.preset"  # linear-probe | top-N | full | gradual | lp-ft | custom
 TOP_N = "model.top_n"
 FROZEN = "model.frozen_blocks"  # tuple of block names when PRESET is custom
 EDITOR_VERSION = "model.editor_version"  # bumped by a preset, so the block table starts afresh
@@ -49,7 +49,7 @@ TASK_CM_NORMALISED = "{}.task_cm_normalised"  # .format(train | runs | inspect)
 DOWNLOAD_BUTTON = "data.download_button"
 USE_FOLDER = "data.use_folder"
 SUGGESTION = "data.suggestion.{}"  # .format(index)
-PRESET_BUTTON = "model.preset.{}"  # .format(linear_probe | top_n | full | gradual)
+PRESET_BUTTON = "model.preset.{}"  # .format(linear_probe | top_n | full | gradual | lp_ft)
 BLOCK_TABLE = "model.blocks.{}"  # .format(EDITOR_VERSION)
 HEAD_WARNING = "model.head_warning"
 UNDO_EDITS = "model.undo_edits"

@@ -88,8 +88,23 @@ def adopt_config(state: MutableMapping, config: TrainConfig) -> None:
     strategy = Strategy.parse(config.strategy, config.frozen_blocks)
     state[PRESET], state[FROZEN] = strategy.kind, strategy.frozen_blocks
     if strategy.kind == "top-N":
-        state[TOP_N] = strategy.n
+        state[TOP_N] = top_count(strategy, config, state[TOP_N])
     state[EDITOR_VERSION] += 1
+
+
+def top_count(strategy: Strategy, config: TrainConfig, otherwise: int) -> int:
+    """The Model page's N for a top-N strategy: a named one (top-all, top-stage6) as the number of blocks it
+    trains on the config's backbone (the same plan), ``otherwise`` where the backbone has no such block."""
+    if not strategy.block:
+        return strategy.n
+    from ftlab.backbones import freezable_blocks
+    from ftlab.config import resolved_image_size
+
+    try:
+        return strategy.top_count(backbone_blocks(freezable_blocks(config.backbone, config.edits(),
+                                                                   resolved_image_size(config))))
+    except ValueError:
+        return otherwise
 
 
 def set_preset(state: MutableMapping, preset: str) -> None:
@@ -154,6 +169,6 @@ def apply_suggestion(state: MutableMapping, setting: dict, config: TrainConfig) 
             strategy = Strategy.parse(value)
             set_preset(state, strategy.kind)
             if strategy.kind == "top-N":
-                state[TOP_N] = strategy.n
+                state[TOP_N] = top_count(strategy, config, state[TOP_N])
         elif cfg(name) in state:
             state[cfg(name)] = value
