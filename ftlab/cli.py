@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"{fields['top_k'].metadata['help']} (default: {fields['top_k'].default})")
     predict.add_argument("--json", action="store_true")
     _add_export(sub)
+    _add_lr_find(sub)
     return p
 
 
@@ -156,11 +157,26 @@ def _add_export(sub) -> None:
     ex.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
 
 
+def _add_lr_find(sub) -> None:
+    from ftlab.lr_find import RULE, FinderOptions
+
+    lf = sub.add_parser("lr-find", help="find a learning rate: an exponential ramp of the rate over the run's "
+                                        "trainable blocks (Smith 2015); keeps no run",
+                        description=f"Trains the blocks the options train for --steps batches while the rate grows "
+                                    f"from --start-lr to --end-lr, and suggests a rate. {RULE}")
+    _add_config_options(lf)
+    for f in dataclasses.fields(FinderOptions):
+        lf.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float, action=_Once,
+                        default=f.default, help=f"{f.metadata['help']} (default: {f.default:g})")
+    lf.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
-                "stats": _stats, "predict": _predict, "export": _export}[args.command](args)
+                "stats": _stats, "predict": _predict, "export": _export,
+                "lr-find": _lr_find}[args.command](args)
     except SettingError as err:  # an environment setting read where it is used
         return _fail(str(err))
     except KeyboardInterrupt:
@@ -196,6 +212,35 @@ def _train(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary)
     return 1 if summary.get("stopped_reason") == "error" else 0
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from ftlab import data
+    from ftlab.engine import user_message
+    from ftlab.lr_find import FinderOptions, find_lr
+
+    config = cfg.TrainConfig(**{f.name: getattr(args, f.name) for f in cfg.options()})
+    options = FinderOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FinderOptions)})
+    problems = cfg.validate(config) + options.problems(config)
+    if problems:
+        return _fail("\n  ".join(["the learning-rate finder cannot start:"] + problems))
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C ends the ramp after the step
+    try:
+        result = find_lr(config, options, say=lambda m: print(f"[ftlab] {printable(m)}", file=sys.stderr),
+                         should_stop=stop.is_set)
+    except (ValueError, data.DataError) as err:
+        return _fail(str(err))
+    except Exception as err:  # a sentence, never a traceback
+        return _fail(user_message(err, config.batch_size), 1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        for line in result.lines():
+            print(printable(line))
+    return 0
 
 
 class Progress:
