@@ -160,3 +160,21 @@ def top_k(top: Sequence[tuple[str, float]]) -> go.Figure:
                            text=[f"{p:.1%}" for _, p in top][::-1], textposition="auto"))
     return _layout(fig, "Top classes", xaxis_title="probability", xaxis_range=[0, 1], yaxis_type="category",
                    height=max(220, 60 + 36 * len(top)))
+
+
+def lr_find(result: Mapping) -> go.Figure:
+    """The learning-rate finder's curve (``LRFindResult.to_dict()``): the loss per step (faint) and
+    its smoothed value against the rate on a log axis, the suggested rate marked by a dashed line."""
+    lrs = list(result.get("lrs") or [])
+    fig = go.Figure([
+        go.Scatter(name="loss per step", x=lrs, y=list(result.get("losses") or []), mode="lines", line_color=FROZEN),
+        go.Scatter(name="smoothed loss", x=lrs, y=list(result.get("smoothed") or []), mode="lines", line_color=TRAIN),
+    ])
+    if (rate := _number(result.get("suggestion"))) is not None:
+        fig.add_vline(x=rate, line_dash="dash", line_color=VAL)
+        fig.add_trace(go.Scatter(name=f"suggested {rate:.3g}", x=[rate, rate], y=[None, None], mode="lines",
+                                 line=dict(color=VAL, dash="dash")))  # the line's legend entry
+    smoothed = [v for v in result.get("smoothed") or [] if _number(v) is not None]
+    extra = {"yaxis_range": [min(smoothed) * 0.9, max(smoothed[0], min(smoothed) * 4.0)]} if smoothed and min(smoothed) > 0 else {}
+    return _layout(fig, "Learning-rate finder: loss against the rate", xaxis_title="learning rate (head)",
+                   xaxis_type="log", yaxis_title="loss", **extra)
