@@ -211,8 +211,8 @@ def finder_view(finder: Finder) -> None:
         return
     r = finder.result
     st.plotly_chart(charts.lr_find(r.to_dict()), key="train.lr_find_chart")
-    st.caption(f"{r.rule} It {r.why}; {r.strategy} at epoch {r.at_epoch} trained {', '.join(r.trained_blocks) or 'nothing'}"
-               f" ({r.inputs}).")
+    st.caption(f"{r.rule} The ramp {r.why}; {r.strategy} at epoch {r.at_epoch} trained "
+               f"{', '.join(r.trained_blocks) or 'nothing'} ({r.inputs}).")
     if r.suggestion is None:
         st.warning(f"No suggestion: {r.note}.")
         return

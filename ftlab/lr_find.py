@@ -152,7 +152,7 @@ class LRFindResult:
     start_lr: float
     end_lr: float
     stopped: str  # completed | diverged | non_finite | user
-    why: str  # where and why the ramp ended, in a sentence
+    why: str  # where and why the ramp ended: "The ramp " + why is a sentence
     note: str  # "" or why there is no suggestion
     at_epoch: int
     strategy: str
@@ -175,8 +175,8 @@ class LRFindResult:
         if self.minimum_lr is not None:
             out.append(f"lowest smoothed loss at {self.minimum_lr:.3g}"
                        + ("" if self.steepest_lr is None else f"; steepest descent at {self.steepest_lr:.3g}"))
-        out.append(f"{self.why}; {self.strategy} at epoch {self.at_epoch} trains {', '.join(self.trained_blocks)}"
-                   f" ({self.inputs}); {self.seconds:.1f} s")
+        out.append(f"the ramp {self.why}; {self.strategy} at epoch {self.at_epoch} trains "
+                   f"{', '.join(self.trained_blocks)} ({self.inputs}); {self.seconds:.1f} s")
         return out
 
 
@@ -222,9 +222,10 @@ class _Snapshot:
         model = trainer.model
         inside = {id(p) for p in model.parameters()}
         params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+        every = list(model.parameters()) + params
         return cls({k: v.detach().clone() for k, v in model.state_dict().items()},
                    [(p, p.detach().clone()) for p in params if id(p) not in inside],
-                   [(p, None if p.grad is None else p.grad.detach().clone()) for p in list(model.parameters()) + params],
+                   [(p, None if p.grad is None else p.grad.detach().clone()) for p in every],
                    [p.requires_grad for p in model.parameters()], model.frozen_blocks, model.bn_frozen, model.training,
                    copy.deepcopy(trainer.optimizer.state_dict()),
                    copy.deepcopy(trainer.scheduler.state_dict()) if trainer.scheduler is not None else None)
@@ -313,7 +314,7 @@ def _run_ramp(trainer, inputs, lrs: np.ndarray, precision, say, should_stop) -> 
         at = len(losses)
         return losses, ("non_finite", f"stopped at step {at + 1} of {len(lrs)} (rate {lrs[at]:.3g}): {err}")
     except StopRequested:
-        return losses, ("user", f"stopped by the user after {len(losses)} of {len(lrs)} steps")
+        return losses, ("user", f"was stopped by the user after {len(losses)} of {len(lrs)} steps")
     return losses, ended[0] if ended else ("completed", f"ran all {len(lrs)} steps, {lrs[0]:.3g} to {lrs[-1]:.3g}")
 
 
@@ -389,7 +390,7 @@ def find_lr(config: TrainConfig, options: FinderOptions = FinderOptions(), *, st
         trainer = prepared_trainer(config, store, say=say, should_stop=should_stop, shared_cache=shared_cache)
         return ramp_lr(trainer, options, say=say, should_stop=should_stop)
     except StopRequested:  # while the data were read or the features cached
-        return _nothing(config, options, "stopped by the user before the ramp began")
+        return _nothing(config, options, "was stopped by the user before it began")
 
 
 def _nothing(config: TrainConfig, options: FinderOptions, why: str) -> LRFindResult:
@@ -409,6 +410,9 @@ class Finder:
         self._thread = threading.Thread(target=self._main, name="ftlab-lr-find", daemon=True)
 
     def start(self) -> "Finder":
+        from ftlab.native import release_idle_openmp_threads
+
+        release_idle_openmp_threads()  # as a training job does: a thread of the app's trains as fast as the CLI
         self._thread.start()
         return self
 

@@ -175,6 +175,8 @@ def lr_find(result: Mapping) -> go.Figure:
         fig.add_trace(go.Scatter(name=f"suggested {rate:.3g}", x=[rate, rate], y=[None, None], mode="lines",
                                  line=dict(color=VAL, dash="dash")))  # the line's legend entry
     smoothed = [v for v in result.get("smoothed") or [] if _number(v) is not None]
-    extra = {"yaxis_range": [min(smoothed) * 0.9, max(smoothed[0], min(smoothed) * 4.0)]} if smoothed and min(smoothed) > 0 else {}
+    # from the lowest loss to the divergence threshold (or the start, if higher): the blow-up past it is off the chart
+    extra = {"yaxis_range": [min(smoothed) * 0.9, max(smoothed[0], min(smoothed) * 4.0)]} \
+        if smoothed and min(smoothed) > 0 else {}
     return _layout(fig, "Learning-rate finder: loss against the rate", xaxis_title="learning rate (head)",
                    xaxis_type="log", yaxis_title="loss", **extra)

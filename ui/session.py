@@ -16,8 +16,9 @@ from ftlab.config import TrainConfig
 from ftlab.edits import ModelEdits, editable_blocks, parse_widths
 from ftlab.freeze import Strategy, backbone_blocks
 from ui.keys import (BUILTIN, CM_NORMALISED, DATASET, DOWNLOAD, EDITOR_VERSION, FOLDER, FROZEN, HEAD_ERROR,
-                     HEAD_TEXT, INSPECT_CM_NORMALISED, INSPECT_TOP_K, LR_FIND_OPTION, OWNER, PRESET, SIM_APPLY, SIM_RATIO, SOURCE, SOURCES,
+                     HEAD_TEXT, INSPECT_CM_NORMALISED, INSPECT_TOP_K, OWNER, PRESET, SIM_APPLY, SIM_RATIO, SOURCE, SOURCES,
                      TOP_N, WEIGHTS, WEIGHTS_FILE, cfg)
+from ui.keys import LR_FIND_OPTION
 
 # Fields that come from other choices rather than from a widget of their own.
 DERIVED = frozenset({"dataset", "imbalance_ratio", "weights", "strategy", "frozen_blocks", "sweep"})
