@@ -119,7 +119,7 @@ def suggest(lrs: list[float] | np.ndarray, smoothed: list[float] | np.ndarray) -
 
     >>> s = suggest([1e-4, 1e-3, 1e-2, 1e-1, 1.0], [2.0, 1.9, 1.0, 0.5, 3.0])
     >>> round(s.rate, 6), s.minimum, s.steepest
-    (0.01, 0.1, 0.01)
+    (0.01, 0.1, 0.001)
     """
     lrs, smoothed = np.asarray(lrs, float), np.asarray(smoothed, float)
     if len(lrs) < 2:
@@ -128,10 +128,10 @@ def suggest(lrs: list[float] | np.ndarray, smoothed: list[float] | np.ndarray) -
     if best == 0:
         return Suggestion(None, float(lrs[0]), None, "the smoothed loss never fell below its first value: start "
                           "the ramp lower (start_lr), or check the data and the options")
-    steepest = None
-    if best >= 2:  # the slope over log10(rate) of the falling part
-        slope = np.gradient(smoothed[:best + 1], np.log10(lrs[:best + 1]))
-        steepest = float(lrs[int(np.argmin(slope))])
+    steepest, skip = None, max(1, len(lrs) // 10)  # as fastai skips the start: a mean of a few batches is noise
+    if best - skip >= 2:  # the slope over log10(rate) of the falling part
+        slope = np.gradient(smoothed[skip:best + 1], np.log10(lrs[skip:best + 1]))
+        steepest = float(lrs[skip + int(np.argmin(slope))])
     rate = float(min(max(lrs[best] / 10, LR_LO), LR_HI))
     return Suggestion(rate, float(lrs[best]), steepest, "")
 
