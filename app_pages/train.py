@@ -219,6 +219,8 @@ def finder_view(finder: Finder) -> None:
     cols = st.columns([3, 1])
     steep = "" if r.steepest_lr is None else f"; the loss fell fastest at {r.steepest_lr:.3g}"
     cols[0].success(f"Suggested learning rate: {r.suggestion:.3g} (lowest smoothed loss at {r.minimum_lr:.3g}{steep}).")
+    if r.note:
+        st.info(f"Note: {r.note}.")
     cols[1].button("Use this rate", key=K.LR_FIND_USE, on_click=S.use_rate, args=(state, r.suggestion),
                    help="Puts the suggested rate in the Learning rate field above.")
 

@@ -111,7 +111,7 @@ class Suggestion:
     rate: float | None  # `RULE`'s rate, within the lr option's range; None when the loss never fell
     minimum: float | None  # the rate at the lowest smoothed loss
     steepest: float | None  # the rate where the smoothed loss fell fastest (per decade of rate), before its minimum
-    note: str  # "" or why there is no suggestion
+    note: str  # "", why there is no suggestion, or what to be wary of in it
 
 
 def suggest(lrs: list[float] | np.ndarray, smoothed: list[float] | np.ndarray) -> Suggestion:
@@ -133,7 +133,10 @@ def suggest(lrs: list[float] | np.ndarray, smoothed: list[float] | np.ndarray) -
         slope = np.gradient(smoothed[skip:best + 1], np.log10(lrs[skip:best + 1]))
         steepest = float(lrs[skip + int(np.argmin(slope))])
     rate = float(min(max(lrs[best] / 10, LR_LO), LR_HI))
-    return Suggestion(rate, float(lrs[best]), steepest, "")
+    # the lowest loss at the last rate: the ramp never reached the blow-up that the rule reads the rate from
+    end = "the smoothed loss was still at its lowest at the last rate: raise end_lr to see where it rises" \
+        if best == len(lrs) - 1 else ""
+    return Suggestion(rate, float(lrs[best]), steepest, end)
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class LRFindResult:
     end_lr: float
     stopped: str  # completed | diverged | non_finite | user
     why: str  # where and why the ramp ended: "The ramp " + why is a sentence
-    note: str  # "" or why there is no suggestion
+    note: str  # "", why there is no suggestion, or what to be wary of in it
     at_epoch: int
     strategy: str
     trained_blocks: tuple[str, ...]
@@ -395,7 +398,7 @@ def find_lr(config: TrainConfig, options: FinderOptions = FinderOptions(), *, st
 
 def _nothing(config: TrainConfig, options: FinderOptions, why: str) -> LRFindResult:
     return LRFindResult((), (), (), None, RULE, None, None, 0, options.steps, options.start_lr, options.end_lr,
-                        "user", why, "the ramp did not run", options.at_epoch, config.strategy, (), "", {}, 0.0)
+                        "user", why, "the ramp did not run", options.at_epoch, config.strategy, (), "nothing ran", {}, 0.0)
 
 
 class Finder:

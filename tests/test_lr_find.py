@@ -61,6 +61,10 @@ def test_the_rule_on_a_scripted_curve():
     assert rising.rate is None and "never fell" in rising.note
     # a suggestion below the lr option's range is raised to its bound, not offered as a rate the field refuses
     assert lr_find.suggest([1e-9, 1e-8, 1e-7], [2, 1, 3]).rate == pytest.approx(lr_find.LR_LO)
+    assert s.note == ""
+    # the lowest loss at the last rate: a rate, and a note that the ramp never reached the blow-up
+    still = lr_find.suggest(lrs, np.linspace(5, 1, len(lrs)))
+    assert still.rate == pytest.approx(0.1) and "raise end_lr" in still.note
 
 
 def test_divergence_is_four_times_the_minimum():
