@@ -398,7 +398,8 @@ def find_lr(config: TrainConfig, options: FinderOptions = FinderOptions(), *, st
 
 def _nothing(config: TrainConfig, options: FinderOptions, why: str) -> LRFindResult:
     return LRFindResult((), (), (), None, RULE, None, None, 0, options.steps, options.start_lr, options.end_lr,
-                        "user", why, "the ramp did not run", options.at_epoch, config.strategy, (), "nothing ran", {}, 0.0)
+                        "user", why, "the ramp did not run", options.at_epoch, config.strategy, (), "nothing ran",
+                        {}, 0.0)
 
 
 class Finder:
