@@ -9,6 +9,7 @@ from ftlab import data, explore, tasks
 from ftlab.config import MAX_NAME, TrainConfig, option_type, options, resolved_image_size, resolved_lr, validate
 from ftlab.jobs import Job
 from ftlab.jobs import END_STATUSES, JobBusy
+from ftlab.lr_find import RULE, Finder, FinderOptions
 from ftlab.runs import StoreError
 from ui import charts, keys as K, parts, resources, session as S
 
@@ -170,6 +171,60 @@ def figures(job: Job, snap) -> None:
         st.plotly_chart(charts.moved(epochs), key="train.moved_chart")
 
 
+FINDER_LABELS = {"steps": "Finder: steps", "start_lr": "Finder: first rate", "end_lr": "Finder: last rate",
+                 "at_epoch": "Finder: freeze plan of epoch"}
+
+
+def finder_options_widgets() -> None:
+    """The learning-rate finder's options, in the form: its button applies them with the rest."""
+    st.caption(f"Trains what this run would train for a few batches while the rate grows exponentially, and "
+               f"keeps no run (Smith 2015). {RULE}")
+    cols = st.columns(4)
+    for col, f in zip(cols, dataclasses.fields(FinderOptions)):
+        meta, key = f.metadata, K.LR_FIND_OPTION.format(f.name)
+        common = {"key": key, "help": meta["help"], "persist_state": K.PERSIST}
+        if f.type == "int":
+            col.number_input(FINDER_LABELS[f.name], int(meta["lo"]), int(meta["hi"]), step=1, **common)
+        else:
+            col.number_input(FINDER_LABELS[f.name], float(meta["lo"]), float(meta["hi"]), format="%g", **common)
+
+
+def start_finder(config: TrainConfig) -> None:
+    options = S.finder_options(state)
+    problems = validate(config) + options.problems(config)
+    if problems:
+        parts.problems("The learning-rate finder cannot start:", problems)
+        return
+    state[K.LR_FIND_JOB] = Finder(config, options, resources.store()).start()
+
+
+def finder_progress(finder: Finder) -> None:
+    cols = st.columns([4, 1])
+    cols[0].info(f"Finding a learning rate: {finder.message}…")
+    cols[1].button("Stop the finder", key=K.LR_FIND_STOP, on_click=finder.stop)
+
+
+def finder_view(finder: Finder) -> None:
+    """The finder's curve, its rule and the rate to use (or why there is none)."""
+    if finder.error:
+        st.error(f"The learning-rate finder failed: {finder.error}")
+        return
+    r = finder.result
+    st.plotly_chart(charts.lr_find(r.to_dict()), key="train.lr_find_chart")
+    st.caption(f"{r.rule} The ramp {r.why}; {r.strategy} at epoch {r.at_epoch} trained "
+               f"{', '.join(r.trained_blocks) or 'nothing'} ({r.inputs}).")
+    if r.suggestion is None:
+        st.warning(f"No suggestion: {r.note}.")
+        return
+    cols = st.columns([3, 1])
+    steep = "" if r.steepest_lr is None else f"; the loss fell fastest at {r.steepest_lr:.3g}"
+    cols[0].success(f"Suggested learning rate: {r.suggestion:.3g} (lowest smoothed loss at {r.minimum_lr:.3g}{steep}).")
+    if r.note:
+        st.info(f"Note: {r.note}.")
+    cols[1].button("Use this rate", key=K.LR_FIND_USE, on_click=S.use_rate, args=(state, r.suggestion),
+                   help="Puts the suggested rate in the Learning rate field above.")
+
+
 st.title("Train")
 job = find_job()
 others_running(job)
@@ -211,7 +266,24 @@ with st.form(K.TRAIN_FORM, border=True):
             for i, f in enumerate(objective):
                 with cols[i % 2]:
                     option_widget(f, auto)
+    finder = state.get(K.LR_FIND_JOB)
+    with st.expander("Find a learning rate", expanded=finder is not None):
+        finder_options_widgets()
+        find = st.form_submit_button("Find a learning rate", key=K.LR_FIND,
+                                     disabled=running or (finder is not None and finder.running))
     submitted = st.form_submit_button("Start training", type="primary", disabled=running, key=K.START)
+if find:
+    start_finder(S.current_config(state))
+if (finder := state.get(K.LR_FIND_JOB)) is not None and finder.running:
+    @st.fragment(run_every=0.5)
+    def finder_live(finder: Finder) -> None:
+        if not finder.running:
+            st.rerun()  # the whole page: the curve, and the form's button back
+        finder_progress(finder)
+
+    finder_live(finder)
+elif finder is not None:  # outside a fragment: "Use this rate" reruns the page, so the form shows the rate
+    finder_view(finder)
 if submitted:
     start(S.current_config(state))
     job = find_job()

@@ -1,4 +1,5 @@
-"""``python -m ftlab``: train, list data sets and backbones, class figures, runs, predict, export.
+"""``python -m ftlab``: train, sweep freeze strategies, probe the blocks, find a learning rate, list data sets
+and backbones, class figures, runs, predict, export.
 
 Progress goes to stderr; with ``--json`` the last line of stdout is one JSON object.
 The ``train`` options are built from ``TrainConfig``'s fields, so each default lives there.
@@ -140,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_sweep(sub)
     _add_probe(sub)
+    _add_lr_find(sub)
     return p
 
 
@@ -185,12 +187,26 @@ def _add_export(sub) -> None:
     ex.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
 
 
+def _add_lr_find(sub) -> None:
+    from ftlab.lr_find import RULE, FinderOptions
+
+    lf = sub.add_parser("lr-find", help="find a learning rate: an exponential ramp of the rate over the run's "
+                                        "trainable blocks (Smith 2015); keeps no run",
+                        description=f"Trains the blocks the options train for --steps batches while the rate grows "
+                                    f"from --start-lr to --end-lr, and suggests a rate. {RULE}")
+    _add_config_options(lf)
+    for f in dataclasses.fields(FinderOptions):
+        lf.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float, action=_Once,
+                        default=f.default, help=f"{f.metadata['help']} (default: {f.default:g})")
+    lf.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
                 "stats": _stats, "predict": _predict, "export": _export, "sweep": _sweep,
-                "probe": _probe}[args.command](args)
+                "probe": _probe, "lr-find": _lr_find}[args.command](args)
     except SettingError as err:  # an environment setting read where it is used
         return _fail(str(err))
     except KeyboardInterrupt:
@@ -226,6 +242,35 @@ def _train(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary)
     return 1 if summary.get("stopped_reason") == "error" else 0
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from ftlab import data
+    from ftlab.engine import user_message
+    from ftlab.lr_find import FinderOptions, find_lr
+
+    config = cfg.TrainConfig(**{f.name: getattr(args, f.name) for f in cfg.options()})
+    options = FinderOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FinderOptions)})
+    problems = cfg.validate(config) + options.problems(config)
+    if problems:
+        return _fail("\n  ".join(["the learning-rate finder cannot start:"] + problems))
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C ends the ramp after the step
+    try:
+        result = find_lr(config, options, say=lambda m: print(f"[ftlab] {printable(m)}", file=sys.stderr),
+                         should_stop=stop.is_set)
+    except (ValueError, data.DataError) as err:
+        return _fail(str(err))
+    except Exception as err:  # a sentence, never a traceback
+        return _fail(user_message(err, config.batch_size), 1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        for line in result.lines():
+            print(printable(line))
+    return 0
 
 
 class Progress:

@@ -268,3 +268,23 @@ def data_efficiency(points: Sequence[Mapping], at: str) -> go.Figure:
                                               "%{customdata[1]:.3f}, %{customdata[2]} draws)<extra></extra>")])
     return _layout(fig, f"Data efficiency: the probe at {at}", xaxis_title="training images per class",
                    yaxis_title="val accuracy", xaxis_type="log", yaxis_range=[0, 1.02])
+
+
+def lr_find(result: Mapping) -> go.Figure:
+    """The learning-rate finder's curve (``LRFindResult.to_dict()``): the loss per step (faint) and
+    its smoothed value against the rate on a log axis, the suggested rate marked by a dashed line."""
+    lrs = list(result.get("lrs") or [])
+    fig = go.Figure([
+        go.Scatter(name="loss per step", x=lrs, y=list(result.get("losses") or []), mode="lines", line_color=FROZEN),
+        go.Scatter(name="smoothed loss", x=lrs, y=list(result.get("smoothed") or []), mode="lines", line_color=TRAIN),
+    ])
+    if (rate := _number(result.get("suggestion"))) is not None:
+        fig.add_vline(x=rate, line_dash="dash", line_color=VAL)
+        fig.add_trace(go.Scatter(name=f"suggested {rate:.3g}", x=[rate, rate], y=[None, None], mode="lines",
+                                 line=dict(color=VAL, dash="dash")))  # the line's legend entry
+    smoothed = [v for v in result.get("smoothed") or [] if _number(v) is not None]
+    # from the lowest loss to the divergence threshold (or the start, if higher): the blow-up past it is off the chart
+    extra = {"yaxis_range": [min(smoothed) * 0.9, max(smoothed[0], min(smoothed) * 4.0)]} \
+        if smoothed and min(smoothed) > 0 else {}
+    return _layout(fig, "Learning-rate finder: loss against the rate", xaxis_title="learning rate (head)",
+                   xaxis_type="log", yaxis_title="loss", **extra)

@@ -18,6 +18,7 @@ from ftlab.freeze import Strategy, backbone_blocks
 from ui.keys import (BUILTIN, CM_NORMALISED, DATASET, DOWNLOAD, EDITOR_VERSION, FOLDER, FROZEN, HEAD_ERROR,
                      HEAD_TEXT, INSPECT_CM_NORMALISED, INSPECT_TOP_K, OWNER, PRESET, SIM_APPLY, SIM_RATIO, SOURCE, SOURCES,
                      TOP_N, WEIGHTS, WEIGHTS_FILE, cfg)
+from ui.keys import LR_FIND_OPTION
 
 # Fields that come from other choices rather than from a widget of their own.
 DERIVED = frozenset({"dataset", "imbalance_ratio", "weights", "strategy", "frozen_blocks", "sweep"})
@@ -31,6 +32,9 @@ def _defaults() -> dict:
         SIM_APPLY: False, WEIGHTS: d.weights, WEIGHTS_FILE: "", PRESET: d.strategy, TOP_N: 2, FROZEN: None,
         EDITOR_VERSION: 0, HEAD_TEXT: "", CM_NORMALISED: False, INSPECT_CM_NORMALISED: False, INSPECT_TOP_K: 5,
     })
+    from ftlab.lr_find import FinderOptions
+
+    values.update({LR_FIND_OPTION.format(f.name): f.default for f in dataclasses.fields(FinderOptions)})
     return values
 
 
@@ -158,6 +162,18 @@ def take_head_text(state: MutableMapping) -> None:
         return
     state[cfg("head")], state[cfg("hidden")] = widths, 0
     state.pop(HEAD_ERROR, None)
+
+
+def finder_options(state: MutableMapping):
+    """The learning-rate finder's options as the Train page's controls stand."""
+    from ftlab.lr_find import FinderOptions
+
+    return FinderOptions(**{f.name: state[LR_FIND_OPTION.format(f.name)] for f in dataclasses.fields(FinderOptions)})
+
+
+def use_rate(state: MutableMapping, rate: float) -> None:
+    """The learning-rate finder's suggestion becomes the learning rate (before the form draws it)."""
+    state[cfg("lr")] = rate
 
 
 def apply_suggestion(state: MutableMapping, setting: dict, config: TrainConfig) -> None:
