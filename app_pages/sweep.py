@@ -42,8 +42,8 @@ def start_probe() -> None:
 
 st.title("Sweep freeze strategies")
 st.markdown(parts.config_summary(config))
-st.caption("Each member is an ordinary run with the options of the Data, Model and Train pages, its strategy and "
-           "seed replaced; all are scored on the same val images (the split seed stays fixed).")
+st.caption(sweep.base_text(config) + " Each member is an ordinary run with the options of the Data, Model and "
+           "Train pages, its strategy and seed replaced; all are scored on the same val images.")
 if flash := state.pop(K.SWEEP_FLASH, None):
     getattr(st, flash[0])(flash[1])
 job = resources.background(owner, "sweep")

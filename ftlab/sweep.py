@@ -88,6 +88,16 @@ class Plan:
                 "cores": self.cores, "device": self.device}
 
 
+def base_text(base: TrainConfig) -> str:
+    """What every member shares, in a line for the Sweep page (set on the Data, Model and Train pages)."""
+    from ftlab.config import resolved_image_size
+
+    lr = "each strategy's default learning rate" if base.lr is None else f"learning rate {base.lr:g}"
+    return (f"Every member: {base.epochs} epoch{'s' * (base.epochs != 1)} at {resolved_image_size(base)} px, batch "
+            f"{base.batch_size}, {base.optimizer}, {lr}, split seed "
+            f"{base.seed if base.split_seed is None else base.split_seed}.")
+
+
 def parse_strategies(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The strategies of ``--strategies``: a comma list, each one `Strategy.parse` reads; repeats dropped."""
     items = [s.strip() for s in (text.split(",") if isinstance(text, str) else text)]

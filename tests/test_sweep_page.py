@@ -28,11 +28,11 @@ def _isolated(app_env):
 def _small(at: AppTest) -> AppTest:
     at.switch_page("app_pages/model.py").run()
     at.selectbox(key="cfg.backbone").select("small_cnn").run()
-    at.switch_page("app_pages/train.py").run()
-    at.number_input(key="cfg.image_size").set_value(16)
-    at.number_input(key="cfg.epochs").set_value(1)
-    at.number_input(key="cfg.batch_size").set_value(64).run()
+    # the Train page's options are a form (they reach the session on its submit): set them as it would
+    at.session_state["cfg.image_size"], at.session_state["cfg.epochs"] = 16, 1
+    at.session_state["cfg.batch_size"] = 64
     at.switch_page("app_pages/sweep.py").run()
+    assert "small_cnn" in at.markdown[0].value and "1 epoch at 16 px" in at.caption[0].value, at.caption[0].value
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -56,9 +56,9 @@ def test_a_sweep_started_on_the_page_fills_in_its_comparison():
     at.button(key=K.SWEEP_START).click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     _wait(at, "sweep")
-    plan = at.dataframe(key="sweep.plan_table").value
+    plan = at.dataframe[0].value
     assert sorted(plan["strategy"]) == ["linear-probe", "top-1", "top-3"] and set(plan["status"]) == {"finished"}
-    members = at.dataframe(key="sweep.member_table").value
+    members = at.dataframe[1].value
     assert all(members["95% interval"].str.match(r"\d\.\d{3}-\d\.\d{3}"))
     assert "pick" in at.success[0].value or "within" in at.success[0].value, at.success[0].value
     specs = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
