@@ -81,7 +81,9 @@ def main() -> None:
                      f"| {member.get('cpu_seconds', 0):.1f} |")
     lines += ["", f"sum of the runs one by one: {total:.1f} s; the sweep: {wall:.1f} s; "
                   f"sweep / one by one = {wall / total:.2f} (asked: <= 0.5)",
-              "where the sweep ran: " + "; ".join(g["text"] for g in rep["groups"])]
+              "where the sweep ran: " + "; ".join(rep["groups"]),
+              "pick: " + rep["comparison"]["pick"]["reason"]] + [
+              "McNemar: " + p["sentence"] for p in rep["comparison"]["pairs"]]
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n\n```json\n" + json.dumps(

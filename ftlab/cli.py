@@ -265,7 +265,12 @@ def _lr_find(args: argparse.Namespace) -> int:
         return _fail(user_message(err, config.batch_size), 1)
     finally:
         signal.signal(signal.SIGINT, previous)
-    if args.json:
+    return _print_result(result, args.json)
+
+
+def _print_result(result, as_json: bool) -> int:
+    """A probe's or a finder's result: its JSON on one line, or its lines of text."""
+    if as_json:
         print(json.dumps(result.to_dict()))
     else:
         for line in result.lines():
@@ -547,12 +552,7 @@ def _export(args: argparse.Namespace) -> int:
                                    say=lambda m: print(f"[ftlab] {m}", file=sys.stderr))
     except (KeyError, CheckpointError, export.ExportError, data.DataError) as err:
         return _fail(err.args[0] if err.args else str(err), 1)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        for line in result.lines():
-            print(printable(line))
-    return 0
+    return _print_result(result, args.json)
 
 
 # --- probe ------------------------------------------------------------------------------
@@ -593,9 +593,4 @@ def _probe(args: argparse.Namespace) -> int:
         return _fail(str(err))
     finally:
         signal.signal(signal.SIGINT, previous)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        for line in result.lines():
-            print(printable(line))
-    return 0
+    return _print_result(result, args.json)

@@ -745,29 +745,10 @@ class _Trainer:
         if start in self.prefixes:
             self.caching_precision = self.prefixes[start][0]
             return self.prefixes[start][1]
-        prefix, built, c = self.model[:start], {}, self.config
-        # auto trades no accuracy for speed: its low precision must keep closer to fp32 than one asked for
-        tolerance = fastpath.AUTO_TOLERANCE if c.precision == "auto" else fastpath.TOLERANCE
-
-        def build(name: str) -> fastpath.Accelerated:
-            if name not in built:
-                built[name] = fastpath.accelerate(prefix, sample, precision=name, graph=c.fast_prefix,
-                                                  tolerance=tolerance[name])
-            return built[name]
-
-        def measure(name: str) -> float:
-            fast = build(name)
-            if fast.precision != name:
-                raise precisions.Unusable(f"the frozen blocks failed their accuracy check ({fast.fallback})")
-            with torch.no_grad():
-                return precisions.timed(lambda: fast.fn(sample))
-
         began = time.perf_counter()
-        choice = precisions.resolve(self.config.precision, self.device, part="caching",
-                                    key=self._speed_key(start, "caching"), measure=measure)
-        fast = build(choice.name)
-        if fast.precision != choice.name:  # it failed its check in that precision: fp32 it is
-            choice = Choice(fast.precision, f"{choice.reason}; but {fast.fallback}")
+        fast, choice = fastpath.fastest(self.model[:start], sample, precision=self.config.precision,
+                                        graph=self.config.fast_prefix, device=self.device, part="caching",
+                                        key=self._speed_key(start, "caching"), what="the frozen blocks")
         self.summary.cache_seconds += time.perf_counter() - began
         self.prefixes[start] = (choice, fast)
         self.caching_precision = choice

@@ -286,3 +286,34 @@ def _same_size(fast: Callable[[torch.Tensor], torch.Tensor], slow: Callable[[tor
     def fn(x: torch.Tensor) -> torch.Tensor:
         return fast(x) if tuple(x.shape[1:]) == shape else slow(x)
     return fn
+
+
+def fastest(module: nn.Module, sample: torch.Tensor, *, precision: str, graph: bool, device: torch.device,
+            part: str, key: str, what: str):
+    """``module`` (frozen) as `accelerate` builds it, in the precision ``precision`` resolves to for
+    ``part`` (`ftlab.precision.resolve`: ``auto`` measures fp32 against bf16 on ``sample`` once per
+    ``key`` and machine, and holds the low precision to `AUTO_TOLERANCE`). Returns the function
+    and the `Choice`; a precision whose check fails falls back to fp32, the reason saying so.
+    ``what`` names the module in that reason ("the frozen blocks")."""
+    from ftlab import precision as precisions
+
+    built: dict[str, Accelerated] = {}
+    tolerance = AUTO_TOLERANCE if precision == "auto" else TOLERANCE
+
+    def build(name: str) -> Accelerated:
+        if name not in built:
+            built[name] = accelerate(module, sample, precision=name, graph=graph, tolerance=tolerance[name])
+        return built[name]
+
+    def measure(name: str) -> float:
+        fast = build(name)
+        if fast.precision != name:
+            raise precisions.Unusable(f"{what} failed their accuracy check ({fast.fallback})")
+        with torch.no_grad():
+            return precisions.timed(lambda: fast.fn(sample))
+
+    choice = precisions.resolve(precision, device, part=part, key=key, measure=measure)
+    fast = build(choice.name)
+    if fast.precision != choice.name:  # it failed its check in that precision: fp32 it is
+        choice = precisions.Choice(fast.precision, f"{choice.reason}; but {fast.fallback}")
+    return fast, choice

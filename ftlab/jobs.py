@@ -177,8 +177,8 @@ class Background:
     result, or what went wrong in words. ``work(say, stop)`` reports with ``say`` and ends soon
     after ``stop`` (a threading.Event) is set."""
 
-    def __init__(self, work, name: str):
-        self.name, self._work = name, work
+    def __init__(self, work, name: str, batch_size: int | None = None):
+        self.name, self._work, self._batch_size = name, work, batch_size
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.status, self.message, self.result, self.error = "running", "starting", None, ""
@@ -210,9 +210,9 @@ class Background:
     def _main(self) -> None:
         try:
             result = self._work(self.say, self._stop)
-        except Exception as err:  # the app lives on: the page shows the sentence
+        except BaseException as err:  # the app lives on: the page shows the sentence
             with self._lock:
-                self.status, self.error = "failed", user_message(err)
+                self.status, self.error = "failed", user_message(err, self._batch_size)
             return
         with self._lock:
             self.result, self.status = result, "stopped" if self._stop.is_set() else "finished"

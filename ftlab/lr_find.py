@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from ftlab import cache, config as cfg, engine, events, freeze
+from ftlab.jobs import Background
 from ftlab.config import TrainConfig
 from ftlab.errors import NonFiniteLoss, StopRequested
 from ftlab.runs import RunStore
@@ -402,41 +402,16 @@ def _nothing(config: TrainConfig, options: FinderOptions, why: str) -> LRFindRes
                         {}, 0.0)
 
 
-class Finder:
-    """`find_lr` in a daemon thread, for the app: ``message`` says what it does now; when it is
-    done, ``result`` holds its result or ``error`` why it has none. ``stop()`` ends the ramp
-    within one step (the steps taken so far are the result)."""
+class Finder(Background):
+    """`find_lr` in a daemon thread, for the app (`ftlab.jobs.Background`): ``message`` says what it
+    does now; when it is done, ``result`` holds its result or ``error`` why it has none. ``stop()``
+    ends the ramp within one step (the steps taken so far are the result)."""
 
     def __init__(self, config: TrainConfig, options: FinderOptions = FinderOptions(), store: RunStore | None = None):
+        super().__init__(lambda say, stop: find_lr(config, options, store=store, say=say, should_stop=stop.is_set),
+                         "lr-find", batch_size=config.batch_size)
         self.config, self.options, self.store = config, options, store
-        self.message, self.result, self.error = "starting", None, ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="ftlab-lr-find", daemon=True)
-
-    def start(self) -> "Finder":
-        from ftlab.native import release_idle_openmp_threads
-
-        release_idle_openmp_threads()  # as a training job does: a thread of the app's trains as fast as the CLI
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def _say(self, message: str) -> None:
-        self.message = message
-
-    def _main(self) -> None:
-        try:
-            self.result = find_lr(self.config, self.options, store=self.store, say=self._say,
-                                  should_stop=self._stop.is_set)
-        except BaseException as err:  # the page shows it; the app lives on
-            self.error = engine.user_message(err, self.config.batch_size)
+        return self.alive()

@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from ftlab import backbones, cache, data, fastpath, freeze
-from ftlab import precision as precisions
 from ftlab.config import TrainConfig, resolved_image_size, validate
 from ftlab.errors import StopRequested
 from ftlab.messages import some
@@ -337,28 +336,11 @@ def accelerated(model: backbones.BlockModel, probed: Sequence[str], sample: torc
     precision ``config.precision`` resolves to, as the engine decides its caching pass's: ``auto``
     measures fp32 against bf16 on ``sample`` once per machine, model and size, and takes bf16 only
     where it keeps within `fastpath.AUTO_TOLERANCE` of fp32."""
-    module, built = Pooled(model, probed), {}
-    tolerance = fastpath.AUTO_TOLERANCE if config.precision == "auto" else fastpath.TOLERANCE
-
-    def build(name: str) -> fastpath.Accelerated:
-        if name not in built:
-            built[name] = fastpath.accelerate(module, sample, precision=name, graph=config.fast_prefix,
-                                              tolerance=tolerance[name])
-        return built[name]
-
-    def measure(name: str) -> float:
-        fast = build(name)
-        if fast.precision != name:
-            raise precisions.Unusable(f"the forward pass failed its accuracy check ({fast.fallback})")
-        with torch.no_grad():
-            return precisions.timed(lambda: fast.fn(sample))
-
     key = (f"{config.backbone} {backbones.Weights.parse(config.weights).identity(config.seed)} "
            f"[probe of {', '.join(probed)}] at {sample.shape[-1]} px")
-    choice = precisions.resolve(config.precision, device, part="probe", key=key, measure=measure)
-    fast = build(choice.name)
-    if fast.precision != choice.name:  # it failed its check in that precision: fp32 it is
-        choice = Choice(fast.precision, f"{choice.reason}; but {fast.fallback}")
+    fast, choice = fastpath.fastest(Pooled(model, probed), sample, precision=config.precision,
+                                    graph=config.fast_prefix, device=device, part="probe", key=key,
+                                    what="the probed blocks")
     return fast, choice
 
 
