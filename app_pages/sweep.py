@@ -27,6 +27,7 @@ def start_sweep() -> None:
         state[K.SWEEP_FLASH] = ("error", "The sweep cannot start: " + " ".join(problems))
         return
     home = store.home
+    sweep.record(plan, store)  # listed, with its members waiting, from this rerun on
     resources.start_background(owner, "sweep", lambda say, stop: sweep.run(
         plan, store=type(store)(home), stop=stop, emit=sweep.progress_sayer(plan, say)), f"sweep-{plan.sweep_id}")
     state[K.SWEEP_PICKED] = plan.sweep_id

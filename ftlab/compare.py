@@ -114,7 +114,8 @@ class McNemar:
         'not distinguishable on these 153 images (p = 0.77; 7 images only A got right, 5 only B)'
         """
         a, b = self.names
-        counts = f"{_p_text(self.p_value)}; {self.only_a:,} images only {a} got right, {self.only_b:,} only {b}"
+        counts = (f"{_p_text(self.p_value)}; {self.only_a:,} image{'s' * (self.only_a != 1)} only {a} got right, "
+                  f"{self.only_b:,} only {b}")
         if not self.distinguishable:
             return f"not distinguishable on these {self.n:,} images ({counts})"
         better = a if self.only_a > self.only_b else b

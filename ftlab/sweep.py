@@ -258,13 +258,22 @@ def _child(configs: list[dict], run_ids: list[str], home: str, threads: int | No
     _run_group(configs, run_ids, home, threads, local)
 
 
+def record(plan: Plan, store: RunStore) -> None:
+    """Keep ``plan`` in the store as a running sweep (once: `run` calls it too), so that a page lists it
+    and its members before the first one starts."""
+    try:
+        store.sweep(plan.sweep_id)
+    except KeyError:
+        store.create_sweep(plan.sweep_id, plan.to_dict())
+
+
 def run(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emit: Callable = lambda e: None,
         on_member: Callable[[Member, dict], None] = lambda m, s: None, poll_s: float = 0.5) -> Outcome:
     """Run ``plan``'s members; ``on_member`` hears of each as it ends (in the order they end).
     Never raises for a member's failure: that member's record says what went wrong."""
     stop = stop or threading.Event()
     outcome = Outcome(plan)
-    store.create_sweep(plan.sweep_id, plan.to_dict())
+    record(plan, store)
     began = time.perf_counter()
     by_id = {m.run_id: m for m in plan.members}
 

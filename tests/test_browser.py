@@ -3,7 +3,7 @@
 One walk through the main path, by clicking: `digits` on the Data page and its figures, efficientnet_lite0
 with a linear probe on the Model page, a short run on the Train page; a browser refresh while it runs (the
 new session finds the run still going, and follows it live: curves and confusion matrix), another refresh
-once the curves are drawn, the finished run, and the run on the Runs page. Screenshots of the Data and Train
+once the curves are drawn, the finished run, the run on the Runs page, and a sweep of two strategies. Screenshots of the Data and Train
 pages go to ``$FTLAB_SCREENSHOTS`` (default ``screenshots/`` in the repository, which git ignores).
 
 Chromium comes from Debian (`apt-get install chromium chromium-driver`; `.ci/run` installs it when it is
@@ -204,4 +204,27 @@ def test_main_path_in_a_browser(server, gate, page):
     expect(keyed(page, "runs.overlay_accuracy").locator(".js-plotly-plot")).to_be_visible()
     plotted(page, "runs.moved_chart", "d[0].type === 'heatmap' && d[0].z.length > 2")  # the selected run's
     lap("Runs page lists the run")
+
+    # Sweep: two strategies by hand in the list, one click; the members fill in and are compared
+    nav(page, "Sweep strategies")
+    expect(page).to_have_url(re.compile(r"/sweep$"))
+    expect(shown(page.get_by_text("No sweep yet"))).to_be_visible()
+    strategies = keyed(page, "sweep.strategies").locator("input")
+    strategies.click()
+    for _ in range(12):  # Backspace takes the last chosen one off, as in any tag list
+        strategies.press("Backspace")
+    for name in ("linear-probe", "top-1"):
+        strategies.fill(name)
+        strategies.press("Enter")
+    strategies.press("Escape")
+    expect(keyed(page, "sweep.strategies")).to_contain_text("top-1")
+    expect(keyed(page, "sweep.strategies")).not_to_contain_text("lp-ft")
+    keyed(page, "sweep.start").get_by_role("button").click()
+    plotted(page, "sweep.accuracy_chart", "d.some(t => t.name === 'Pareto front') && "
+                                          "d.some(t => t.name === 'top-1') && d.some(t => t.name === 'linear-probe')")
+    expect(shown(page.get_by_text(re.compile(r"Are the differences real\?")))).to_be_visible()
+    expect(keyed(page, "sweep.probe_start")).to_be_visible()
+    sweep_shot = screenshot(page, "sweep")
+    lap("Sweep page: two members compared")
     assert data_shot.stat().st_size > 10_000 and train_shot.stat().st_size > 10_000
+    assert sweep_shot.stat().st_size > 10_000
