@@ -111,7 +111,7 @@ def test_mcnemar_is_exact_below_25_discordant_images():
     assert t.exact and t.statistic == 1 and t.p_value == pytest.approx(16 / 128)
     assert t.p_value == pytest.approx(stats.binomtest(1, 7, 0.5).pvalue)
     assert not t.distinguishable
-    assert t.sentence == ("not distinguishable on these 50 images (p = 0.12; 1 images only top-1 got right, "
+    assert t.sentence == ("not distinguishable on these 50 images (p = 0.12; 1 image only top-1 got right, "
                           "6 only top-4)")
     assert mcnemar(*_paired(10, 12, 12, 0)).exact and not mcnemar(*_paired(10, 13, 12, 0)).exact
 
