@@ -188,7 +188,7 @@ def _add_export(sub) -> None:
 
 
 def _add_lr_find(sub) -> None:
-    from ftlab.lr_find import RULE, FinderOptions
+    from ftlab.explore_options import RULE, FinderOptions
 
     lf = sub.add_parser("lr-find", help="find a learning rate: an exponential ramp of the rate over the run's "
                                         "trainable blocks (Smith 2015); keeps no run",
@@ -558,7 +558,7 @@ def _export(args: argparse.Namespace) -> int:
 # --- probe ------------------------------------------------------------------------------
 
 def _add_probe(sub) -> None:
-    from ftlab import probe  # its options and words; ftlab.probe imports torch only when it runs
+    from ftlab import explore_options as probe  # the probe's options and words, without torch
 
     pr = sub.add_parser("probe", help="where the class information lives: a linear probe at every block of a "
                                       "backbone, and how many images per class it needs",

@@ -19,7 +19,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -29,45 +29,11 @@ from ftlab.jobs import Background
 from ftlab.config import TrainConfig
 from ftlab.errors import NonFiniteLoss, StopRequested
 from ftlab.runs import RunStore
+from ftlab.explore_options import RULE, FinderOptions  # noqa: F401
 
 BETA = 0.98  # fastai's smoothing of the loss: the curve of a few hundred noisy batches must be read
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum: past that nothing is learnt
-RULE = ("The suggested rate is one tenth of the rate at which the smoothed loss was lowest: at the minimum "
-        "the loss is about to blow up, and a tenth of it is still on the steep, falling part of the curve.")
 LR_LO, LR_HI = (next(f for f in cfg.options() if f.name == "lr").metadata[k] for k in ("lo", "hi"))
-
-
-@dataclass(frozen=True)
-class FinderOptions:
-    """The ramp: ``steps`` rates from ``start_lr`` to ``end_lr``, spaced evenly on a log scale,
-    with the freeze plan of epoch ``at_epoch`` (1-based, as epochs are shown: 1 is the first; a
-    gradual run's later epochs train more blocks)."""
-
-    steps: int = field(default=100, metadata={"help": "steps of the ramp (batches; the training split is cycled "
-                                                      "through as often as it takes)", "lo": 10, "hi": 2000})
-    start_lr: float = field(default=1e-7, metadata={"help": "the ramp's first learning rate", "lo": 1e-10, "hi": 1.0})
-    end_lr: float = field(default=10.0, metadata={"help": "the ramp's last learning rate", "lo": 1e-6, "hi": 100.0})
-    at_epoch: int = field(default=1, metadata={"help": "use the freeze plan of this epoch (1: the first; a gradual "
-                                                       "run unfreezes more blocks in later ones)", "lo": 1, "hi": 1000})
-
-    def problems(self, config: TrainConfig | None = None) -> list[str]:
-        """Every problem with the options, each a sentence saying what is allowed."""
-        out, bad = [], set()
-        for f in self.__dataclass_fields__.values():
-            value, lo, hi = getattr(self, f.name), f.metadata["lo"], f.metadata["hi"]
-            kind = int if f.type in ("int", int) else float
-            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-                out.append(f"{f.name} must be {'a whole number' if kind is int else 'a number'} (got {value!r}).")
-                bad.add(f.name)
-            elif not (math.isfinite(value) and lo <= value <= hi):
-                out.append(f"{f.name} must be between {lo:g} and {hi:g} (got {value:g}).")
-                bad.add(f.name)
-        if not bad & {"start_lr", "end_lr"} and self.start_lr >= self.end_lr:
-            out.append(f"start_lr ({self.start_lr:g}) must be below end_lr ({self.end_lr:g}): the ramp rises.")
-        if "at_epoch" not in bad and config is not None and self.at_epoch > config.epochs:
-            out.append(f"at_epoch ({self.at_epoch}) is after the run's last epoch ({config.epochs}): choose 1 to "
-                       f"{config.epochs}, or more epochs.")
-        return out
 
 
 def ramp(start_lr: float, end_lr: float, steps: int) -> np.ndarray:

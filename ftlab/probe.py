@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -37,72 +37,12 @@ from ftlab.errors import StopRequested
 from ftlab.messages import some
 from ftlab.precision import Choice
 from ftlab.transforms import Preprocess, Preprocessing
+from ftlab.explore_options import CONFIG_FIELDS, ProbeOptions, option_problems, parse_per_class  # noqa: F401
 
 Say = Callable[[str], None]
 MAX_ITER = 2000  # lbfgs iterations: ample for standardised features (every Lite0 boundary on ants/bees converged)
 LEVEL = 0.95
 _SAMPLE = 8  # images: the batch the fast forward pass is checked and timed on, as in the engine
-
-# the TrainConfig fields the probe reads: the data, the backbone, and how the forward pass runs
-CONFIG_FIELDS = ("dataset", "val_fraction", "test_fraction", "imbalance_ratio", "shapes_classes",
-                 "shapes_per_class", "shapes_noise", "seed", "split_seed", "backbone", "weights", "image_size",
-                 "batch_size", "device", "precision", "fast_prefix")
-
-
-def _opt(default, help: str, *, lo: float | None = None, hi: float | None = None):
-    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi})
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    """The probe's own options (the data and model are a `TrainConfig`'s; see ``CONFIG_FIELDS``)."""
-
-    per_class: str = _opt("2,5,10,20,all", "data-efficiency: training images per class, a comma list of whole "
-                          "numbers and/or all (empty: no data-efficiency probe)")
-    at: str = _opt("", "data-efficiency: the block boundary to probe at (empty: the last backbone block)")
-    draws: int = _opt(5, "data-efficiency: seeded draws of the training subset for each number of images per "
-                      "class (all: one)", lo=1, hi=100)
-    c: float = _opt(1.0, "the logistic regression's inverse regularisation strength C (smaller: stronger)",
-                    lo=1e-6, hi=1e6)
-    resamples: int = _opt(2000, "bootstrap resamples of the val images for each 95% interval", lo=100, hi=100_000)
-
-
-def parse_per_class(text: str) -> tuple[int | None, ...]:
-    """``"2,5,all"`` -> ``(2, 5, None)``: ascending, each once, None (all images) last.
-
-    >>> parse_per_class("10, 2,all,2")
-    (2, 10, None)
-    >>> parse_per_class("")
-    ()
-    """
-    ks, everything = set(), False
-    for part in (p.strip().lower() for p in text.split(",")):
-        if not part:
-            continue
-        if part == "all":
-            everything = True
-        elif part.isdigit() and int(part) >= 1:
-            ks.add(int(part))
-        else:
-            raise ValueError(f"per_class takes whole numbers of at least 1 and all, separated by commas, e.g. "
-                             f"2,5,10,20,all (got {part!r}).")
-    return tuple(sorted(ks)) + ((None,) if everything else ())
-
-
-def option_problems(options: ProbeOptions) -> list[str]:
-    """Every problem with ``options``, each a sentence that says what is allowed."""
-    problems = []
-    for f in fields(options):
-        value, lo, hi = getattr(options, f.name), f.metadata["lo"], f.metadata["hi"]
-        if lo is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                   and np.isfinite(value) and lo <= value <= hi):
-            problems.append(f"{f.name} must be between {lo:g} and {hi:g} (got {value!r}).")
-    try:
-        parse_per_class(options.per_class)
-    except ValueError as err:
-        problems.append(str(err))
-    return problems
-
 
 # --- results ----------------------------------------------------------------------------
 
