@@ -254,3 +254,25 @@ def test_balanced_sampling_balances_the_first_tasks_classes_and_says_so(monkeypa
     assert np.allclose(weights, 1.0 / np.bincount(digits)[digits])
     parity = digits % 2
     assert not np.allclose(weights, 1.0 / np.bincount(parity)[parity])  # not the second task's balance
+
+
+# --- distillation: what precision the teacher runs in (README's distillation bullet) ---------------
+
+def test_the_teachers_logits_are_computed_in_fp32_when_the_student_trains_in_bf16(monkeypatch, tmp_path):
+    import torch
+
+    from ftlab import teacher as teachers
+
+    store = RunStore(tmp_path / "home")
+    taught = engine.run(TrainConfig(**TINY), store=store)
+    calls: list = []
+    load = teachers.load
+
+    def watched(*args, **kwargs):
+        t = load(*args, **kwargs)
+        t.model.register_forward_hook(lambda m, i, out: calls.append((torch.is_autocast_enabled("cpu"), out.dtype)))
+        return t
+    monkeypatch.setattr(teachers, "load", watched)
+    summary = engine.run(TrainConfig(**TINY, teacher=taught["run_id"], precision="bf16"), store=store)
+    assert summary["stopped_reason"] == "completed" and summary["precision"]["training"] == "bf16", summary
+    assert calls and set(calls) == {(False, torch.float32)}  # every teacher batch: no autocast, fp32 out
