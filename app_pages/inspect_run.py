@@ -40,8 +40,8 @@ with c[1]:
         st.caption("No mistakes on this split.")
     st.markdown("**Per class**")
     parts.report(ev, run.classes)
-if ev.get("tasks"):  # several tasks: each task's figures of the best model on this split
-    parts.task_figures("inspect", [], tasks.record_classes(run), ev["tasks"],
+if ev.get("tasks"):  # several tasks: each task's curves, and its figures of the best model on this split
+    parts.task_figures("inspect", store.epochs(run_id), tasks.record_classes(run), ev["tasks"],
                        f"{split.capitalize()} confusion matrix of the best model")
 
 st.subheader("Validation images with the highest loss")

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from ftlab import backbones, data
+from ftlab import backbones, data, tasks
 from ftlab.config import resolved_image_size
 from ftlab.edits import ACTIVATIONS, editable_blocks
 from ftlab.freeze import backbone_blocks
@@ -21,10 +21,12 @@ try:
     blocks = backbones.freezable_blocks(backbone, config.edits(), resolved_image_size(config))
     S.fit_to_backbone(state, blocks)  # before the preset widgets are drawn: N and a custom choice fit this backbone
     config = S.current_config(state)
-    try:
-        num_classes = len(resources.dataset(config).classes)
+    try:  # a head per trained task (the Train page's task choice), each for that task's classes
+        ds = resources.dataset(config)
+        S.fit_tasks(state, ds.task_names())
+        num_classes, heads_note = tasks.heads(S.current_config(state), ds)
     except data.DataError:
-        num_classes = 10
+        num_classes, heads_note = 10, ""
         st.caption("The chosen data set cannot be read right now; counts assume a 10-class head.")
     table = resources.block_table(config, num_classes)
 except ValueError as err:  # edited shapes at an image size the blocks cannot take
@@ -35,7 +37,7 @@ except ValueError as err:  # edited shapes at an image size the blocks cannot ta
 offline = backbones.weights_available_offline(backbone)
 
 m = st.columns(3)
-m[0].metric("Parameters", f"{table.total:,}", help=f"with a new head for {num_classes} classes")
+m[0].metric("Parameters", f"{table.total:,}", help=f"with {tasks.heads_text(num_classes)}")
 size = f"{spec.fixed_size} px (fixed)" if spec.fixed_size else f"{spec.default_size} px"
 m[1].metric("Default image size", size)
 m[2].metric("ImageNet weights", backbones.weights_status(backbone))
@@ -120,9 +122,11 @@ if wanted != table.frozen:
     table = resources.block_table(S.current_config(state), num_classes)
 if table.schedule:
     st.caption(table.schedule)
+if heads_note:
+    st.caption(heads_note)
 
 st.metric("Trainable parameters", f"{table.trainable:,}", f"{table.percent:.1f}% of {table.total:,}",
           delta_color="off", delta_arrow="off")
 columns = table.columns()
-st.plotly_chart(charts.block_params(columns["block"], columns["parameters"], columns["train"], table.title),
+st.plotly_chart(charts.block_params(table.labels, columns["parameters"], columns["train"], table.title),
                 key="model.params_chart")

@@ -56,10 +56,19 @@ else:
     state[K.RUNS_COMPARE] = [r.id for r in records if r.summary.get("epochs_run")][:3]
 chosen = st.multiselect("Runs to overlay", ids, key=K.RUNS_COMPARE, format_func=label.get, persist_state=K.PERSIST)
 if chosen:
-    curves = {i: store.epochs(i) for i in chosen}
+    picked = [next(r for r in records if r.id == i) for i in chosen]
+    choices, task = tasks.overlay_choices(picked), tasks.FIRST
+    if len(choices) > 1:  # a run of several tasks among them: the task to overlay
+        if state.get(K.RUNS_OVERLAY_TASK) not in choices:
+            state[K.RUNS_OVERLAY_TASK] = tasks.FIRST
+        task = st.selectbox("Task to overlay", choices, key=K.RUNS_OVERLAY_TASK, format_func=tasks.overlay_label,
+                            persist_state=K.PERSIST, help="A task's train and val curves for each run that trained it.")
+    curves, lacking = tasks.overlay_curves(picked, {i: store.epochs(i) for i in chosen}, task)
+    if lacking:
+        st.caption(parts.plain(tasks.lacking_text([label[i] for i in lacking], task)))
     c = st.columns(2)
-    c[0].plotly_chart(charts.overlay(curves, "accuracy"), key="runs.overlay_accuracy")
-    c[1].plotly_chart(charts.overlay(curves, "loss"), key="runs.overlay_loss")
+    c[0].plotly_chart(charts.overlay(curves, "accuracy", task), key="runs.overlay_accuracy")
+    c[1].plotly_chart(charts.overlay(curves, "loss", task), key="runs.overlay_loss")
 scored = [r for r in rows if r["best val accuracy"] is not None]
 if scored:
     c = st.columns(2)

@@ -21,17 +21,25 @@ LABELS = {"lr": "Learning rate", "random_crop": "Random resized crop", "flip": "
           "augment_views": "Augmented views to cache", "cache_memory_mb": "Cache memory (MB, 0: auto)",
           "teacher": "Teacher (distil from a kept run)", "distill_temperature": "Distillation temperature T",
           "distill_alpha": "Distillation weight a (KD part)",
-          "l2sp": "L2-SP beta (0: off)", "l2sp_adaptive": "Adaptive L2-SP beta"}
+          "l2sp": "L2-SP beta (0: off)", "l2sp_adaptive": "Adaptive L2-SP beta", "tasks": "Tasks (one head each)"}
 STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "momentum": 0.01, "grad_clip": 0.5, "label_smoothing": 0.05,
          "color_jitter": 0.1, "gamma": 0.05, "l2sp": 0.01}
-def option_widget(f: dataclasses.Field, placeholders: dict[str, str]) -> None:
-    """One form widget, made from the field's type and metadata; its key binds it to the config."""
+
+
+def option_widget(f: dataclasses.Field, placeholders: dict[str, str], task_names: tuple[str, ...] = (),
+                  task_help: str | None = None) -> None:
+    """One form widget, made from the field's type and metadata; its key binds it to the config.
+    ``task_names``: the chosen data set's tasks, which the task choice offers (with ``task_help``)."""
     meta, key = f.metadata, K.cfg(f.name)
     label, kind = LABELS.get(f.name, f.name.replace("_", " ").capitalize()), option_type(f)
     common = {"key": key, "help": meta["help"], "persist_state": K.PERSIST}
     if f.name == "teacher":  # a kept run, chosen from a list rather than typed
         choices = explore.teacher_options(resources.store(), state.get(key, ""))
         st.selectbox(label, list(choices), format_func=choices.get, **common)
+    elif f.name == "tasks":  # the data set's tasks, chosen from a list (what is chosen stays offered: data unread)
+        offered = list(dict.fromkeys([*task_names, *state.get(key, [])]))
+        st.multiselect(label, offered, placeholder=placeholders.get(f.name),
+                       **(common | {"help": task_help or meta["help"]}))
     elif kind is bool:
         st.checkbox(label, **common)
     elif meta["choices"]:
@@ -240,10 +248,13 @@ try:  # placeholders of the fields left empty: what the run will use instead
             "image_size": f"auto: {resolved_image_size(replace(config, image_size=None))} px"}
 except ValueError:
     auto = {}
-try:  # several tasks: the empty tasks box names the data set's tasks
-    auto |= {"tasks": tasks.placeholder(resources.dataset(config)), "task_weights": "1 each"}
+try:  # several tasks: the choice offers the data set's tasks, and says what an empty one trains
+    ds = resources.dataset(config)
+    task_names, task_help = ds.task_names(), tasks.choice_help(ds)
+    auto |= {"tasks": tasks.placeholder(ds), "task_weights": "1 each"}
 except data.DataError:
-    pass
+    task_names, task_help = (), None
+S.fit_tasks(state, task_names)  # before the choice is drawn: another data set's tasks are not offered
 fields = [f for f in options() if f.metadata["section"] == "training" and f.name != "seed"]
 with st.form(K.TRAIN_FORM, border=True):
     st.markdown(f"**Training options** · seed {config.seed} (set on the Data page)")
@@ -265,7 +276,7 @@ with st.form(K.TRAIN_FORM, border=True):
             cols = st.columns(2)
             for i, f in enumerate(objective):
                 with cols[i % 2]:
-                    option_widget(f, auto)
+                    option_widget(f, auto, task_names, task_help)
     finder = state.get(K.LR_FIND_JOB)
     with st.expander("Find a learning rate", expanded=finder is not None):
         finder_options_widgets()

@@ -113,7 +113,9 @@ class TrainConfig:
     early_stopping: int = _opt(0, "stop after this many epochs without a better val accuracy (0: off)", lo=0,
                                hi=1000)
     class_weighting: str = _opt("none", "weight the loss by inverse class frequency", choices=CLASS_WEIGHTING)
-    balanced_sampling: bool = _opt(False, "draw training batches with every class equally likely")
+    balanced_sampling: bool = _opt(False, "draw training batches with every class equally likely (several tasks: "
+                                   "the first task's classes; --class-weighting balanced weights each task's loss by "
+                                   "its own classes)")
     seed: int = _opt(0, "random seed (split, initialisation, batches)", lo=0, hi=2**31 - 1)
     train_per_class: int = _opt(0, "train on at most this many images per class, drawn from the training split "
                                 "(0: all of them); the val split stays whole: a data-efficiency point",

@@ -346,7 +346,7 @@ class BlockRow:
 
 
 @functools.lru_cache(maxsize=64)
-def edited_blocks(backbone: str, num_classes: int, edits: ModelEdits,
+def edited_blocks(backbone: str, num_classes: int | tuple[int, ...], edits: ModelEdits,
                   image_size: int | None = None) -> tuple[BlockRow, ...]:
     """The edited model as the Model page draws it: its blocks in order, the removed ones (with
     what they held) where the model was cut, before the pool put in their place. Built on the

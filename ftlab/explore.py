@@ -258,6 +258,8 @@ class BlockRow:
     train: bool  # trains from the first epoch (a gradual plan adds blocks later: `BlockTable.schedule`)
     lr_factor: float | None  # the block's learning rate over the head's, as its param group has it (None: removed)
     note: str = ""  # how an edit of the model changed the block ("added", "removed"); "" for the backbone's own
+    task: str = ""  # several tasks: the task this row's head classifies (one row per task's head, each "head")
+    outputs: int | None = None  # several tasks: that head's out features (its last layer's), the task's classes
 
 
 @dataclass(frozen=True)
@@ -281,8 +283,14 @@ class BlockTable:
 
     @property
     def blocks(self) -> tuple[str, ...]:
-        """The model's blocks with parameters, in order: what a plan freezes."""
-        return tuple(r.block for r in self.rows if r.note != "removed")
+        """The model's blocks with parameters, in order: what a plan freezes (the heads of several tasks
+        are one block, ``head``)."""
+        return tuple(dict.fromkeys(r.block for r in self.rows if r.note != "removed"))
+
+    @property
+    def labels(self) -> list[str]:
+        """Each row's name for the block chart, which needs them apart: a task's head as "head · task"."""
+        return [f"{r.block} · {r.task}" if r.task else r.block for r in self.rows]
 
     @property
     def title(self) -> str:
@@ -306,13 +314,20 @@ class BlockTable:
                    "train": [r.train for r in self.rows], "learning rate ×": [r.lr_factor for r in self.rows]}
         if any(r.note for r in self.rows):
             columns["note"] = [r.note for r in self.rows]
+        if any(r.task for r in self.rows):  # several tasks: which task each head classifies, into how many classes
+            columns["task"] = [f"{r.task} ({r.outputs} classes)" if r.task else "" for r in self.rows]
         return columns
 
 
-def block_table(config: TrainConfig, num_classes: int) -> BlockTable:
+def block_table(config: TrainConfig, num_classes: int | tuple[tuple[str, int], ...]) -> BlockTable:
     """``config``'s model with a head for ``num_classes``, as training will freeze it and set its rates:
     the freeze plan, `freeze.apply_freeze`, `freeze.param_groups` and `freeze.count_params` on the
-    model's architecture (built without weights). Raises ValueError for a strategy the backbone cannot take."""
+    model's architecture (built without weights). ``num_classes`` may be (task, classes) pairs
+    (`ftlab.tasks.heads`): with several, the model has one head per task and the table a row for
+    each. Raises ValueError for a strategy the backbone cannot take."""
+    heads = () if isinstance(num_classes, int) or len(num_classes) < 2 else num_classes
+    if not isinstance(num_classes, int):
+        num_classes = tuple(n for _, n in heads) if heads else num_classes[0][1]
     model = _architecture(config, num_classes)
     plan = freeze.make_plan(model.param_blocks(), config.strategy, gradual_every=config.gradual_every,
                             frozen_blocks=config.frozen_blocks)
@@ -325,10 +340,26 @@ def block_table(config: TrainConfig, num_classes: int) -> BlockTable:
     rows = [BlockRow(name, counts[name], name not in plan.frozen_at(0), lr / head_lr, notes.get(name, ""))
             for name, lr in rates.items()]
     trainable, total = freeze.count_params(model)
-    return BlockTable(tuple(_with_removed(rows, config, num_classes)), trainable, total, _schedule(plan))
+    rows = _with_removed(_task_heads(rows, model, heads), config, num_classes)
+    return BlockTable(tuple(rows), trainable, total, _schedule(plan))
 
 
-def _edit_notes(config: TrainConfig, num_classes: int) -> dict[str, str]:
+def _task_heads(rows: list[BlockRow], model, heads: tuple[tuple[str, int], ...]) -> list[BlockRow]:
+    """Several tasks: the one ``head`` row (their `ftlab.edits.TaskHeads`) as a row per task's head,
+    each with that head's parameters and out features, read from the built model."""
+    if not heads:
+        return rows
+    from torch import nn
+
+    at = next(i for i, r in enumerate(rows) if r.block == "head")
+    head = rows[at]
+    each = [replace(head, parameters=sum(p.numel() for p in module.parameters()), task=name,
+                    outputs=[m for m in module.modules() if isinstance(m, nn.Linear)][-1].out_features)
+            for (name, _), module in zip(heads, model.head)]
+    return rows[:at] + each + rows[at + 1:]
+
+
+def _edit_notes(config: TrainConfig, num_classes: int | tuple[int, ...]) -> dict[str, str]:
     """What the edits added ("added": adapters). The head is new in every model, so it has no note."""
     from ftlab import edits
 
@@ -339,7 +370,7 @@ def _edit_notes(config: TrainConfig, num_classes: int) -> dict[str, str]:
             if r.mark == "added"}
 
 
-def _with_removed(rows: list[BlockRow], config: TrainConfig, num_classes: int) -> list[BlockRow]:
+def _with_removed(rows: list[BlockRow], config: TrainConfig, num_classes: int | tuple[int, ...]) -> list[BlockRow]:
     """``rows`` with the blocks a truncation removed (what they held), before the pool and head."""
     from ftlab import edits
 
@@ -353,7 +384,7 @@ def _with_removed(rows: list[BlockRow], config: TrainConfig, num_classes: int) -
     return rows[:cut] + removed + rows[cut:]
 
 
-def _architecture(config: TrainConfig, num_classes: int):
+def _architecture(config: TrainConfig, num_classes: int | tuple[int, ...]):
     """The model's blocks and head on the meta device: shapes and counts, no weights, no memory."""
     import torch
 

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ftlab.messages import some
+from ftlab.messages import printable, some
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
     from ftlab.data import Dataset
@@ -189,13 +191,134 @@ def record_classes(run) -> dict[str, list[str]]:
 
 
 def placeholder(ds: "Dataset") -> str:
-    """What the Train page's empty tasks box says: the tasks the data set carries.
+    """What the Train page's empty task choice says: the first task only, and what else there is.
 
     >>> from ftlab.data.dataset import Task, make_dataset
     >>> placeholder(make_dataset("s", ("a", "b"), [0, 1], "", pixels=np.zeros((2, 4, 4), np.uint8), task="shape",
     ...                          tasks=(Task("colour", ("red", "blue"), [0, 1]),)))
-    'shape only; this data set has shape, colour (or all)'
+    'shape only (choose colour to add it)'
     """
     if not ds.tasks:
         return f"{ds.task} only: this data set has one task"
-    return f"{ds.task} only; this data set has {some(ds.task_names())} (or all)"
+    further = [t.name for t in ds.tasks]
+    return f"{ds.task} only (choose {some(further)} to add {'it' if len(further) == 1 else 'them'})"
+
+
+# --- the Train page's task choice: a list of names, as ``--tasks`` is a comma list ------------
+
+def as_choice(text: str) -> list[str]:
+    """``--tasks`` as the Train page's multiselect holds it: the names it lists ([] for the first
+    task only; ["all"] for all, which `fit_choice` makes the data set's names).
+
+    >>> as_choice(""), as_choice("shape,colour"), as_choice("all")
+    ([], ['shape', 'colour'], ['all'])
+    """
+    names = names_asked(text)
+    return [ALL] if names is None else list(names)
+
+
+def as_text(chosen: "Sequence[str] | str") -> str:
+    """The multiselect's names as ``--tasks`` (the inverse of `as_choice`; a string is taken as it is).
+
+    >>> as_text(["shape", "colour"]), as_text([]), as_text("all")
+    ('shape,colour', '', 'all')
+    """
+    return chosen if isinstance(chosen, str) else ",".join(chosen)
+
+
+def fit_choice(chosen: "Sequence[str]", names: "Sequence[str]") -> list[str]:
+    """The task choice kept to a data set's task ``names`` (its first task first): "all" becomes
+    every name, names the data set does not carry are dropped (another data set was chosen), and
+    the first task is put first where further tasks are chosen without it: it always trains, its
+    classes are the run's. ``names`` empty (the data cannot be read now): the choice as it is.
+
+    >>> fit_choice(["colour"], ("shape", "colour")), fit_choice(["all"], ("shape", "colour"))
+    (['shape', 'colour'], ['shape', 'colour'])
+    >>> fit_choice(["shape", "colour"], ("digit",)), fit_choice(["x"], ())
+    ([], ['x'])
+    """
+    if not names:
+        return list(chosen)
+    if ALL in chosen:
+        return list(names)
+    kept = [n for n in dict.fromkeys(chosen) if n in names]
+    return [names[0]] + [n for n in kept if n != names[0]] if kept else []
+
+
+def choice_help(ds: "Dataset") -> str:
+    """The Train page's help on the task choice of data set ``ds``."""
+    return (f"The tasks to train, one head each on the shared backbone (--tasks). Empty: the first task only "
+            f"({ds.task}). The first task always trains: its classes are the run's, its val accuracy picks the best "
+            f"epoch. This data set's tasks: {some(ds.task_names())}.")
+
+
+def heads(config, ds: "Dataset") -> tuple[tuple[tuple[str, int], ...], str]:
+    """The heads ``config`` puts on the model for data set ``ds``: (task, class count) per trained
+    task, the first task first, and "" — or, where the task options do not fit the data
+    (`select`'s sentence), the first task's head alone and that sentence."""
+    try:
+        chosen = select(config, ds)
+    except ValueError as err:
+        return ((ds.task, len(ds.classes)),), f"{err} The table shows the first task's head only."
+    return tuple((t.name, len(t.classes)) for t in chosen), ""
+
+
+def heads_text(num_classes: "int | tuple[tuple[str, int], ...]") -> str:
+    """The new head(s) of a model in words: a class count, or `heads`' (task, classes) pairs.
+
+    >>> heads_text(10), heads_text((("shape", 4),))
+    ('a new head for 10 classes', 'a new head for 4 classes')
+    >>> heads_text((("shape", 4), ("colour", 3)))
+    'one new head per task: shape 4 classes, colour 3 classes'
+    """
+    if isinstance(num_classes, int) or len(num_classes) == 1:
+        n = num_classes if isinstance(num_classes, int) else num_classes[0][1]
+        return f"a new head for {n} classes"
+    return "one new head per task: " + ", ".join(f"{name} {n} classes" for name, n in num_classes)
+
+
+# --- the Runs page's overlay of several runs, one task at a time ----------------------------
+
+FIRST = ""  # the overlay's choice of each run's own first task (the run's classes), whatever its name
+
+
+def overlay_choices(runs) -> list[str]:
+    """The tasks the overlay of ``runs`` (`ftlab.runs.RunRecord`s) can draw: `FIRST`, then each task a
+    run of several trained, in the order they first appear."""
+    return [FIRST, *dict.fromkeys(name for r in runs for name in (r.summary or {}).get("tasks") or {})]
+
+
+def overlay_label(name: str) -> str:
+    """A choice of `overlay_choices` for its select box."""
+    return name or "each run's first task (its classes)"
+
+
+def overlay_curves(runs, epochs: dict[str, list[dict]], name: str) -> tuple[dict[str, list[dict]], list[str]]:
+    """Each run's curves of task ``name`` for the overlay (run id -> rows with ``epoch``, ``train_/val_``
+    accuracy and loss; `FIRST`: the runs' own epochs) and the ids of the runs that lack the task.
+    A run of one task trained its data set's first task, so it has ``name`` where a run of several
+    on the same data set has ``name`` first; a run of several has it when it trained it."""
+    if name == FIRST:
+        return {r.id: epochs[r.id] for r in runs}, []
+    firsts = {r.dataset: next(iter(r.summary["tasks"])) for r in runs if (r.summary or {}).get("tasks")}
+    curves, lacking = {}, []
+    for r in runs:
+        trained = (r.summary or {}).get("tasks") or {}
+        if name in trained:
+            curves[r.id] = task_curves(epochs[r.id], name)
+        elif not trained and firsts.get(r.dataset) == name:
+            curves[r.id] = epochs[r.id]
+        else:
+            lacking.append(r.id)
+    return curves, lacking
+
+
+def lacking_text(lacking: "Sequence[str]", name: str) -> str:
+    """Which runs the overlay of task ``name`` leaves out, in a sentence ("" when none).
+
+    >>> lacking_text(["r1"], "colour")
+    'Not drawn: r1 did not train colour.'
+    """
+    if not lacking:
+        return ""
+    return f"Not drawn: {some(lacking)} did not train {printable(name)}."

@@ -130,8 +130,8 @@ def confusion(matrix: Sequence[Sequence[float]], classes: Sequence[str], title: 
                    yaxis_type="category", yaxis_autorange="reversed")
 
 
-def overlay(runs: Mapping[str, Sequence[Mapping]], metric: str) -> go.Figure:
-    """Val ``metric`` per epoch (solid) and train (dotted) for several runs."""
+def overlay(runs: Mapping[str, Sequence[Mapping]], metric: str, task: str = "") -> go.Figure:
+    """Val ``metric`` per epoch (solid) and train (dotted) for several runs (of one ``task``, named in the title)."""
     traces = []
     for label, epochs in runs.items():
         x = [e["epoch"] for e in epochs]
@@ -139,8 +139,8 @@ def overlay(runs: Mapping[str, Sequence[Mapping]], metric: str) -> go.Figure:
                                  mode="lines+markers", legendgroup=label))
         traces.append(go.Scatter(name=f"{label} train", x=x, y=[e[f"train_{metric}"] for e in epochs],
                                  mode="lines", line_dash="dot", legendgroup=label, opacity=0.6))
-    return _layout(go.Figure(traces), f"{metric.capitalize()} per epoch", xaxis_title="epoch", yaxis_title=metric,
-                   height=380)
+    title = f"{metric.capitalize()} per epoch" + (f": {task}" if task else "")
+    return _layout(go.Figure(traces), title, xaxis_title="epoch", yaxis_title=metric, height=380)
 
 
 def scatter(rows: Sequence[Mapping], x: str, y: str, title: str, log_x: bool = False) -> go.Figure:

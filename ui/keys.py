@@ -35,6 +35,7 @@ HEAD_ERROR = "model.head_error"  # why the typed widths were not taken
 # Train, Runs and Inspect pages
 CM_NORMALISED = "train.cm_normalised"
 RUNS_COMPARE = "runs.compare"
+RUNS_OVERLAY_TASK = "runs.overlay_task"  # several tasks: the task the overlay of runs draws
 RUNS_SELECTED = "runs.selected"
 RUNS_CONFIRM = "runs.confirm_delete"
 INSPECT_RUN = "inspect.run"

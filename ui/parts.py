@@ -83,7 +83,7 @@ def task_figures(page: str, epochs: Sequence[Mapping], classes: Mapping[str, Seq
     if name not in classes:
         return
     rows = tasks.task_curves(list(epochs), name)
-    if rows:  # the Inspect page has the best model's figures only
+    if rows:  # a run stopped before its first epoch has none
         c = st.columns(3 if trace else 2)
         c[0].plotly_chart(charts.curves(rows, "accuracy"), key=f"{page}.task_accuracy_chart")
         c[1].plotly_chart(charts.curves(rows, "loss"), key=f"{page}.task_loss_chart")

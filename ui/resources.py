@@ -44,7 +44,7 @@ def samples(key: str, _ds: data.Dataset, _indices, per_class: int, size: int) ->
 
 
 @st.cache_data(max_entries=32, show_spinner="Counting the model's parameters…")
-def block_table(config: TrainConfig, num_classes: int) -> explore.BlockTable:
+def block_table(config: TrainConfig, num_classes: int | tuple[tuple[str, int], ...]) -> explore.BlockTable:
     """`ftlab.explore.block_table`, kept per config (a frozen dataclass: Streamlit hashes its fields)."""
     return explore.block_table(config, num_classes)
 

@@ -11,6 +11,7 @@ import dataclasses
 import uuid
 from collections.abc import MutableMapping
 
+from ftlab import tasks
 from ftlab.backbones import Weights
 from ftlab.config import TrainConfig
 from ftlab.edits import ModelEdits, editable_blocks, parse_widths
@@ -27,6 +28,7 @@ DERIVED = frozenset({"dataset", "imbalance_ratio", "weights", "strategy", "froze
 def _defaults() -> dict:
     d = TrainConfig()
     values = {cfg(f.name): getattr(d, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in DERIVED}
+    values[cfg("tasks")] = tasks.as_choice(d.tasks)  # a multiselect of the data set's tasks holds a list
     values.update({
         DATASET: d.dataset, SOURCE: SOURCES[0], BUILTIN: d.dataset, FOLDER: "", SIM_RATIO: 10.0,
         SIM_APPLY: False, WEIGHTS: d.weights, WEIGHTS_FILE: "", PRESET: d.strategy, TOP_N: 2, FROZEN: None,
@@ -56,6 +58,7 @@ def current_config(state: MutableMapping) -> TrainConfig:
     """The run configuration the session's choices add up to (nothing is checked here)."""
     direct = {f.name: state[cfg(f.name)] for f in dataclasses.fields(TrainConfig) if f.name not in DERIVED}
     direct["adapter_after"] = tuple(direct["adapter_after"])  # a multiselect keeps a list
+    direct["tasks"] = tasks.as_text(direct["tasks"])  # the chosen tasks' names, as --tasks lists them
     weights = str(Weights(state[WEIGHTS], state[WEIGHTS_FILE].strip() if state[WEIGHTS] == "file" else ""))
     strategy = strategy_of(state)
     return TrainConfig(dataset=state[DATASET], imbalance_ratio=float(state[SIM_RATIO]) if state[SIM_APPLY] else 1.0,
@@ -70,6 +73,7 @@ def adopt_config(state: MutableMapping, config: TrainConfig) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name not in DERIVED:
             state[cfg(f.name)] = getattr(config, f.name)
+    state[cfg("tasks")] = tasks.as_choice(config.tasks)
     kinds = {d.name: d.kind for d in data.list_datasets()}
     state[DATASET] = config.dataset
     if kinds.get(config.dataset) == "builtin":
@@ -139,6 +143,12 @@ def fit_edits(state: MutableMapping, backbone: str) -> None:
         state[cfg("truncate_after")] = ""
     kept = editable_blocks(backbone, state[cfg("truncate_after")])
     state[cfg("adapter_after")] = [b for b in state[cfg("adapter_after")] if b in kept]
+
+
+def fit_tasks(state: MutableMapping, names: tuple[str, ...]) -> None:
+    """Keep the task choice to the data set's tasks (``names``, from `ftlab.data.Dataset.task_names`;
+    () when it cannot be read), before a page builds the config or draws the choice: `tasks.fit_choice`."""
+    state[cfg("tasks")] = tasks.fit_choice(tasks.as_choice(tasks.as_text(state[cfg("tasks")])), names)
 
 
 def clear_edits(state: MutableMapping) -> None:
