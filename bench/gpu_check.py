@@ -193,14 +193,14 @@ def main() -> int:
         for precision in ("fp32", "auto"):
             if budget.fits(f"ceiling {precision}", secs + 20):
                 c = found["ceiling"][precision] = ceiling(device, precision, size, batch, secs)
-                print(f"ceiling, {c['precision']}: {c['images_per_second']:.0f} img/s, peak {c['peak_gpu_mb']} MB",
+                print(f"ceiling, {c['precision']}: {c['images_per_second']:.1f} img/s, peak {c['peak_gpu_mb']} MB",
                       flush=True)
             if budget.fits(f"full fine-tuning {precision}", 60 if device.type == "cuda" else 30):
                 r = found["full"][precision] = ftlab_run(
                     TrainConfig(**base, strategy="full", precision=precision), store, device)
                 top = found["ceiling"].get(precision, {}).get("images_per_second")
                 r["of_ceiling"] = round(r["images_per_second"] / top, 3) if top else None
-                print(f"ftlab full fine-tuning, {precision}: {r['images_per_second']:.0f} img/s "
+                print(f"ftlab full fine-tuning, {precision}: {r['images_per_second']:.1f} img/s "
                       f"({r['of_ceiling']} of the ceiling), best val {r['best_val_accuracy']:.3f}, "
                       f"peak {r['peak_gpu_mb']} MB, {r['wall_s']} s", flush=True)
 
