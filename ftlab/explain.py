@@ -1,0 +1,266 @@
+"""What the model sees: class activation maps of a kept run's best model for one image.
+
+Grad-CAM (Selvaraju et al. 2017) for the predicted class and for the true one, and EigenCAM
+(Muhammad & Yeasin 2020: the first principal component of the activations, no gradients) for
+comparison, all from the maintained ``grad-cam`` package (``pytorch_grad_cam``) on each
+backbone's last spatial block, which the catalogue declares (``BackboneFacts.cam_block``).
+
+The model is rebuilt from the checkpoint (`ftlab.checkpoints`), never by the engine; nothing is
+written. Its parameters are set not to need gradients, so a frozen backbone and a trained one are
+explained the same way: a forward hook makes the target block's *output* a leaf that needs a
+gradient, which is all Grad-CAM reads (a frozen model otherwise gives grad-cam no gradient at all).
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from ftlab import backbones, checkpoints, data
+from ftlab.edit_options import ADAPTER_PREFIX
+from ftlab.predict import Predictor, open_image
+from ftlab.runs import RunStore
+
+PANEL_PX = 224  # the side of each map in a saved strip: small inputs (digits at 16 px) are scaled up
+METHODS = ("gradcam", "eigencam")
+
+
+@dataclass(frozen=True)
+class Map:
+    """One class activation map of an image: ``cam`` (S, S) in [0, 1], and it over the image."""
+
+    method: str  # gradcam | eigencam
+    title: str  # in words, for a caption
+    class_index: int | None  # the class Grad-CAM explains (EigenCAM: None, it explains no class)
+    cam: np.ndarray
+    overlay: np.ndarray  # (S, S, 3) uint8
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """An image as the run's model saw it, its probabilities, and its maps."""
+
+    run_id: str
+    image: np.ndarray  # (S, S, 3) uint8: the crop the model was given
+    classes: tuple[str, ...]
+    probabilities: tuple[float, ...]  # of the first task's classes
+    predicted: int
+    true: int | None  # None: not known (an upload whose class was not given)
+    target_block: str
+    maps: tuple[Map, ...]
+    seconds: float  # the maps' compute time, model already loaded
+    name: str = ""  # the image's file name or "val image #k"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "image": self.name, "predicted": self.classes[self.predicted],
+                "probability": self.probabilities[self.predicted],
+                "true": None if self.true is None else self.classes[self.true],
+                "target_block": self.target_block, "maps": [m.title for m in self.maps],
+                "seconds": round(self.seconds, 4), "notes": list(self.notes)}
+
+    def strip(self, side: int = PANEL_PX) -> Image.Image:
+        """The image and its maps side by side, each captioned: what ``explain --out`` saves."""
+        panels = [("input: " + self.name if self.name else "input", self.image)]
+        panels += [(m.title, m.overlay) for m in self.maps]
+        caption_h = 28
+        out = Image.new("RGB", (side * len(panels), side + caption_h), "white")
+        draw = ImageDraw.Draw(out)
+        for i, (title, pixels) in enumerate(panels):
+            tile = Image.fromarray(pixels).resize((side, side), Image.Resampling.NEAREST)
+            out.paste(tile, (i * side, 0))
+            draw.text((i * side + 4, side + 4), _fit(title, side), fill="black")
+        return out
+
+
+def _fit(text: str, px: int) -> str:
+    """``text`` cut to what PIL's default 6-px-wide font fits into ``px``."""
+    room = max(4, px // 6)
+    return text if len(text) <= room else text[:room - 1] + "…"
+
+
+# --- the target layer --------------------------------------------------------------------------
+
+def target_block(model: backbones.BlockModel) -> str:
+    """The block whose output the maps are taken from: the backbone's declared ``cam_block``;
+    where the run's edits cut the backbone before it, the last block kept before the pool; and
+    where an adapter follows that block, the adapter (its output is what the head sees)."""
+    spec = backbones.get_spec(model.backbone)
+    if not spec.cam_block:
+        raise ValueError(f"backbone {model.backbone!r} declares no cam_block in the catalogue")
+    names = model.block_names
+    body = names[:names.index("pool")] if "pool" in names else names[:-1]
+    own = [n for n in body if not n.startswith(ADAPTER_PREFIX)]
+    name = spec.cam_block if spec.cam_block in own else own[-1]
+    adapter = ADAPTER_PREFIX + name
+    return adapter if adapter in body else name
+
+
+def _tokens_to_maps(x: torch.Tensor) -> torch.Tensor:
+    """ViT's tokens (N, 1 + g*g, D) as feature maps (N, D, g, g), the class token left out;
+    feature maps pass unchanged (grad-cam applies this to activations and gradients alike)."""
+    if x.dim() != 3:
+        return x
+    n, length, d = x.shape
+    g = int(round((length - 1) ** 0.5))
+    return x[:, 1:, :].reshape(n, g, g, d).permute(0, 3, 1, 2)
+
+
+def _needs_grad(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: the block's output as a leaf that needs a gradient, whatever the blocks
+    before it are (frozen, or set not to need gradients here)."""
+    return output.detach().requires_grad_(True)
+
+
+# --- the maps ----------------------------------------------------------------------------------
+
+def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """``cam`` (S, S) in [0, 1] as a jet heat map over ``image`` (S, S, 3) uint8, half and half."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    return show_cam_on_image(image.astype(np.float32) / 255, cam.astype(np.float32), use_rgb=True, image_weight=0.5)
+
+
+class Explainer:
+    """A kept checkpoint's model, ready to draw class activation maps for images prepared the
+    way its training data were. One map at a time (a lock): the hooks are the model's own."""
+
+    def __init__(self, checkpoint: dict, run_id: str = ""):
+        self.run_id = run_id
+        self.predictor = Predictor(checkpoint)
+        self.model = self.predictor.model.eval()
+        # no parameter gradient is ever needed: the maps read the target block's activation
+        # gradients only, so no weight can change and the backward pass stops at that block
+        self.model.requires_grad_(False)
+        self.classes = tuple(self.predictor.classes)
+        self.block = target_block(self.model)
+        self.layer = self.model.get_submodule(self.block)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_run(cls, run_id: str, store: RunStore | None = None) -> "Explainer":
+        """The best model of a kept run, by its id: an unknown run is a KeyError that says so."""
+        store = store or RunStore()
+        store.get(run_id)
+        checkpoint = store.load_checkpoint(run_id)
+        try:
+            return cls(checkpoint, run_id)
+        except checkpoints.CheckpointError as err:
+            raise checkpoints.CheckpointError(f"run {run_id}'s checkpoint: {err}") from None
+
+    def pixels(self, source, name: str | None = None) -> torch.Tensor:
+        """An image (bytes, a path or a PIL image) as the model's uint8 (3, S, S) input: resized
+        and cropped as its evaluation did. Raises `ftlab.data.DataError` for what is not an image."""
+        prep = self.predictor.preprocessing
+        return data.decode_image(open_image(source, name), prep.size, prep.resize)
+
+    def explain(self, pixels: torch.Tensor, true: int | None = None, name: str = "") -> Explanation:
+        """The maps of one image (uint8 (3, S, S)): Grad-CAM for the predicted class and for
+        ``true`` (not known: for the second most likely class), and EigenCAM."""
+        from pytorch_grad_cam import EigenCAM, GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        if true is not None and not 0 <= true < len(self.classes):
+            raise ValueError(f"class index {true} is not one of the run's {len(self.classes)} classes")
+        x = self.predictor.prep(pixels[None], train=False)
+        image = pixels.permute(1, 2, 0).numpy()
+        with self._lock, torch.enable_grad():
+            start = time.perf_counter()
+            hook = self.layer.register_forward_hook(_needs_grad)  # before grad-cam's hooks: they run in order
+            try:
+                with GradCAM(self.model, [self.layer], reshape_transform=_tokens_to_maps) as cam:
+                    logits = self._first_task(self.model(x))
+                    probs = logits.softmax(1)[0].detach()
+                    predicted = int(probs.argmax())
+                    other = true if true is not None else int(probs.topk(2).indices[1])
+                    wanted = [predicted] if other == predicted else [predicted, other]
+                    grads = cam(x.expand(len(wanted), -1, -1, -1), [ClassifierOutputTarget(c) for c in wanted])
+                with EigenCAM(self.model, [self.layer], reshape_transform=_tokens_to_maps) as cam:
+                    eigen = cam(x, None)[0]
+            finally:
+                hook.remove()
+            seconds = time.perf_counter() - start
+        maps = self._maps(image, probs, predicted, true, other, wanted, grads, eigen)
+        notes = () if true is not None else ("the true class is not known: the second map explains the second most "
+                                             "likely class",)
+        return Explanation(self.run_id, image, self.classes, tuple(float(p) for p in probs), predicted, true,
+                           self.block, maps, seconds, name, notes)
+
+    def _first_task(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, :len(self.classes)]  # several tasks: the first task's columns come first
+
+    def _maps(self, image, probs, predicted, true, other, wanted, grads, eigen) -> tuple[Map, ...]:
+        name = self.classes
+        pred = Map("gradcam", f"Grad-CAM, predicted {name[predicted]} ({probs[predicted]:.0%})", predicted,
+                   grads[0], overlay(image, grads[0]))
+        which = "true" if true is not None else "2nd"
+        second = grads[wanted.index(other)]
+        return (pred,
+                Map("gradcam", f"Grad-CAM, {which} {name[other]} ({probs[other]:.0%})", other, second,
+                    overlay(image, second)),
+                Map("eigencam", "EigenCAM (no gradients)", None, eigen, overlay(image, eigen)))
+
+
+# --- images of a run ---------------------------------------------------------------------------
+
+def val_images(record) -> list[dict]:
+    """The run's stored val images, in its order: the data-set index, true and predicted class
+    indices and loss of each (`ftlab.runs.RunRecord.final`); [] when none were kept."""
+    val = record.final.get("val") if isinstance(record.final, dict) else None
+    if not isinstance(val, dict) or "labels" not in val:
+        return []
+    return [{"index": int(i), "label": int(y), "predicted": int(p), "loss": float(l)}
+            for i, y, p, l in zip(val["indices"], val["labels"], val["predictions"], val.get("losses", val["labels"]))]
+
+
+def val_pixels(ds: data.Dataset, record, position: int, explainer: Explainer) -> tuple[torch.Tensor, int, str]:
+    """The run's ``position``-th val image decoded for ``explainer``'s model, its true class and
+    its name. Raises `ftlab.data.DataError` when the data set no longer holds the run's images."""
+    rows = val_images(record)
+    if not rows:
+        raise data.DataError(f"run {record.id} kept no val images (a run stopped before its final evaluation, or "
+                             "one kept before val labels were stored)")
+    if not 0 <= position < len(rows):
+        raise data.DataError(f"there is no val image #{position}: run {record.id} has {len(rows)} "
+                             f"(choose 0 to {len(rows) - 1})")
+    row = rows[position]
+    if [str(c) for c in ds.classes] != list(explainer.classes) or row["index"] >= len(ds):
+        raise data.DataError(f"the data set ({ds.source or ds.name}) is not the one run {record.id} was trained on "
+                             "any more: its classes or images have changed")
+    prep = explainer.predictor.preprocessing
+    decoded = data.decode(ds, np.asarray([row["index"]]), prep.size, resize=prep.resize)
+    if decoded.skipped:
+        raise data.DataError(f"val image #{position} cannot be read: {decoded.skipped[0]}")
+    return decoded.images[0], row["label"], f"val image #{position}"
+
+
+def same_val_split(records, run) -> list:
+    """The kept runs (``records``) scored on ``run``'s val images with its classes, ``run`` first:
+    the ones whose maps of a val image can stand side by side."""
+    mine = val_images(run)
+    key = ([r["index"] for r in mine], list(run.classes))
+    found = [r for r in records if r.id != run.id and mine
+             and ([v["index"] for v in val_images(r)], list(r.classes)) == key]
+    return [run, *found]
+
+
+def save(explanation: Explanation, path: Path) -> Path:
+    """The strip as a PNG at ``path``, written whole or not at all (a temporary file renamed)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out {path} must name a .png file")
+    if not path.parent.is_dir():
+        raise ValueError(f"the folder {path.parent} does not exist: create it or choose another --out")
+    buf = io.BytesIO()
+    explanation.strip().save(buf, "PNG")
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+    return path
