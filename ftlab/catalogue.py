@@ -39,8 +39,10 @@ class BackboneFacts:
     crop_pct: float = 1.0
     has_imagenet: bool = True
     weights_file: str = ""  # file name of the ImageNet weights, for messages and the offline check
-    # the last block whose output is still spatial (feature maps, or ViT's patch tokens): class
-    # activation maps (`ftlab.explain`) are computed on its output
+    # the last block whose output is still spatial and reaches the head: class activation maps
+    # (`ftlab.explain`) are computed on its output. The last block for feature maps; for ViT the one
+    # before it, since only the class token of the last block's output is read, so its patch
+    # tokens get no gradient (their Grad-CAM would be zero everywhere)
     cam_block: str = ""
 
 
@@ -71,7 +73,7 @@ CATALOGUE: tuple[BackboneFacts, ...] = (
     BackboneFacts("densenet121", "DenseNet-121, 8.0M parameters", 1024, crop_pct=224 / 256,
                   weights_file="densenet121-a639ec97.pth", cam_block="dense4"),
     BackboneFacts("vit_b_16", "Vision Transformer B/16, 86.6M parameters (224 px only)", 768, fixed_size=224,
-                  min_size=224, crop_pct=224 / 256, weights_file="vit_b_16-c867db91.pth", cam_block="encoder4"),
+                  min_size=224, crop_pct=224 / 256, weights_file="vit_b_16-c867db91.pth", cam_block="encoder3"),
     BackboneFacts(LITE0, "EfficientNet-Lite0, 4.7M parameters, ImageNet weights offline", 1280, crop_pct=0.875,
                   weights_file="efficientnet-lite0-57934424.pth", cam_block="conv_head"),
     BackboneFacts("small_cnn", "Small 4-block CNN trained from scratch (the baseline)", 256, default_size=64,

@@ -588,7 +588,7 @@ def _explain(args: argparse.Namespace) -> int:
         runs.check_run_id(args.run)
         store = runs.RunStore()
         explainer = explain.Explainer.for_run(args.run, store)
-        true = _class_index(explainer.classes, args.true_class)
+        true = explain.class_index(explainer.classes, args.true_class)
         if args.val_image is not None:
             record = store.get(args.run)
             pixels, label, name = explain.val_pixels(data.load_for(TrainConfig.from_dict(record.config),
@@ -612,15 +612,6 @@ def _explain(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         print(f"wrote {out}")
     return 0
-
-
-def _class_index(classes: tuple[str, ...], name: str | None) -> int | None:
-    if name is None:
-        return None
-    if name not in classes:
-        raise ValueError(f"--class {printable(name)!r} is not one of the run's classes: {', '.join(classes[:10])}"
-                         + (", ..." if len(classes) > 10 else ""))
-    return classes.index(name)
 
 
 # --- probe ------------------------------------------------------------------------------

@@ -103,9 +103,23 @@ def target_block(model: backbones.BlockModel) -> str:
     return adapter if adapter in body else name
 
 
+class _Tokens(nn.Module):
+    """Feature maps (N, D, g, g) back to ViT's tokens (N, 1 + g*g, D), the class token the
+    blocks before gave put in front: the maps are what the maps are taken of, the tokens what the
+    blocks after take."""
+
+    def __init__(self, class_token: torch.Tensor):
+        super().__init__()
+        self.class_token = class_token  # (1, 1, D)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        tokens = maps.flatten(2).transpose(1, 2)
+        return torch.cat([self.class_token.expand(len(tokens), -1, -1), tokens], dim=1)
+
+
 def _tokens_to_maps(x: torch.Tensor) -> torch.Tensor:
     """ViT's tokens (N, 1 + g*g, D) as feature maps (N, D, g, g), the class token left out;
-    feature maps pass unchanged (grad-cam applies this to activations and gradients alike)."""
+    feature maps pass unchanged."""
     if x.dim() != 3:
         return x
     n, length, d = x.shape
@@ -114,7 +128,7 @@ def _tokens_to_maps(x: torch.Tensor) -> torch.Tensor:
 
 
 def _needs_grad(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook: the block's output as a leaf that needs a gradient, whatever the blocks
+    """Forward hook: the target's output as a leaf that needs a gradient, whatever the blocks
     before it are (frozen, or set not to need gradients here)."""
     return output.detach().requires_grad_(True)
 
@@ -128,9 +142,25 @@ def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return show_cam_on_image(image.astype(np.float32) / 255, cam.astype(np.float32), use_rgb=True, image_weight=0.5)
 
 
+class _Rank:
+    """A grad-cam target: the ``rank``-th largest score among the first ``k`` logits (0: the
+    predicted class's), so one pass explains classes not known before it."""
+
+    def __init__(self, k: int, rank: int):
+        self.k, self.rank = k, rank
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:self.k].topk(self.rank + 1).values[self.rank]
+
+
 class Explainer:
     """A kept checkpoint's model, ready to draw class activation maps for images prepared the
-    way its training data were. One map at a time (a lock): the hooks are the model's own."""
+    way its training data were. One map at a time (a lock): the hooks are the model's own.
+
+    The blocks up to the target run once per image, without gradients; grad-cam then runs the
+    blocks after it (the pool and the head, cheap) on that output, so Grad-CAM for two classes
+    and EigenCAM cost one forward pass of the backbone (Lite0 at 224 px: under a second on 2 cores).
+    """
 
     def __init__(self, checkpoint: dict, run_id: str = ""):
         self.run_id = run_id
@@ -141,7 +171,8 @@ class Explainer:
         self.model.requires_grad_(False)
         self.classes = tuple(self.predictor.classes)
         self.block = target_block(self.model)
-        self.layer = self.model.get_submodule(self.block)
+        at = self.model.block_names.index(self.block)
+        self.prefix, self.rest = self.model[:at + 1], list(self.model[at + 1:])
         self._lock = threading.Lock()
 
     @classmethod
@@ -165,47 +196,53 @@ class Explainer:
         """The maps of one image (uint8 (3, S, S)): Grad-CAM for the predicted class and for
         ``true`` (not known: for the second most likely class), and EigenCAM."""
         from pytorch_grad_cam import EigenCAM, GradCAM
+        from pytorch_grad_cam.utils.image import scale_cam_image
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        from threadpoolctl import threadpool_limits
 
         if true is not None and not 0 <= true < len(self.classes):
             raise ValueError(f"class index {true} is not one of the run's {len(self.classes)} classes")
-        x = self.predictor.prep(pixels[None], train=False)
-        image = pixels.permute(1, 2, 0).numpy()
-        with self._lock, torch.enable_grad():
+        k, size = len(self.classes), pixels.shape[-1]
+        with self._lock:
             start = time.perf_counter()
-            hook = self.layer.register_forward_hook(_needs_grad)  # before grad-cam's hooks: they run in order
+            with torch.no_grad():
+                found = self.prefix(self.predictor.prep(pixels[None], train=False))
+            maps = _tokens_to_maps(found)  # grad-cam takes (N, C, h, w) inputs
+            target = nn.Identity()
+            after = [_Tokens(found[:, :1])] if found.dim() == 3 else []
+            suffix = nn.Sequential(target, *after, *self.rest).eval()
+            hook = target.register_forward_hook(_needs_grad)  # before grad-cam's hooks: they run in order
             try:
-                with GradCAM(self.model, [self.layer], reshape_transform=_tokens_to_maps) as cam:
-                    logits = self._first_task(self.model(x))
-                    probs = logits.softmax(1)[0].detach()
-                    predicted = int(probs.argmax())
-                    other = true if true is not None else int(probs.topk(2).indices[1])
-                    wanted = [predicted] if other == predicted else [predicted, other]
-                    grads = cam(x.expand(len(wanted), -1, -1, -1), [ClassifierOutputTarget(c) for c in wanted])
-                with EigenCAM(self.model, [self.layer], reshape_transform=_tokens_to_maps) as cam:
-                    eigen = cam(x, None)[0]
+                with torch.enable_grad(), GradCAM(suffix, [target]) as cam:
+                    second = _Rank(k, 1) if true is None else ClassifierOutputTarget(true)
+                    grads = cam(maps.expand(2, -1, -1, -1), [_Rank(k, 0), second])
+                    probs = cam.outputs[0, :k].detach().softmax(0)  # several tasks: the first task's columns
+                # one BLAS thread for EigenCAM's SVD (of the h*w x C activations, with C x C factors):
+                # several spin against the app's other threads, 8x slower on a loaded 2-core machine
+                with EigenCAM(suffix, [target]) as cam, threadpool_limits(1, "blas"):
+                    eigen = cam(maps, None)
             finally:
                 hook.remove()
+            # to the input's size, then to [0, 1] again: the order grad-cam keeps for its own inputs
+            cams = scale_cam_image(scale_cam_image(np.concatenate([grads, eigen]), (size, size)))
             seconds = time.perf_counter() - start
-        maps = self._maps(image, probs, predicted, true, other, wanted, grads, eigen)
+        predicted = int(probs.argmax())
+        other = true if true is not None else int(probs.topk(2).indices[1])
+        image = pixels.permute(1, 2, 0).numpy()
         notes = () if true is not None else ("the true class is not known: the second map explains the second most "
                                              "likely class",)
         return Explanation(self.run_id, image, self.classes, tuple(float(p) for p in probs), predicted, true,
-                           self.block, maps, seconds, name, notes)
+                           self.block, self._maps(image, probs, predicted, other, true is not None, cams), seconds,
+                           name, notes)
 
-    def _first_task(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits[:, :len(self.classes)]  # several tasks: the first task's columns come first
-
-    def _maps(self, image, probs, predicted, true, other, wanted, grads, eigen) -> tuple[Map, ...]:
+    def _maps(self, image, probs, predicted: int, other: int, known: bool, cams: np.ndarray) -> tuple[Map, ...]:
         name = self.classes
-        pred = Map("gradcam", f"Grad-CAM, predicted {name[predicted]} ({probs[predicted]:.0%})", predicted,
-                   grads[0], overlay(image, grads[0]))
-        which = "true" if true is not None else "2nd"
-        second = grads[wanted.index(other)]
-        return (pred,
-                Map("gradcam", f"Grad-CAM, {which} {name[other]} ({probs[other]:.0%})", other, second,
-                    overlay(image, second)),
-                Map("eigencam", "EigenCAM (no gradients)", None, eigen, overlay(image, eigen)))
+        which = "true" if known else "2nd"
+        return (Map("gradcam", f"Grad-CAM, predicted {name[predicted]} ({probs[predicted]:.0%})", predicted,
+                    cams[0], overlay(image, cams[0])),
+                Map("gradcam", f"Grad-CAM, {which} {name[other]} ({probs[other]:.0%})", other, cams[1],
+                    overlay(image, cams[1])),
+                Map("eigencam", "EigenCAM (no gradients)", None, cams[2], overlay(image, cams[2])))
 
 
 # --- images of a run ---------------------------------------------------------------------------
@@ -239,6 +276,45 @@ def val_pixels(ds: data.Dataset, record, position: int, explainer: Explainer) ->
     if decoded.skipped:
         raise data.DataError(f"val image #{position} cannot be read: {decoded.skipped[0]}")
     return decoded.images[0], row["label"], f"val image #{position}"
+
+
+def class_index(classes: tuple[str, ...], name: str | None) -> int | None:
+    """The index of class ``name`` (None: not given); a ValueError naming the choices otherwise."""
+    if name is None:
+        return None
+    if name not in classes:
+        from ftlab.messages import printable, some
+
+        raise ValueError(f"{printable(name)!r} is not one of the run's classes: {some(classes)}")
+    return classes.index(name)
+
+
+def of_val_image(explainer: Explainer, record, ds: data.Dataset, position: int) -> Explanation:
+    """The maps of the run's ``position``-th val image, for its true class."""
+    pixels, label, name = val_pixels(ds, record, position, explainer)
+    return explainer.explain(pixels, label, name)
+
+
+def of_file(explainer: Explainer, source, name: str, true_class: str | None = None) -> Explanation:
+    """The maps of an image file (bytes or a path), for ``true_class`` where it is given."""
+    return explainer.explain(explainer.pixels(source, name), class_index(explainer.classes, true_class), name)
+
+
+def val_caption(record, position: int) -> str:
+    """The run's ``position``-th val image in words: its true and predicted class and loss."""
+    rows, classes = val_images(record), record.classes
+    if not 0 <= position < len(rows):
+        return ""
+    r = rows[position]
+    verdict = "right" if r["label"] == r["predicted"] else f"predicted {classes[r['predicted']]}"
+    return f"val image #{position}: {classes[r['label']]}, {verdict} (loss {r['loss']:.2f})"
+
+
+def enlarged(pixels: np.ndarray, side: int = PANEL_PX) -> np.ndarray:
+    """A small (S, S, 3) image scaled up to ``side`` with its pixels kept square, for a page."""
+    if pixels.shape[0] >= side:
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((side, side), Image.Resampling.NEAREST))
 
 
 def same_val_split(records, run) -> list:
