@@ -144,7 +144,19 @@ def _parser() -> argparse.ArgumentParser:
     _add_probe(sub)
     _add_lr_find(sub)
     _add_explain(sub)
+    _add_shift(sub)
     return p
+
+
+def _add_shift(sub) -> None:
+    sh = sub.add_parser("shift", help="a run's val accuracy on corrupted copies of its val images: blur, JPEG, "
+                                      "colour jitter, greyscale, rotation, noise, two severities each",
+                        description="Inference only: the runs are not changed. Every random draw is seeded by "
+                                    "--seed, the corruption, its severity and the image, so the test repeats exactly.")
+    sh.add_argument("--run", required=True, action="append", metavar="RUN_ID",
+                    help="run id (see `python -m ftlab runs`); give --run again to compare runs")
+    sh.add_argument("--seed", type=int, action=_Once, default=0, help="the seed of the corruptions (default: 0)")
+    sh.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
 
 
 def _add_explain(sub) -> None:
@@ -226,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
                 "stats": _stats, "predict": _predict, "export": _export, "sweep": _sweep,
-                "probe": _probe, "lr-find": _lr_find, "explain": _explain}[args.command](args)
+                "probe": _probe, "lr-find": _lr_find, "explain": _explain,
+                "shift": _shift}[args.command](args)
     except SettingError as err:  # an environment setting read where it is used
         return _fail(str(err))
     except KeyboardInterrupt:
@@ -611,6 +624,35 @@ def _explain(args: argparse.Namespace) -> int:
         for note in result.notes:
             print(f"note: {note}")
         print(f"wrote {out}")
+    return 0
+
+
+def _shift(args: argparse.Namespace) -> int:
+    from ftlab import runs, shift
+    from ftlab.checkpoints import CheckpointError
+    from ftlab.errors import StopRequested
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C stops between batches
+    results = []
+    try:
+        store = runs.RunStore()
+        for run_id in dict.fromkeys(args.run):  # each run once, in the order given
+            runs.check_run_id(run_id)
+            results.append(shift.run_shift(run_id, store, seed=args.seed, should_stop=stop.is_set,
+                                           say=lambda m: print(f"[ftlab] {run_id}: {printable(m)}", file=sys.stderr)))
+    except StopRequested:
+        return _fail("stopped by the user", 1)
+    except (KeyError, ValueError, CheckpointError) as err:  # DataError is a ValueError
+        return _fail(err.args[0] if err.args else str(err))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps({"runs": [r.to_dict() for r in results], "table": shift.table(results)}))
+        return 0
+    for r in results:
+        for line in r.lines():
+            print(printable(line))
     return 0
 
 

@@ -231,6 +231,9 @@ class Explainer:
         image = pixels.permute(1, 2, 0).numpy()
         notes = () if true is not None else ("the true class is not known: the second map explains the second most "
                                              "likely class",)
+        # Grad-CAM keeps the positive evidence only: a class nothing in the image speaks for has a flat map
+        notes += tuple(f"no part of the image raises the score of {self.classes[c]}: its Grad-CAM is zero everywhere"
+                       for c, cam in zip((predicted, other), cams[:2]) if cam.max() < 1e-6)
         return Explanation(self.run_id, image, self.classes, tuple(float(p) for p in probs), predicted, true,
                            self.block, self._maps(image, probs, predicted, other, true is not None, cams), seconds,
                            name, notes)
