@@ -227,3 +227,13 @@ def run_shift(run_id: str, store=None, *, seed: int = 0, say: Callable[[str], No
         rows.append(ShiftRow(c.name, s, c.setting(s), acc))
     return ShiftResult(run_id, explore.record_label(record, with_id=False), len(images), seed, clean, tuple(rows),
                        decoded.skipped)
+
+
+def run_many(run_ids: Sequence[str], store=None, *, seed: int = 0, say: Callable[[str], None] = lambda m: None,
+             should_stop: Callable[[], bool] = lambda: False) -> list[ShiftResult]:
+    """`run_shift` of each run in turn, each run's progress prefixed with its place in the list."""
+    results = []
+    for k, run_id in enumerate(dict.fromkeys(run_ids), 1):
+        results.append(run_shift(run_id, store, seed=seed, should_stop=should_stop,
+                                 say=lambda m, k=k: say(f"run {k} of {len(run_ids)} ({run_id}): {m}")))
+    return results

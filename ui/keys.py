@@ -99,6 +99,11 @@ CAM_VAL = "inspect.cam_val"  # the val image's position in the run's val list
 CAM_UPLOAD = "inspect.cam_upload"
 CAM_TRUE = "inspect.cam_true"  # the upload's true class ("" : not known)
 CAM_RUNS = "inspect.cam_runs"  # further kept runs whose maps stand beside the run's
+SHIFT_RUNS = "inspect.shift_runs"  # the runs the shift test re-evaluates
+SHIFT_SEED = "inspect.shift_seed"
+SHIFT_START = "inspect.shift_start"
+SHIFT_STOP = "inspect.shift_stop"
+FLIPS_OTHER = "inspect.flips_other"  # the run whose predictions the run's are set against
 
 SOURCES = ("Built-in", "Download", "Upload a .zip", "Folder on this machine")  # the Data page's choices
 
