@@ -50,6 +50,7 @@ class BackboneSpec:
     crop_pct: float = 1.0
     has_imagenet: bool = True
     weights_file: str = ""  # file name of the ImageNet weights, for messages and the offline check
+    cam_block: str = ""  # the last block with a spatial output: class activation maps are taken there
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

@@ -39,6 +39,11 @@ class BackboneFacts:
     crop_pct: float = 1.0
     has_imagenet: bool = True
     weights_file: str = ""  # file name of the ImageNet weights, for messages and the offline check
+    # the last block whose output is still spatial and reaches the head: class activation maps
+    # (`ftlab.explain`) are computed on its output. The last block for feature maps; for ViT the one
+    # before it, since only the class token of the last block's output is read, so its patch
+    # tokens get no gradient (their Grad-CAM would be zero everywhere)
+    cam_block: str = ""
 
 
 LITE0 = "efficientnet_lite0"  # its ImageNet weights ship with a package in ftlab's requirements
@@ -52,27 +57,27 @@ LITE0 = "efficientnet_lite0"  # its ImageNet weights ship with a package in ftla
 # 5 epochs, with the crop, 0.853 against 0.892).
 CATALOGUE: tuple[BackboneFacts, ...] = (
     BackboneFacts("resnet18", "ResNet-18, 11.7M parameters", 512, crop_pct=224 / 256,
-                  weights_file="resnet18-f37072fd.pth"),
+                  weights_file="resnet18-f37072fd.pth", cam_block="layer4"),
     BackboneFacts("resnet50", "ResNet-50, 25.6M parameters", 2048, crop_pct=224 / 232,
-                  weights_file="resnet50-11ad3fa6.pth"),
+                  weights_file="resnet50-11ad3fa6.pth", cam_block="layer4"),
     BackboneFacts("mobilenet_v3_small", "MobileNetV3 small, 2.5M parameters", 1024, crop_pct=224 / 256,
-                  weights_file="mobilenet_v3_small-047dcff4.pth"),
+                  weights_file="mobilenet_v3_small-047dcff4.pth", cam_block="conv_head"),
     BackboneFacts("mobilenet_v3_large", "MobileNetV3 large, 5.5M parameters", 1280, crop_pct=224 / 232,
-                  weights_file="mobilenet_v3_large-5c1a4163.pth"),
+                  weights_file="mobilenet_v3_large-5c1a4163.pth", cam_block="conv_head"),
     BackboneFacts("efficientnet_b0", "EfficientNet-B0, 5.3M parameters", 1280, crop_pct=224 / 256,
-                  weights_file="efficientnet_b0_rwightman-7f5810bc.pth"),
+                  weights_file="efficientnet_b0_rwightman-7f5810bc.pth", cam_block="conv_head"),
     BackboneFacts("convnext_tiny", "ConvNeXt tiny, 28.6M parameters", 768, crop_pct=224 / 236,
-                  weights_file="convnext_tiny-983f1562.pth"),
+                  weights_file="convnext_tiny-983f1562.pth", cam_block="stage4"),
     BackboneFacts("regnet_y_400mf", "RegNetY-400MF, 4.3M parameters", 440, crop_pct=224 / 232,
-                  weights_file="regnet_y_400mf-e6988f5f.pth"),
+                  weights_file="regnet_y_400mf-e6988f5f.pth", cam_block="block4"),
     BackboneFacts("densenet121", "DenseNet-121, 8.0M parameters", 1024, crop_pct=224 / 256,
-                  weights_file="densenet121-a639ec97.pth"),
+                  weights_file="densenet121-a639ec97.pth", cam_block="dense4"),
     BackboneFacts("vit_b_16", "Vision Transformer B/16, 86.6M parameters (224 px only)", 768, fixed_size=224,
-                  min_size=224, crop_pct=224 / 256, weights_file="vit_b_16-c867db91.pth"),
+                  min_size=224, crop_pct=224 / 256, weights_file="vit_b_16-c867db91.pth", cam_block="encoder3"),
     BackboneFacts(LITE0, "EfficientNet-Lite0, 4.7M parameters, ImageNet weights offline", 1280, crop_pct=0.875,
-                  weights_file="efficientnet-lite0-57934424.pth"),
+                  weights_file="efficientnet-lite0-57934424.pth", cam_block="conv_head"),
     BackboneFacts("small_cnn", "Small 4-block CNN trained from scratch (the baseline)", 256, default_size=64,
-                  min_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), has_imagenet=False),
+                  min_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), has_imagenet=False, cam_block="stage3"),
 )
 
 

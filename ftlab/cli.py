@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import typing
+from pathlib import Path
 
 from ftlab import config as cfg
 from ftlab import events, explore, tasks
@@ -142,7 +143,38 @@ def _parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_probe(sub)
     _add_lr_find(sub)
+    _add_explain(sub)
+    _add_shift(sub)
     return p
+
+
+def _add_shift(sub) -> None:
+    sh = sub.add_parser("shift", help="a run's val accuracy on corrupted copies of its val images: blur, JPEG, "
+                                      "colour jitter, greyscale, rotation, noise, two severities each",
+                        description="Inference only: the runs are not changed. Every random draw is seeded by "
+                                    "--seed, the corruption, its severity and the image, so the test repeats exactly.")
+    sh.add_argument("--run", required=True, action="append", metavar="RUN_ID",
+                    help="run id (see `python -m ftlab runs`); give --run again to compare runs")
+    sh.add_argument("--seed", type=int, action=_Once, default=0, help="the seed of the corruptions (default: 0)")
+    sh.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
+
+
+def _add_explain(sub) -> None:
+    ex = sub.add_parser("explain", help="class activation maps of a run's best model for an image: Grad-CAM for the "
+                                        "predicted and the true class, and EigenCAM",
+                        description="The maps are taken at the backbone's last spatial block, on the image resized "
+                                    "and cropped as the run's evaluation did. Nothing of the run is changed.")
+    ex.add_argument("--run", required=True, action=_Once, help="run id (see `python -m ftlab runs`)")
+    ex.add_argument("image", nargs="?", default=None, help="an image file (or give --val-image)")
+    ex.add_argument("--val-image", type=int, action=_Once, default=None, metavar="K",
+                    help="instead of a file: the run's K-th val image (0 is the first), its true class known")
+    ex.add_argument("--class", dest="true_class", action=_Once, default=None, metavar="NAME",
+                    help="the image's true class, for the second Grad-CAM (default: a val image's own class; a "
+                         "file without it gets the map of its second most likely class)")
+    ex.add_argument("--out", action=_Once, default=None, metavar="PATH",
+                    help="the PNG to write: the image and its three maps side by side (default: "
+                         "cam-<run id>.png here)")
+    ex.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
 
 
 def _add_sweep(sub) -> None:
@@ -206,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
                 "stats": _stats, "predict": _predict, "export": _export, "sweep": _sweep,
-                "probe": _probe, "lr-find": _lr_find}[args.command](args)
+                "probe": _probe, "lr-find": _lr_find, "explain": _explain,
+                "shift": _shift}[args.command](args)
     except SettingError as err:  # an environment setting read where it is used
         return _fail(str(err))
     except KeyboardInterrupt:
@@ -553,6 +586,74 @@ def _export(args: argparse.Namespace) -> int:
     except (KeyError, CheckpointError, export.ExportError, data.DataError) as err:
         return _fail(err.args[0] if err.args else str(err), 1)
     return _print_result(result, args.json)
+
+
+# --- explain ----------------------------------------------------------------------------
+
+def _explain(args: argparse.Namespace) -> int:
+    from ftlab import data, explain, runs
+    from ftlab.checkpoints import CheckpointError
+    from ftlab.config import TrainConfig
+
+    if (args.image is None) == (args.val_image is None):
+        return _fail("give one image: a file, or --val-image K for the run's K-th val image")
+    try:
+        runs.check_run_id(args.run)
+        store = runs.RunStore()
+        explainer = explain.Explainer.for_run(args.run, store)
+        true = explain.class_index(explainer.classes, args.true_class)
+        if args.val_image is not None:
+            record = store.get(args.run)
+            pixels, label, name = explain.val_pixels(data.load_for(TrainConfig.from_dict(record.config),
+                                                                   download=False), record, args.val_image, explainer)
+            true = label if true is None else true
+        else:
+            pixels, name = explainer.pixels(args.image), Path(args.image).name
+        result = explainer.explain(pixels, true, name)
+        out = explain.save(result, Path(args.out or f"cam-{args.run}.png"))
+    except (KeyError, ValueError, CheckpointError) as err:  # DataError is a ValueError
+        return _fail(err.args[0] if err.args else str(err))
+    except OSError as err:  # the --out file cannot be written
+        return _fail(f"the maps cannot be written: {err.strerror or err}")
+    if args.json:
+        print(json.dumps({**result.to_dict(), "out": str(out)}))
+    else:
+        top = result.predicted
+        print(f"{printable(name)}: predicted {printable(result.classes[top])} ({result.probabilities[top]:.1%}), "
+              f"maps of block {result.target_block} in {explore.format_duration(result.seconds)}")
+        for note in result.notes:
+            print(f"note: {note}")
+        print(f"wrote {out}")
+    return 0
+
+
+def _shift(args: argparse.Namespace) -> int:
+    from ftlab import runs, shift
+    from ftlab.checkpoints import CheckpointError
+    from ftlab.errors import StopRequested
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C stops between batches
+    results = []
+    try:
+        store = runs.RunStore()
+        for run_id in dict.fromkeys(args.run):  # each run once, in the order given
+            runs.check_run_id(run_id)
+            results.append(shift.run_shift(run_id, store, seed=args.seed, should_stop=stop.is_set,
+                                           say=lambda m: print(f"[ftlab] {run_id}: {printable(m)}", file=sys.stderr)))
+    except StopRequested:
+        return _fail("stopped by the user", 1)
+    except (KeyError, ValueError, CheckpointError) as err:  # DataError is a ValueError
+        return _fail(err.args[0] if err.args else str(err))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps({"runs": [r.to_dict() for r in results], "table": shift.table(results)}))
+        return 0
+    for r in results:
+        for line in r.lines():
+            print(printable(line))
+    return 0
 
 
 # --- probe ------------------------------------------------------------------------------

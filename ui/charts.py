@@ -288,3 +288,12 @@ def lr_find(result: Mapping) -> go.Figure:
         if smoothed and min(smoothed) > 0 else {}
     return _layout(fig, "Learning-rate finder: loss against the rate", xaxis_title="learning rate (head)",
                    xaxis_type="log", yaxis_title="loss", **extra)
+
+
+def shift_accuracy(series: Mapping[str, Sequence[Mapping]]) -> go.Figure:
+    """The shift test: each run's val accuracy on the clean images and at each corruption and
+    severity (`ftlab.shift.chart_series`), one line of markers per run."""
+    fig = go.Figure([go.Scatter(name=name, x=[p["setting"] for p in points], y=[p["accuracy"] for p in points],
+                                mode="lines+markers") for name, points in series.items()])
+    return _layout(fig, "Val accuracy under shift", xaxis_title="corruption and severity",
+                   yaxis_title="val accuracy", yaxis_range=[0, 1.02], xaxis_type="category", height=380)

@@ -94,6 +94,18 @@ PROBE_START = "sweep.probe_start"
 PROBE_STOP = "sweep.probe_stop"
 PROBE_PER_CLASS = "sweep.probe_per_class"
 
+# Inspect page: what the model sees (class activation maps, the shift test, prediction flips)
+CAM_SOURCE = "inspect.cam_source"  # a val image | an upload
+CAM_VAL = "inspect.cam_val"  # the val image's position in the run's val list
+CAM_UPLOAD = "inspect.cam_upload"
+CAM_TRUE = "inspect.cam_true"  # the upload's true class ("" : not known)
+CAM_RUNS = "inspect.cam_runs"  # further kept runs whose maps stand beside the run's
+SHIFT_RUNS = "inspect.shift_runs"  # the runs the shift test re-evaluates
+SHIFT_SEED = "inspect.shift_seed"
+SHIFT_START = "inspect.shift_start"
+SHIFT_STOP = "inspect.shift_stop"
+FLIPS_OTHER = "inspect.flips_other"  # the run whose predictions the run's are set against
+
 SOURCES = ("Built-in", "Download", "Upload a .zip", "Folder on this machine")  # the Data page's choices
 
 

@@ -74,3 +74,30 @@ def start_background(owner: str, kind: str, work, name: str) -> Background:
     job = Background(work, name).start()
     _background()[(owner, kind)] = job
     return job
+
+
+# --- what the model sees (Inspect page) --------------------------------------------------------
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the run's model for its maps…")
+def explainer(run_id: str, home: str):
+    from ftlab.explain import Explainer
+
+    return Explainer.for_run(run_id, RunStore(home))
+
+
+@st.cache_data(max_entries=32, show_spinner="Drawing the maps…")
+def val_explanation(run_id: str, home: str, position: int):
+    """`ftlab.explain.of_val_image` of a kept run's val image, kept per (run, image)."""
+    from ftlab import explain
+
+    record = RunStore(home).get(run_id)
+    return explain.of_val_image(explainer(run_id, home), record, dataset(TrainConfig.from_dict(record.config)),
+                                position)
+
+
+@st.cache_data(max_entries=32, show_spinner="Drawing the maps…")
+def file_explanation(run_id: str, home: str, content: bytes, name: str, true_class: str | None):
+    """`ftlab.explain.of_file` of an uploaded image, kept per (run, file, true class)."""
+    from ftlab import explain
+
+    return explain.of_file(explainer(run_id, home), content, name, true_class)
