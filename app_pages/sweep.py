@@ -106,7 +106,7 @@ else:
         if v.message:
             st.caption(f"Sweep {v.status}: {v.message}")
         st.caption("Where it ran: " + "; ".join(v.groups))
-        for note in v.notes:
+        for note in v.notes + ([f"Cost: {v.cost}"] if v.cost else []):
             st.caption(parts.plain(note))
         st.dataframe(pd.DataFrame(v.rows), hide_index=True, key="sweep.plan_table")
         if not v.members or all(m.best_val is None for m in v.members):

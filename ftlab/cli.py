@@ -439,7 +439,8 @@ def _runs(args: argparse.Namespace) -> int:
     runs = store.list()
     if args.json:
         print(json.dumps([{"id": r.id, "label": explore.record_label(r, with_id=False), "status": r.status,
-                           "dataset": r.dataset, "backbone": r.backbone, "strategy": r.strategy, **r.summary}
+                           "dataset": r.dataset, "backbone": r.backbone, "strategy": r.strategy,
+                           "sweep": explore.sweep_of(r), **r.summary}
                           for r in runs]))
         return 0
     for r in runs:

@@ -180,9 +180,11 @@ def _train_data(base: TrainConfig) -> tuple[list[str], list[int], str]:
     from ftlab.data.prepared import train_counts
 
     try:
-        ds = data.load_for(base)
+        ds = data.load_for(base, download=False)  # a click on the page downloads nothing: the first member does
         counts = train_counts(base, ds)
         split = data.split_for(base, ds)
+    except data.DatasetUnavailable:  # not downloaded yet: the members fetch it (or each says why it cannot)
+        return [], [], ""
     except (data.DataError, OSError) as err:
         return [], [], str(err)
     if not len(split.val):

@@ -86,13 +86,21 @@ def test_train_per_class_above_every_class_is_said_when_the_run_prepares(store):
 # --- 3. the Runs table names each run's sweep -----------------------------------------------------
 
 @pytest.mark.slow
-def test_the_runs_table_has_a_sweep_column(store):
+def test_the_runs_table_has_a_sweep_column(app_env):
+    from streamlit.testing.v1 import AppTest
+
+    store = RunStore()  # FTLAB_HOME's, which the app reads
     plan = sweep.make_plan(BASE, "linear-probe", "0", workers=1)
     assert sweep.run(plan, store=store).status == "finished"
     alone = engine.run(replace(BASE, strategy="linear-probe"), store=store)
     rows = {r["run"]: r for r in explore.runs_table(store.list())}
     assert rows[plan.members[0].run_id]["sweep"] == plan.sweep_id
     assert rows[alone["run_id"]]["sweep"] == ""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("app_pages/runs.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert dict(zip(table["run"], table["sweep"])) == {plan.members[0].run_id: plan.sweep_id, alone["run_id"]: ""}
 
 
 # --- 4. what the plan will do, and which members take the time ----------------------------------
@@ -113,6 +121,7 @@ def test_the_cost_warning_names_the_members_that_train_every_block():
     assert sweep.cost_text(every).startswith("gradual (1 of 1 runs) trains every backbone block")
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_plan_and_its_warning_before_it_starts(app_env):
     from streamlit.testing.v1 import AppTest
 
@@ -132,6 +141,19 @@ def test_the_page_shows_the_plan_and_its_warning_before_it_starts(app_env):
     assert RunStore().sweeps() == []
     at.button(key=K.SWEEP_CANCEL).click().run()
     assert not at.warning and K.SWEEP_PENDING not in at.session_state
+    # one member that trains every block, at one epoch: said, then started when asked
+    at.session_state["cfg.epochs"] = 1
+    at.multiselect(key=K.SWEEP_STRATEGIES).set_value(["full"])
+    at.number_input(key=K.SWEEP_WORKERS).set_value(1)
+    at.button(key=K.SWEEP_START).click().run()
+    assert "full (1 of 1 runs) trains every backbone block" in at.warning[0].value
+    at.button(key=K.SWEEP_CONFIRM).click().run()
+    job = resources.background(at.session_state[K.OWNER], "sweep")
+    assert job is not None and job.join(600)
+    at.run()
+    assert not at.exception and [s["status"] for s in RunStore().sweeps()] == ["finished"]
+    shown = [c.value.replace("\\", "") for c in at.caption]  # drawn as plain text: markdown escaped
+    assert any(c.startswith("Cost: full (1 of 1 runs) trains every backbone block") for c in shown), shown
 
 
 # --- 5. one bootstrap -------------------------------------------------------------------------
