@@ -178,16 +178,21 @@ def test_lr_find_refuses_data_with_one_image_per_class(tmp_path, capsys):
 
 # --- the Sweep page -------------------------------------------------------------------------------
 
-@pytest.fixture
-def page(app_env):
+def sweep_page(epochs: int = 1):
+    """The app on the Sweep page with small_cnn at 16 px for ``epochs`` (the Train form's options set as
+    its submit would)."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     at.switch_page("app_pages/model.py").run()
     at.selectbox(key="cfg.backbone").select("small_cnn").run()
-    at.session_state["cfg.image_size"], at.session_state["cfg.epochs"] = 16, 1
-    at.switch_page("app_pages/sweep.py").run()
-    yield at
+    at.session_state["cfg.image_size"], at.session_state["cfg.epochs"] = 16, epochs
+    return at.switch_page("app_pages/sweep.py").run()
+
+
+@pytest.fixture
+def page(app_env):
+    yield sweep_page()
     from ui import resources
 
     for job in resources._background().values():  # a sweep started by mistake would outlive the test
@@ -234,3 +239,16 @@ def test_a_sweep_on_data_not_downloaded_checks_nothing_away_and_fails_with_the_r
     outcome = sweep.run(plan, store=RunStore())
     assert outcome.status == "failed" and "1 of 1 runs failed: linear-probe (seed 0): " in outcome.message
     assert RunStore().sweep(plan.sweep_id)["message"] == outcome.message
+
+
+def test_the_sweep_pages_probe_says_a_bad_images_per_class(page):
+    from ui import keys as K, resources
+
+    page.text_input(key=K.PROBE_PER_CLASS).set_value("0,all")
+    page.button(key=K.PROBE_START).click().run()
+    job = resources.background(page.session_state[K.OWNER], "probe")
+    assert job is not None and job.join(120)
+    page.run()
+    assert not page.exception, [e.value for e in page.exception]
+    shown = " ".join(e.value for e in page.error)
+    assert "The probe failed: the probe cannot start: per_class takes whole numbers of at least 1" in shown, shown

@@ -123,15 +123,10 @@ def test_the_cost_warning_names_the_members_that_train_every_block():
 
 @pytest.mark.slow
 def test_the_page_shows_the_plan_and_its_warning_before_it_starts(app_env):
-    from streamlit.testing.v1 import AppTest
-
+    from test_hostile_explorer import sweep_page
     from ui import keys as K, resources
 
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    at.switch_page("app_pages/model.py").run()
-    at.selectbox(key="cfg.backbone").select("small_cnn").run()
-    at.session_state["cfg.image_size"], at.session_state["cfg.epochs"] = 16, 4
-    at.switch_page("app_pages/sweep.py").run()
+    at = sweep_page(epochs=4)
     at.button(key=K.SWEEP_START).click().run()  # the default list: full, gradual and lp-ft among them
     assert not at.exception and not at.error, [e.value for e in at.error]
     warning = " ".join(w.value for w in at.warning)
