@@ -235,6 +235,15 @@ def _real_points(per_class: tuple[int, ...], train: list[int]) -> tuple[tuple[in
                   f"{min(train)} for one that every class fills).",)
 
 
+def _why_no_points(strategy: str, frozen: int, always_frozen: int) -> str:
+    """Why ``strategy`` gets no data-efficiency points, in words."""
+    if always_frozen == 0:
+        return "every block trains at some epoch, so each point is a whole fine-tuning run"
+    if not _cheap(strategy):  # gradual over too few epochs to reach the stem
+        return "it unfreezes blocks as the epochs go on, so each point is a fine-tuning run of its own"
+    return "its inputs are not cached under these options (see --feature-cache)"
+
+
 def make_plan(base: TrainConfig, strategies, seeds, *, cores: int | None = None, device: str | None = None,
               workers: int | None = None, per_class=(), data: bool = True) -> Plan:
     """Members in the order they run and the processes they run in. ``workers`` caps the processes
@@ -252,9 +261,7 @@ def make_plan(base: TrainConfig, strategies, seeds, *, cores: int | None = None,
     classes, train, data_problem = _train_data(base) if data else ([], [], "")
     per_class, notes = _real_points(per_class, train)
     points = {s: per_class if caching and frozen[s] > 0 and _cheap(s) else () for s in strategies}
-    skipped = {s: ("every block trains at some epoch, so each point is a whole fine-tuning run" if not _cheap(s) or
-                   not frozen[s] else "its inputs are not cached under these options (see --feature-cache)")
-               for s in strategies if per_class and not points[s]}
+    skipped = {s: _why_no_points(s, *counts[s]) for s in strategies if per_class and not points[s]}
     count = sum(len(seeds) * (1 + len(points[s])) for s in strategies)
     if count > MAX_MEMBERS:
         asked = f"{len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} x {len(seeds)} seed" + \

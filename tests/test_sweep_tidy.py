@@ -213,3 +213,12 @@ def test_the_cli_prints_the_plan_before_the_first_member(tmp_path, monkeypatch, 
     assert "no members for 500 images per class" in head
     rep = json.loads(out.out.strip().splitlines()[-1])
     assert len(rep["members"]) == 1 and any("named twice" in n for n in rep["notes"]) and rep["cost"] == ""
+
+
+def test_why_a_strategy_has_no_data_efficiency_points_is_its_own():
+    plan = sweep.make_plan(replace(BASE, epochs=2), "linear-probe,full,gradual,top-4", "0", per_class="2", workers=1)
+    assert "every block trains at some epoch" in plan.skipped["full"] == plan.skipped["top-4"]  # top-4: all 4
+    assert plan.skipped["gradual"].startswith("it unfreezes blocks as the epochs go on")
+    assert "linear-probe" not in plan.skipped
+    uncached = sweep.make_plan(replace(BASE, feature_cache=False), "linear-probe", "0", per_class="2", workers=1)
+    assert "not cached under these options" in uncached.skipped["linear-probe"]
