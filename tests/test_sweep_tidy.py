@@ -222,3 +222,15 @@ def test_why_a_strategy_has_no_data_efficiency_points_is_its_own():
     assert "linear-probe" not in plan.skipped
     uncached = sweep.make_plan(replace(BASE, feature_cache=False), "linear-probe", "0", per_class="2", workers=1)
     assert "not cached under these options" in uncached.skipped["linear-probe"]
+
+
+@pytest.mark.slow
+def test_lr_find_past_lp_fts_probe_ramps_every_block_and_before_it_the_head(store):
+    from ftlab import lr_find
+
+    config = replace(BASE, strategy="lp-ft", epochs=4)  # the probe's last possible epoch: 2
+    before = lr_find.find_lr(config, lr_find.FinderOptions(steps=20, at_epoch=2), store=store)
+    after = lr_find.find_lr(config, lr_find.FinderOptions(steps=20, at_epoch=3), store=store)
+    assert before.trained_blocks == ("head",)
+    assert set(after.trained_blocks) >= {"stem", "stage1", "stage2", "stage3", "head"}
+    assert store.list() == []  # the finder keeps no run
