@@ -4,7 +4,6 @@ import pandas as pd
 import streamlit as st
 
 from ftlab import compare, sweep
-from ftlab.config import validate
 from ui import charts, keys as K, parts, resources, session as S
 
 state = st.session_state
@@ -15,17 +14,20 @@ X_AXES = {"depth": "freeze depth", "trainable_params": "trainable parameters", "
 
 
 def start_sweep() -> None:
-    strategies, seeds = state.get(K.SWEEP_STRATEGIES) or [], state.get(K.SWEEP_SEEDS, "")
-    try:
-        plan = sweep.make_plan(config, strategies, seeds, per_class=state.get(K.SWEEP_PER_CLASS, ""),
-                               workers=state.get(K.SWEEP_WORKERS) or None)
-    except ValueError as err:
-        state[K.SWEEP_FLASH] = ("error", str(err))
-        return
-    problems = sorted({p for m in plan.members for p in validate(plan.config(m))})
-    if problems:
+    plan, problems = sweep.checked_plan(config, state.get(K.SWEEP_STRATEGIES) or [], state.get(K.SWEEP_SEEDS, ""),
+                                        per_class=state.get(K.SWEEP_PER_CLASS, ""),
+                                        workers=state.get(K.SWEEP_WORKERS) or None)
+    if plan is None:
         state[K.SWEEP_FLASH] = ("error", "The sweep cannot start: " + " ".join(problems))
         return
+    if sweep.cost_text(plan):  # members that train every block: the plan and its warning first, then a choice
+        state[K.SWEEP_PENDING] = plan
+        return
+    launch(plan)
+
+
+def launch(plan: sweep.Plan) -> None:
+    state.pop(K.SWEEP_PENDING, None)
     home = store.home
     sweep.record(plan, store)  # listed, with its members waiting, from this rerun on
     resources.start_background(owner, "sweep", lambda say, stop: sweep.run(
@@ -65,6 +67,17 @@ with st.form(K.SWEEP_FORM, border=True):
     st.form_submit_button("Start the sweep", type="primary", disabled=running, key=K.SWEEP_START,
                           on_click=start_sweep)
 
+pending = state.get(K.SWEEP_PENDING)
+if pending is not None and not running:
+    lines = sweep.plan_lines(pending)
+    st.markdown("**The plan**\n\n" + "\n".join(f"- {parts.plain(line)}" for line in lines
+                                                 if not line.startswith("warning: ")))
+    st.warning(sweep.cost_text(pending))
+    cols = st.columns(2)
+    cols[0].button("Start it anyway", type="primary", key=K.SWEEP_CONFIRM, on_click=launch, args=(pending,))
+    cols[1].button("Cancel", key=K.SWEEP_CANCEL, on_click=state.pop, args=(K.SWEEP_PENDING, None),
+                   help="Nothing is kept: change the strategies above and start again.")
+
 kept = store.sweeps()
 if not kept:
     st.caption("No sweep yet: choose the strategies and press Start the sweep.")
@@ -93,6 +106,8 @@ else:
         if v.message:
             st.caption(f"Sweep {v.status}: {v.message}")
         st.caption("Where it ran: " + "; ".join(v.groups))
+        for note in v.notes + ([f"Cost: {v.cost}"] if v.cost else []):
+            st.caption(parts.plain(note))
         st.dataframe(pd.DataFrame(v.rows), hide_index=True, key="sweep.plan_table")
         if not v.members or all(m.best_val is None for m in v.members):
             st.caption("The comparison appears when the first member ends.")

@@ -196,7 +196,8 @@ def _add_sweep(sub) -> None:
                     help="data efficiency: also train each strategy cheap enough (linear-probe, top-N) on K images "
                          "per class, e.g. 2,5,10,20 (the val split stays whole)")
     sw.add_argument("--workers", type=int, action=_Once, default=0, metavar="N",
-                    help="at most this many processes (default 0: the core count; 1: all in this one)")
+                    help=f"at most this many processes (default 0: the core count; 1: all in this one; at most "
+                         f"{sweep.MAX_WORKERS})")
     sw.add_argument("--list", action="store_true", help="list the kept sweeps and stop")
     sw.add_argument("--json", action="store_true", help="print the sweep's summary as JSON on the last line")
 
@@ -372,27 +373,14 @@ def _sweep(args: argparse.Namespace) -> int:
     store = RunStore()
     if args.list:
         return _list_sweeps(store, args.json)
-    if args.workers < 0:
-        return _fail("--workers takes 0 (the core count) or more")
     values = {f.name: getattr(args, f.name) for f in cfg.options()}
     base = cfg.TrainConfig(**values)
-    try:
-        strategies = sweep.parse_strategies(args.strategies)
-        seeds = sweep.parse_seeds(args.seeds if args.seeds is not None else str(base.seed))
-    except ValueError as err:
-        return _fail(str(err))
-    problems = sorted({p for s in strategies for p in cfg.validate(dataclasses.replace(base, strategy=s))})
-    if problems:
+    plan, problems = sweep.checked_plan(base, args.strategies, args.seeds if args.seeds is not None else str(base.seed),
+                                        workers=args.workers, per_class=args.per_class)
+    if plan is None:
         return _fail("\n  ".join(["the sweep cannot start:"] + problems))
-    try:
-        plan = sweep.make_plan(base, strategies, seeds, workers=args.workers or None, per_class=args.per_class)
-    except ValueError as err:
-        return _fail(str(err))
-    print(f"[ftlab] sweep {plan.sweep_id}: {len(plan.members)} runs on {plan.device} ({plan.cores} cores)", file=sys.stderr)
-    for g in plan.groups:
-        print(f"[ftlab]   {g.describe()}", file=sys.stderr)
-    for strategy, why in plan.skipped.items():
-        print(f"[ftlab]   no per-class points for {strategy}: {why}", file=sys.stderr)
+    for line in sweep.plan_lines(plan):
+        print(f"[ftlab] {printable(line)}", file=sys.stderr)
     ended = []
 
     def on_member(member, summary: dict) -> None:
@@ -484,7 +472,8 @@ def _runs(args: argparse.Namespace) -> int:
     runs = store.list()
     if args.json:
         print(json.dumps([{"id": r.id, "label": explore.record_label(r, with_id=False), "status": r.status,
-                           "dataset": r.dataset, "backbone": r.backbone, "strategy": r.strategy, **r.summary}
+                           "dataset": r.dataset, "backbone": r.backbone, "strategy": r.strategy,
+                           "sweep": explore.sweep_of(r), **r.summary}
                           for r in runs]))
         return 0
     for r in runs:

@@ -54,10 +54,7 @@ def bootstrap_interval(correct: np.ndarray, level: float = LEVEL, resamples: int
     (0.0, 1.0)
     """
     values = _scores(correct, "bootstrap_interval")
-    if not 0 < level < 1:
-        raise ValueError(f"the interval's level must lie between 0 and 1 (0.95 for 95%), not {level!r}")
-    if not isinstance(resamples, int) or resamples < 1:
-        raise ValueError(f"resamples must be a whole number of at least 1 (10,000 is usual), not {resamples!r}")
+    _check_interval(level, resamples)
     n = len(values)
     levels, counts = np.unique(values, return_counts=True)
     rng = np.random.default_rng(seed)
@@ -69,8 +66,53 @@ def bootstrap_interval(correct: np.ndarray, level: float = LEVEL, resamples: int
         step = max(1, _CHUNK // n)
         means = np.concatenate([values[rng.integers(0, n, (min(step, resamples - start), n))].mean(axis=1)
                                 for start in range(0, resamples, step)])
+    return _interval_of(means, level)
+
+
+def bootstrap_draws_interval(rows: np.ndarray, level: float = LEVEL, resamples: int = RESAMPLES,
+                             seed: int = 0) -> tuple[float, float]:
+    """`bootstrap_interval` of several fitted draws scored on the same images, ``rows`` (draws, images)
+    (the probe's data-efficiency points): each resample draws the rows too, then the images of their
+    per-image mean, so the interval holds the spread between draws as well as that of the images.
+    One row is `bootstrap_interval` of it.
+
+    >>> bootstrap_draws_interval(np.ones((3, 20)))
+    (1.0, 1.0)
+    """
+    rows = np.atleast_2d(np.asarray(rows))
+    if rows.ndim != 2 or len(rows) == 0:
+        raise ValueError(f"bootstrap_draws_interval needs (draws, images) scores, got shape {np.shape(rows)}")
+    if len(rows) == 1:
+        return bootstrap_interval(rows[0], level, resamples, seed)
+    rows = np.array([_scores(row, "bootstrap_draws_interval") for row in rows])
+    _check_interval(level, resamples)
+    return _interval_of(_draws_and_images(rows, resamples, seed), level)
+
+
+def _check_interval(level: float, resamples: int) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"the interval's level must lie between 0 and 1 (0.95 for 95%), not {level!r}")
+    if not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be a whole number of at least 1 (10,000 is usual), not {resamples!r}")
+
+
+def _interval_of(means: np.ndarray, level: float) -> tuple[float, float]:
     low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
+
+
+def _draws_and_images(rows: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Resampled means of (draws, images) scores: rows drawn with replacement, averaged per image, then
+    the images drawn with replacement; in chunks that keep resamples x draws x images bounded."""
+    d, n = rows.shape
+    rng = np.random.default_rng(seed)
+    step = max(1, _CHUNK // (d * n))
+    means = []
+    for start in range(0, resamples, step):
+        b = min(step, resamples - start)
+        picked = rows[rng.integers(0, d, (b, d))].mean(axis=1)  # (b, images): each resample's draws, averaged
+        means.append(np.take_along_axis(picked, rng.integers(0, n, (b, n)), axis=1).mean(axis=1))
+    return np.concatenate(means)
 
 
 def _scores(values: object, what: str) -> np.ndarray:

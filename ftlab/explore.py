@@ -542,9 +542,21 @@ def runs_table(records: list, running: set[str] = frozenset()) -> list[dict]:
                      "test accuracy": _number(s.get("test_accuracy")), "epochs": _number(s.get("epochs_run")),
                      "train seconds": _number(s.get("train_seconds")), "precision": precision_text(s),
                      "teacher": (teacher_of(s) or {}).get("run_id", ""),
+                     "sweep": sweep_of(r),
                      "status": status,
                      "message": r.message})
     return rows
+
+
+def sweep_of(record) -> str:
+    """The id of the sweep a kept run is a member of (its config's ``sweep``), "" for a run of its own.
+
+    >>> from types import SimpleNamespace as R
+    >>> sweep_of(R(config={"sweep": "20261202-150000-ab12cd"})), sweep_of(R(config={})), sweep_of(R(config=None))
+    ('20261202-150000-ab12cd', '', '')
+    """
+    config = record.config if isinstance(record.config, dict) else {}
+    return printable(config["sweep"]) if isinstance(config.get("sweep"), str) else ""
 
 
 def precision_text(summary: dict) -> str:

@@ -76,18 +76,23 @@ RULE = ("The suggested rate is one tenth of the rate at which the smoothed loss 
         "the loss is about to blow up, and a tenth of it is still on the steep, falling part of the curve.")
 
 
+AT_EPOCH_HELP = ("ramp the blocks that train in this epoch (1: the first), starting from the run's initial weights "
+                 "(the pretrained backbone and a new head: no epoch is trained first): gradual, the blocks unfrozen by "
+                 "then; lp-ft, the head alone up to its last probe epoch (lp_epochs, 0: half the epochs), every block "
+                 "after it, whose rate the run reaches as lr x lp_ft_factor")
+
+
 @dataclass(frozen=True)
 class FinderOptions:
     """The ramp: ``steps`` rates from ``start_lr`` to ``end_lr``, spaced evenly on a log scale,
-    with the freeze plan of epoch ``at_epoch`` (1-based, as epochs are shown: 1 is the first; a
-    gradual run's later epochs train more blocks)."""
+    training the blocks that train in epoch ``at_epoch`` (1-based, as epochs are shown) from the
+    run's initial weights (`AT_EPOCH_HELP`)."""
 
     steps: int = field(default=100, metadata={"help": "steps of the ramp (batches; the training split is cycled "
                                                       "through as often as it takes)", "lo": 10, "hi": 2000})
     start_lr: float = field(default=1e-7, metadata={"help": "the ramp's first learning rate", "lo": 1e-10, "hi": 1.0})
     end_lr: float = field(default=10.0, metadata={"help": "the ramp's last learning rate", "lo": 1e-6, "hi": 100.0})
-    at_epoch: int = field(default=1, metadata={"help": "use the freeze plan of this epoch (1: the first; a gradual "
-                                                       "run unfreezes more blocks in later ones)", "lo": 1, "hi": 1000})
+    at_epoch: int = field(default=1, metadata={"help": AT_EPOCH_HELP, "lo": 1, "hi": 1000})
 
     def problems(self, config: TrainConfig | None = None) -> list[str]:
         """Every problem with the options, each a sentence saying what is allowed."""
@@ -99,7 +104,8 @@ class FinderOptions:
                 out.append(f"{f.name} must be {'a whole number' if kind is int else 'a number'} (got {value!r}).")
                 bad.add(f.name)
             elif not (math.isfinite(value) and lo <= value <= hi):
-                out.append(f"{f.name} must be between {lo:g} and {hi:g} (got {value:g}).")
+                got = value if kind is int else f"{value:g}"
+                out.append(f"{f.name} must be between {lo:g} and {hi:g} (got {got}).")
                 bad.add(f.name)
         if not bad & {"start_lr", "end_lr"} and self.start_lr >= self.end_lr:
             out.append(f"start_lr ({self.start_lr:g}) must be below end_lr ({self.end_lr:g}): the ramp rises.")

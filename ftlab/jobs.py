@@ -35,20 +35,20 @@ class JobSnapshot:
     end: events.Event | None
 
 
-class Job:
-    """``run`` in a daemon thread. Events go onto ``events`` (a queue) and fold into a
-    snapshot that a page can read at any time; ``stop()`` ends the run within one batch."""
+class _Threaded:
+    """A piece of work in a daemon thread named ``ftlab-<name>``, with the stop flag it reads and the
+    lock its state is read under; a subclass gives ``_main``. What `Job` and `Background` share."""
 
-    def __init__(self, config: TrainConfig, store: RunStore, run_id: str | None = None):
-        self.config, self.store = config, store
-        self.run_id = run_id or new_run_id()
-        self.events: queue.Queue[events.Event] = queue.Queue()
+    def __init__(self, name: str):
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._snap = JobSnapshot(self.run_id, "preparing", "starting", None, None, [], None)
-        self._thread = threading.Thread(target=self._main, name=f"ftlab-{self.run_id}", daemon=True)
+        self._thread = threading.Thread(target=self._main, name=f"ftlab-{name}", daemon=True)
 
-    def start(self) -> "Job":
+    def _main(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        """Start the thread (idle OpenMP threads released first: the work starts its own) and return self."""
         release_idle_openmp_threads()
         self._thread.start()
         return self
@@ -57,8 +57,21 @@ class Job:
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds; True when the thread has ended."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+class Job(_Threaded):
+    """``run`` in a daemon thread. Events go onto ``events`` (a queue) and fold into a
+    snapshot that a page can read at any time; ``stop()`` ends the run within one batch."""
+
+    def __init__(self, config: TrainConfig, store: RunStore, run_id: str | None = None):
+        self.config, self.store = config, store
+        self.run_id = run_id or new_run_id()
+        self.events: queue.Queue[events.Event] = queue.Queue()
+        self._snap = JobSnapshot(self.run_id, "preparing", "starting", None, None, [], None)
+        super().__init__(self.run_id)
 
     @property
     def alive(self) -> bool:
@@ -172,36 +185,22 @@ class JobRegistry:
             self._owners.pop(rid, None)
 
 
-class Background:
+class Background(_Threaded):
     """Work other than one run (a sweep, a probe) in a daemon thread: its progress message, its
     result, or what went wrong in words. ``work(say, stop)`` reports with ``say`` and ends soon
     after ``stop`` (a threading.Event) is set."""
 
     def __init__(self, work, name: str, batch_size: int | None = None):
         self.name, self._work, self._batch_size = name, work, batch_size
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
         self.status, self.message, self.result, self.error = "running", "starting", None, ""
-        self._thread = threading.Thread(target=self._main, name=f"ftlab-{name}", daemon=True)
-
-    def start(self) -> "Background":
-        release_idle_openmp_threads()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().__init__(name)
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def alive(self) -> bool:
+    def alive(self) -> bool:  # a method here, a property on Job: the pages and the finder call it so
         return self._thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     def say(self, message: str) -> None:
         with self._lock:

@@ -9,6 +9,12 @@ strategy allows them. Every step goes through `engine.train_one_epoch`, the run'
 step path. The ramp scales all param groups together, so discriminative rates (``lr_decay``)
 keep their ratios and the rate it reports is the head's: the ``lr`` option.
 
+``at_epoch`` E picks the blocks that train: those the run's freeze plan trains in epoch E (a
+gradual run's unfrozen by then; lp-ft's every block after its last possible probe epoch, see
+`frozen_at`), ramped from the run's initial weights — the pretrained backbone and a new head, as
+the run starts; no epoch is trained before the ramp, so E changes which blocks train, not where
+their weights stand.
+
 The finder leaves no trace: the model's weights and buffers, its trainability and BatchNorm rule,
 the optimiser's and the scheduler's state and the random state are restored when it ends, however
 it ends, and nothing is written to the run store.
@@ -19,7 +25,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -216,6 +222,15 @@ class _Snapshot:
             trainer.scheduler.load_state_dict(self.scheduler)
 
 
+def frozen_at(plan: freeze.FreezePlan, config: TrainConfig, epoch: int) -> frozenset[str]:
+    """The blocks frozen in ``epoch`` (0-based) of a run of ``config``, as far as they are known before it
+    trains: lp-ft switches when its probe has converged, which only training tells; the finder takes its
+    latest switch (after ``lp_epochs``, 0: half the epochs), so the epochs after it fine-tune every block."""
+    if plan.strategy == "lp-ft" and plan.switch_at is None:
+        plan = replace(plan, switch_at=config.lp_epochs or max(1, config.epochs // 2))
+    return plan.frozen_at(epoch)
+
+
 def ramp_lr(trainer: "engine._Trainer", options: FinderOptions = FinderOptions(), *,
             say: Callable[[str], None] = lambda m: None,
             should_stop: Callable[[], bool] = lambda: False) -> LRFindResult:
@@ -228,7 +243,7 @@ def ramp_lr(trainer: "engine._Trainer", options: FinderOptions = FinderOptions()
     cuda = [trainer.device.index or 0] if trainer.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=cuda):  # the run after it draws the batches it would have drawn
-            frozen = trainer.plan.frozen_at(epoch)
+            frozen = frozen_at(trainer.plan, c, epoch)
             freeze.apply_freeze(trainer.model, frozen, c.bn_frozen)
             inputs = trainer._inputs(epoch)
             trainer._teach_view(epoch, inputs)

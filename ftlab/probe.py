@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ftlab import backbones, cache, data, fastpath, freeze
+from ftlab.compare import bootstrap_draws_interval, bootstrap_interval
 from ftlab.config import TrainConfig, resolved_image_size, validate
 from ftlab.errors import StopRequested
 from ftlab.messages import some
@@ -41,7 +42,6 @@ from ftlab.explore_options import CONFIG_FIELDS, ProbeOptions, option_problems, 
 
 Say = Callable[[str], None]
 MAX_ITER = 2000  # lbfgs iterations: ample for standardised features (every Lite0 boundary on ants/bees converged)
-LEVEL = 0.95
 _SAMPLE = 8  # images: the batch the fast forward pass is checked and timed on, as in the engine
 
 # --- results ----------------------------------------------------------------------------
@@ -127,32 +127,6 @@ class ProbeResult:
 
 # --- the statistics ---------------------------------------------------------------------
 
-def _interval(correct: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = LEVEL,
-              chunk: int = 250) -> tuple[float, float]:
-    """The percentile-bootstrap interval of the mean accuracy of ``correct``: per val image 1 or 0,
-    shape (images,), or (draws, images) for several fitted draws, whose rows are resampled too
-    (the interval then holds the spread between draws as well as that of the val images).
-
-    >>> _interval(np.ones(20))
-    (1.0, 1.0)
-    >>> low, high = _interval(np.r_[np.ones(80), np.zeros(20)]); 0.7 < low < 0.8 < high < 0.9
-    True
-    """
-    rows = np.atleast_2d(np.asarray(correct, dtype=np.float64))
-    d, n = rows.shape
-    if n == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = []
-    for begin in range(0, resamples, chunk):  # chunks keep a large val split's index arrays small
-        b = min(chunk, resamples - begin)
-        picked = rows[rng.integers(0, d, (b, d))].mean(1) if d > 1 else np.broadcast_to(rows, (b, n))
-        cols = rng.integers(0, n, (b, n))
-        means.append(np.take_along_axis(picked, cols, 1).mean(1))
-    low, high = np.percentile(np.concatenate(means), [50 * (1 - level), 50 * (1 + level)])
-    return float(low), float(high)
-
-
 def fit(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, *, c: float = 1.0,
         seed: int = 0) -> tuple[np.ndarray, float, bool]:
     """A logistic regression on standardised features: (its val predictions, its train accuracy,
@@ -209,7 +183,7 @@ def data_efficiency(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
             predictions, _, _ = fit(train_x[idx], train_y[idx], val_x, c=c, seed=seed)
             rows.append(predictions == val_y)
         correct = np.array(rows)
-        low, high = _interval(correct, resamples, seed)
+        low, high = bootstrap_draws_interval(correct, resamples=resamples, seed=seed)
         used = len(train_y) if k is None else k * n_classes
         out.append(Efficiency(k, used / n_classes, used, tuple(float(r.mean()) for r in correct),
                               float(correct.mean()), low, high))
@@ -398,7 +372,7 @@ def _depths(split: dict, train_y: np.ndarray, val_y: np.ndarray, options: ProbeO
         say(f"fitting the probe at {block} ({i} of {len(split)}, {train_x.shape[1]:,} features)")
         predictions, train_acc, converged = fit(train_x, train_y, val_x, c=options.c, seed=seed)
         correct = predictions == val_y
-        low, high = _interval(correct, options.resamples, seed)
+        low, high = bootstrap_interval(correct, resamples=options.resamples, seed=seed)
         depths.append(Depth(block, i, train_x.shape[1], float(correct.mean()), low, high, train_acc, converged))
     seconds["fits"] = time.perf_counter() - began
     unconverged = [d.block for d in depths if not d.converged]

@@ -113,16 +113,18 @@ def test_draws_take_k_images_of_each_class_and_are_seeded():
 def test_the_interval_against_scipy_and_by_hand():
     from scipy import stats
 
+    from ftlab.compare import bootstrap_draws_interval, bootstrap_interval  # the probe's are the comparison's
+
     correct = np.r_[np.ones(70), np.zeros(30)]
-    low, high = probe._interval(correct, resamples=5000, seed=1)
+    low, high = bootstrap_interval(correct, resamples=5000, seed=1)
     ref = stats.bootstrap((correct,), np.mean, n_resamples=5000, method="percentile", random_state=1,
                           confidence_level=0.95).confidence_interval
     assert low == pytest.approx(ref.low, abs=0.02) and high == pytest.approx(ref.high, abs=0.02)
     assert low < 0.7 < high
-    assert probe._interval(np.ones(5)) == (1.0, 1.0)
+    assert bootstrap_interval(np.ones(5)) == (1.0, 1.0)
     # several draws: rows that disagree widen the interval beyond one row's
     rows = np.array([np.r_[np.ones(90), np.zeros(10)], np.r_[np.ones(50), np.zeros(50)]])
-    wide = probe._interval(rows, seed=1)
+    wide = bootstrap_draws_interval(rows, seed=1)
     assert wide[0] < 0.55 and wide[1] > 0.85
 
 

@@ -18,7 +18,7 @@ from ftlab.data.dataset import DataError, Dataset
 from ftlab.data.decoding import Decoded, DecodingStopped, decode
 from ftlab.data.registry import list_datasets, load_dataset
 from ftlab.data.shapes import ShapesOptions
-from ftlab.data.splits import Split, long_tail_indices, make_split, per_class_indices
+from ftlab.data.splits import Split, long_tail_indices, make_split, per_class_indices, per_class_words
 from ftlab.errors import StopRequested
 
 
@@ -53,6 +53,31 @@ def split_for(config, ds: Dataset) -> Split:
         split = replace(split, train=per_class_indices(ds.labels, split.train, config.train_per_class,
                                                        data_seed(config)))
     return split
+
+
+def train_counts(config, ds: Dataset) -> list[int]:
+    """Training images per class of ``config``'s split before ``train_per_class`` draws from it."""
+    import numpy as np
+
+    train = split_for(replace(config, train_per_class=0), ds).train
+    return np.bincount(ds.labels[train], minlength=len(ds.classes)).tolist()
+
+
+def per_class_note(config, ds: Dataset) -> str:
+    """A sentence when ``config.train_per_class`` asks for more images than some class has ("" else):
+    those classes train on all of theirs, and when every class has fewer the run trains on the whole
+    training split, which its label must not hide."""
+    k = getattr(config, "train_per_class", 0)
+    if not k:
+        return ""
+    counts = train_counts(config, ds)
+    words = per_class_words(k, counts, ds.classes)
+    if words == str(k):
+        return ""
+    if k >= max(counts):
+        return (f"train_per_class {k} is at least every class's training images: this run trains on {words}, "
+                f"the whole training split; give fewer than {max(counts)} for a data-efficiency point.")
+    return f"train_per_class {k}: {words}; those classes train on all their images."
 
 
 def identity(config, data_dir: Path | None = None) -> str:
@@ -165,8 +190,9 @@ def _prepare(config, size: int, resize: int, say: Callable[[str], None] = lambda
     1.000 both, 8 noisy shape classes 0.281 against 0.240). One rule for all keeps what a
     checkpoint records, what prediction and export rebuild, and torchvision's transforms the same."""
     ds = load_for(config)
-    for note in ds.notes:
-        say(f"warning: {note}")
+    for note in ds.notes + ((per_class_note(config, ds),) if getattr(config, "train_per_class", 0) else ()):
+        if note:
+            say(f"warning: {note}")
     split = split_for(config, ds)
     check_memory(sum(len(getattr(split, name)) for name in ("train", "val", "test")), size)
     decoded = {}

@@ -122,3 +122,25 @@ def per_class_indices(labels: np.ndarray, indices: np.ndarray, per_class: int, s
         members = indices[labels[indices] == k]
         kept.append(members if len(members) <= per_class else rng.choice(members, per_class, replace=False))
     return np.sort(np.concatenate(kept)) if kept else indices[:0]
+
+
+def per_class_words(per_class: int, counts: "list[int] | np.ndarray", classes: "list[str] | tuple[str, ...]") -> str:
+    """What ``per_class`` images per class means against the training split's ``counts`` per class,
+    in words a label can carry: the number itself when every class has that many, else what the
+    classes that have fewer keep (`per_class_indices` keeps all of them).
+
+    >>> per_class_words(5, [9, 9], ["a", "b"])
+    '5'
+    >>> per_class_words(50, [9, 12], ["a", "b"])
+    'all 21 (50 per class asked; the largest class has 12)'
+    >>> per_class_words(10, [9, 12], ["a", "b"])
+    "10 (the class 'a' has only 9)"
+    """
+    counts = [int(c) for c in counts]
+    if not counts or per_class <= min(counts):
+        return str(per_class)
+    if per_class >= max(counts):
+        return f"all {sum(counts)} ({per_class} per class asked; the largest class has {max(counts)})"
+    fewer = [f"{classes[i]!r} has only {c}" for i, c in enumerate(counts) if c < per_class]
+    return f"{per_class} (the class {some(fewer, 2)})" if len(fewer) == 1 else \
+        f"{per_class} ({len(fewer)} classes have fewer: {some(fewer, 2)})"
