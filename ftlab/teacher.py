@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,12 @@ def _teaching_record(run_id: str, store: RunStore) -> RunRecord:
                          "teacher.") from None
     except StoreError as err:
         raise ValueError(f"teacher: the run store cannot be read ({err}).") from None
+    if record.status == "running":
+        # a run whose process died (killed, a crash) reads as running until someone lists the runs: ask now,
+        # so that its kept checkpoint can teach rather than the user waiting for an end that never comes
+        with suppress(StoreError, KeyError):
+            if store.mark_interrupted():
+                record = store.get(run_id)
     if record.status == "running":
         raise ValueError(f"teacher run {run_id} is still training: wait until it ends, or choose a finished run.")
     checkpoint = store.checkpoint_path(run_id)

@@ -478,3 +478,16 @@ def test_the_train_page_shows_an_unknown_task_and_starts_nothing():
     assert any("The run cannot start" in e.value and "digits has no task parity" in e.value for e in at.error), \
         [e.value for e in at.error]
     assert resources.registry().running() == []
+
+
+def test_a_teacher_whose_process_died_mid_run_can_teach_from_its_kept_checkpoint(store, teacher_run):
+    """A run left 'running' by a process that ended (killed: its record was never finished) is not still
+    training: the check finds it interrupted, and its best checkpoint teaches."""
+    import sqlite3
+
+    with sqlite3.connect(store.db) as con:  # as a kill -9 leaves it: the record of this (now idle) process
+        con.execute("UPDATE runs SET status = 'running' WHERE id = ?", (teacher_run["run_id"],))
+    assert validate(TrainConfig(**{**SHAPES, "teacher": teacher_run["run_id"]})) == []
+    assert store.get(teacher_run["run_id"]).status == "interrupted"
+    summary, _ = train(store, teacher=teacher_run["run_id"])
+    assert summary["stopped_reason"] == "completed" and summary["teacher"]["run_id"] == teacher_run["run_id"]
