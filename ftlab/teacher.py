@@ -123,7 +123,14 @@ class Teacher:
         with torch.no_grad():
             out = cache.compute(self.model.to(device), images, lambda x: prep(x, train=False),
                                 batch_size=batch_size, dtype=torch.float32, should_stop=should_stop)
-        return out.float()[:, self.order]
+        out = out.float()[:, self.order]
+        # finite weights can still overflow (the checkpoint check refuses inf and nan ones); inf logits would make
+        # every student step nan, and the run would then blame its own learning rate
+        if bad := int((~torch.isfinite(out)).any(1).sum()):
+            raise ValueError(f"teacher run {self.run_id} gives logits that are not finite numbers (inf or nan) for "
+                             f"{bad:,} of {len(out):,} images: its weights are too large to compute with. Choose "
+                             "another teacher.")
+        return out
 
     def recomputing(self, images: "torch.Tensor", device: "torch.device") -> Callable[["torch.Tensor"], "torch.Tensor"]:
         """The teacher run again on each batch, for `ftlab.objectives.Distillation` (``images``: the

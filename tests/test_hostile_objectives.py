@@ -491,3 +491,26 @@ def test_a_teacher_whose_process_died_mid_run_can_teach_from_its_kept_checkpoint
     assert store.get(teacher_run["run_id"]).status == "interrupted"
     summary, _ = train(store, teacher=teacher_run["run_id"])
     assert summary["stopped_reason"] == "completed" and summary["teacher"]["run_id"] == teacher_run["run_id"]
+
+
+def test_a_teacher_whose_logits_overflow_fails_the_run_blaming_the_teacher_not_the_rate(store, teacher_run):
+    """Finite weights of 1e38 in the head (the checkpoint check refuses only inf and nan) give inf logits."""
+    path = store.checkpoint_path(teacher_run["run_id"])
+    checkpoint = torch.load(path, weights_only=True)
+    head = next(k for k in checkpoint["model"] if k.startswith("head") and k.endswith("weight"))
+    checkpoint["model"][head] = torch.full_like(checkpoint["model"][head], 1e38)
+    torch.save(checkpoint, path)
+    summary, seen = train(store, teacher=teacher_run["run_id"])
+    message = failure(seen)
+    assert summary["stopped_reason"] == "error"
+    assert f"teacher run {teacher_run['run_id']} gives logits that are not finite numbers" in message, message
+    assert "for 38 of 38 images" in message and "learning rate" not in message
+
+
+def test_a_teacher_on_other_classes_is_exit_2_naming_the_classes(capsys, store, teacher_run):
+    kept = len(store.list())
+    args = [a if a != "3" else "4" for a in CLI] + ["--teacher", teacher_run["run_id"]]  # 4 shape classes
+    assert cli.main(args) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"teacher run {teacher_run['run_id']} was trained on other classes" in err and "(it lacks cross)" in err
+    assert len(store.list()) == kept
