@@ -268,8 +268,9 @@ class _Trainer:
     def run(self) -> dict:
         c = self.config
         self.cpu_began = time.process_time()
-        # a run named as its own teacher: validate would only find no such run (its record comes next)
-        problems = [p] if (p := teachers.self_taught(self.run_id, c.teacher)) else validate(c, store=self.store)
+        problems = validate(c, store=self.store)
+        if own := teachers.self_taught(self.run_id, c.teacher):  # validate found no such run: its record comes next
+            problems = [own] + [p for p in problems if not p.startswith("teacher")]
         self.device = pick_device(c.device) if not problems else torch.device("cpu")
         self.summary = RunSummary(self.run_id, c.dataset, c.backbone, c.strategy, device=self.device.type)
         if problems:  # before any work and before a record: nothing ran, so nothing is kept
