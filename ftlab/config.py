@@ -374,7 +374,8 @@ def _check_blocks(config: TrainConfig) -> list[str]:
         return [f"lp-ft probes and then fine-tunes, and {config.epochs} epoch(s) with lp_epochs {config.lp_epochs} "
                 "leave no epoch to fine-tune in: give at least 2 epochs, and lp_epochs below epochs (0: half)."]
     stays_frozen = plan.strategy != "lp-ft" and plan.gradual_every == 0  # lp-ft and gradual unfreeze later
-    if 0 < config.l2sp <= L2SP_MAX and stays_frozen and set(freeze.backbone_blocks(plan.blocks)) <= plan.frozen_at_start:
+    nothing_pulled = set(freeze.backbone_blocks(plan.blocks)) <= plan.frozen_at_start
+    if 0 < config.l2sp <= L2SP_MAX and stays_frozen and nothing_pulled:  # a beta out of range has its own sentence
         return [f"l2sp pulls the backbone blocks that train toward their pretrained weights, and {plan.strategy} "
                 "trains none of them (the new head gets plain weight decay): choose top-N, full or gradual, or set "
                 "--l2sp 0."]

@@ -80,7 +80,8 @@ def _find(name: str, names: tuple[str, ...]) -> str | None:
 
 def config_problems(config) -> list[str]:
     """What is wrong with a config's task options on their own (a `TrainConfig`); the task names
-    are checked against the data at the start of the run (`select`), where the data is loaded."""
+    are checked against the data by `data_problems` (before the run, where the data can be listed
+    without a download) and `select` (at the start of the run, where the data is loaded)."""
     problems = []
     names = names_asked(config.tasks)
     if names and any(n.lower() == ALL for n in names):

@@ -54,8 +54,8 @@ def _teaching_record(run_id: str, store: RunStore) -> RunRecord:
                          f"{why}. Choose a run that trained at least one epoch.")
     # torch saves a zip, whose directory is at its end: a file cut short or replaced is found without loading it
     if not zipfile.is_zipfile(checkpoint):
-        raise ValueError(f"teacher run {run_id}'s checkpoint ({printable(str(checkpoint))}) is damaged: it is cut short "
-                         "or is not a file saved by torch. Choose another teacher.")
+        raise ValueError(f"teacher run {run_id}'s checkpoint ({printable(str(checkpoint))}) is damaged: it is cut "
+                         "short or is not a file saved by torch. Choose another teacher.")
     return record
 
 

@@ -276,7 +276,8 @@ def test_a_checkpoint_replaced_by_another_zip_fails_the_run_in_one_sentence(stor
     summary, seen = train(store, teacher=teacher_run["run_id"])
     message = failure(seen)
     assert summary["stopped_reason"] == "error"
-    assert message.startswith(f"teacher run {teacher_run['run_id']}'s checkpoint") and "Choose another teacher" in message
+    assert message.startswith(f"teacher run {teacher_run['run_id']}'s checkpoint")
+    assert "Choose another teacher" in message
     assert message.count("cannot be used") == 1 and "Traceback" not in message, message
     record = store.get(summary["run_id"])
     assert record.status == "failed" and record.message == message

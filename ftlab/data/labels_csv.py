@@ -237,7 +237,8 @@ class _Found:
         blank = [task for task, label in zip(self.names, labels) if not label]
         if blank:
             self.empty.add(f"row {number} ({', '.join(blank)})")
-        long = [f"{task}: {len(label):,} characters" for task, label in zip(self.names, labels) if len(label) > MAX_LABEL]
+        long = [f"{task}: {len(label):,} characters" for task, label in zip(self.names, labels)
+                if len(label) > MAX_LABEL]
         if long:
             self.long.add(f"row {number} ({', '.join(long)})")
         self.values[i] = labels
@@ -260,8 +261,8 @@ class _Found:
             out.append(f"{self.empty.total:,} row(s) have empty cells: {self.empty.words()}; give every image a "
                        "label in every task.")
         if self.long.total:
-            out.append(f"{self.long.total:,} row(s) have a label longer than {MAX_LABEL} characters: {self.long.words()}; "
-                       "a label is a class's name: shorten it.")
+            out.append(f"{self.long.total:,} row(s) have a label longer than {MAX_LABEL} characters: "
+                       f"{self.long.words()}; a label is a class's name: shorten it.")
         missing = _Listed()
         for i, f in enumerate(relative):
             if i not in self.first_row:
@@ -301,6 +302,7 @@ def _tasks(names: list[str], values: dict[int, list[str]], where: str) -> tuple[
                      if len(classes) > len(column) / 2 else "")
             raise DataError(f"{where}: in the task {_shown(name)}, {len(lone):,} of its {len(classes):,} classes label "
                             f"one image only ({shown}); each class needs at least 2 images, one to train on and one "
-                            f"to validate.{looks} Label more images so, merge the rare classes, or remove the column.")
+                            f"to validate.{looks} Give each such class more images, merge the rare classes, or remove "
+                            "the column.")
         tasks.append(Task(name, classes, labels))
     return tuple(tasks)
