@@ -275,7 +275,8 @@ def _train(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         _print_summary(summary)
-    return 1 if summary.get("stopped_reason") == "error" else 0
+    # a loss that became inf or nan is a fault of the run (its best checkpoint, if any, is kept): a script sees it
+    return 1 if summary.get("stopped_reason") in ("error", "non_finite_loss") else 0
 
 
 def _lr_find(args: argparse.Namespace) -> int:

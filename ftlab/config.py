@@ -228,7 +228,8 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
     that says what is allowed. A whole ``TrainConfig`` is also checked against the backbone's
     blocks and the devices here, and every config against the environment settings, so that a
     run fails before any work rather than after decoding. A teacher is looked up in ``store`` (a
-    `RunStore`; default the one under FTLAB_HOME)."""
+    `RunStore`; default the one under FTLAB_HOME); ``--tasks`` are looked up in the data set where
+    it can be listed without a download (`ftlab.tasks.data_problems`)."""
     problems, mistyped = [], []
     for f in dataclasses.fields(config):
         if only is not None and f.name not in only:
@@ -254,7 +255,9 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
         if config.val_fraction + config.test_fraction >= 1:
             problems.append(f"val_fraction ({config.val_fraction:g}) and test_fraction ({config.test_fraction:g}) "
                             "leave nothing to train on: together they must be less than 1.")
-        problems += _check_dataset(config.dataset) + task_options.config_problems(config)
+        dataset_problems = _check_dataset(config.dataset)
+        task_problems = task_options.config_problems(config)
+        problems += dataset_problems + task_problems
         if config.l2sp_adaptive and not config.l2sp:
             problems.append("l2sp_adaptive moves the L2-SP beta from the one --l2sp gives, and --l2sp is 0 (off): "
                             "give --l2sp BETA above 0 to start from (e.g. 0.01), or leave --l2sp-adaptive off.")
@@ -263,6 +266,8 @@ def validate(config: TrainConfig | PredictOptions, only: tuple[str, ...] | None 
             problems.append(f"name must be at most {MAX_NAME} printable characters on one line (got {shown}).")
         if only is None:
             problems += _check_names(config) + _check_device(config.device)
+            if not dataset_problems and not task_problems:  # the task names against the data, where it is here
+                problems += task_options.data_problems(config)
             if config.teacher.strip():
                 from ftlab import teacher
 
@@ -371,7 +376,8 @@ def _check_blocks(config: TrainConfig) -> list[str]:
         return [f"lp-ft probes and then fine-tunes, and {config.epochs} epoch(s) with lp_epochs {config.lp_epochs} "
                 "leave no epoch to fine-tune in: give at least 2 epochs, and lp_epochs below epochs (0: half)."]
     stays_frozen = plan.strategy != "lp-ft" and plan.gradual_every == 0  # lp-ft and gradual unfreeze later
-    if config.l2sp and stays_frozen and set(freeze.backbone_blocks(plan.blocks)) <= plan.frozen_at_start:
+    nothing_pulled = set(freeze.backbone_blocks(plan.blocks)) <= plan.frozen_at_start
+    if 0 < config.l2sp <= L2SP_MAX and stays_frozen and nothing_pulled:  # a beta out of range has its own sentence
         return [f"l2sp pulls the backbone blocks that train toward their pretrained weights, and {plan.strategy} "
                 "trains none of them (the new head gets plain weight decay): choose top-N, full or gradual, or set "
                 "--l2sp 0."]

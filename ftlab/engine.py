@@ -28,7 +28,7 @@ from ftlab import teacher as teachers
 from ftlab.config import TrainConfig, resolved_image_size, resolved_lr, validate
 from ftlab.errors import NonFiniteLoss, StopRequested
 from ftlab.objectives import (L2SP, Anchor, Batch, CrossEntropy, Distillation, MultiTask, Objective, adapt_beta,
-                              beta_bounds, class_weights)
+                              beta_bounds, class_weights, divergence_advice)
 from ftlab.precision import FP32, Choice
 from ftlab.records import EpochRecord, RunSummary
 from ftlab.runs import RunStore, StoreError, new_run_id
@@ -269,6 +269,8 @@ class _Trainer:
         c = self.config
         self.cpu_began = time.process_time()
         problems = validate(c, store=self.store)
+        if own := teachers.self_taught(self.run_id, c.teacher):  # validate found no such run: its record comes next
+            problems = [own] + [p for p in problems if not p.startswith("teacher")]
         self.device = pick_device(c.device) if not problems else torch.device("cpu")
         self.summary = RunSummary(self.run_id, c.dataset, c.backbone, c.strategy, device=self.device.type)
         if problems:  # before any work and before a record: nothing ran, so nothing is kept
@@ -530,8 +532,8 @@ class _Trainer:
                         scaler=self.scaler,
                         grad_clip=c.grad_clip, should_stop=self.stop.is_set, on_step=on_step)
             except NonFiniteLoss as err:
-                return "non_finite_loss", (f"Stopped in epoch {epoch + 1}: {err}. Lower the learning rate "
-                                           f"(now {resolved_lr(c):g}) or turn on gradient clipping.")
+                advice = divergence_advice(c, resolved_lr(c), self.l2sp.beta if self.l2sp else None)
+                return "non_finite_loss", f"Stopped in epoch {epoch + 1}: {err}. {advice}"
             except StopRequested as where:
                 self.stopped_at = where
                 return "user", f"stopped by the user during epoch {epoch + 1}"

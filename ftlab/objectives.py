@@ -6,6 +6,7 @@ weights, over any of them).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,6 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftlab.config import L2SP_MAX
+from ftlab.tasks import MAX_WEIGHT
+
+# Uncertainty weighting learns s_t = log sigma_t^2, weighting its task by exp(-s_t). Its optimum is
+# exp(-s_t) = 1 / (2 CE_t): a task learnt to a cross-entropy near 0 would get a weight without bound
+# (and exp overflows to inf past s = -88), so s_t is kept where the weights stay within the fixed ones'
+# range, 1/MAX_WEIGHT to MAX_WEIGHT.
+LOG_VAR_LIMIT = math.log(MAX_WEIGHT)
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,9 @@ class MultiTask:
     - ``uncertainty`` (Kendall, Gal and Cipolla 2018): Σ exp(−sₜ)·CEₜ + sₜ/2 with a learned
       sₜ = log σₜ² per task, so a task the model finds noisy (large CE) is weighted down; the
       sₜ/2 term keeps the weights from all falling to zero. Its ``parameters()`` go into the
-      optimiser; ``weights()`` are the exp(−sₜ) the loss uses now.
+      optimiser; ``weights()`` are the exp(−sₜ) the loss uses now. sₜ is kept within
+      ±`LOG_VAR_LIMIT` (projected back before each use), so that a task learnt to a cross-entropy
+      near 0 cannot take a weight that overflows the loss.
 
     It counts ``loss:<task>`` (each task's unweighted CE), ``correct`` of the first task (the
     run's training accuracy) and ``correct:<task>`` of every task.
@@ -92,13 +102,17 @@ class MultiTask:
         return [self.log_vars] if self.weighting == "uncertainty" else []
 
     def weights(self) -> dict[str, float]:
-        """Each task's weight in the loss now."""
-        w = torch.exp(-self.log_vars.detach()) if self.weighting == "uncertainty" else self.fixed
+        """Each task's weight in the loss now (the next batch's, where the last step left the bounds)."""
+        w = torch.exp(-self.log_vars.detach().clamp(-LOG_VAR_LIMIT, LOG_VAR_LIMIT)) \
+            if self.weighting == "uncertainty" else self.fixed
         return {name: float(v) for name, v in zip(self.names, w)}
 
     def __call__(self, logits: torch.Tensor, batch: Batch) -> Step:
         parts = logits.float().split(list(self.sizes), 1)
         n, loss, counts = len(batch.labels), 0.0, {}
+        if self.weighting == "uncertainty":
+            with torch.no_grad():  # projected gradient descent: the optimiser's step may have left the bounds
+                self.log_vars.clamp_(-LOG_VAR_LIMIT, LOG_VAR_LIMIT)
         for t, (name, part, ce) in enumerate(zip(self.names, parts, self.losses)):
             step = ce(part, Batch(batch.inputs, batch.labels[:, t], batch.index))
             if self.weighting == "uncertainty":
@@ -264,3 +278,19 @@ def adapt_beta(beta: float, gap: float, previous_gap: float | None, val_improved
     elif val_improved and not grew:
         beta /= factor
     return min(max(beta, lo), hi)
+
+
+def divergence_advice(config, lr: float, beta: float | None = None) -> str:
+    """What to change when a run's loss became inf or nan, by what its objective weighs (a sentence):
+    the learning rate and gradient clipping always; the L2-SP beta (``beta``, now) when L2-SP is on,
+    whose pull overshoots when the step times beta is large; the task weights when given."""
+    tips = [f"lower the learning rate (now {lr:g})"]
+    if beta is not None:
+        tips.append(f"lower --l2sp (beta now {beta:g}; a pull that strong overshoots the pretrained weights at "
+                    "this rate)")
+    if getattr(config, "task_weights", "").strip():
+        tips.append(f"lower the largest of --task-weights ({config.task_weights})")
+    if not getattr(config, "grad_clip", 0):
+        tips.append("turn on gradient clipping (e.g. --grad-clip 1)")
+    text = ", ".join(tips[:-1]) + " or " + tips[-1] if len(tips) > 1 else tips[0]
+    return text[0].upper() + text[1:] + "."

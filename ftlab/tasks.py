@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 WEIGHTINGS = ("fixed", "uncertainty")
 ALL = "all"
+# A task's weight scales its gradients as the learning rate does: past a thousand times another's the
+# sum is that one task (and 1e308 overflows the loss), so the weights stop there
+MAX_WEIGHT = 1000.0
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: a numpy field makes == ambiguous
@@ -53,7 +56,7 @@ def names_asked(text: str) -> tuple[str, ...] | None:
 
 def weights_asked(text: str) -> tuple[float, ...]:
     """The numbers ``--task-weights`` lists (() when none); ValueError names one that is not a
-    positive finite number.
+    positive number of at most `MAX_WEIGHT`.
 
     >>> weights_asked("1, 0.5")
     (1.0, 0.5)
@@ -64,19 +67,31 @@ def weights_asked(text: str) -> tuple[float, ...]:
             w = float(item)
         except ValueError:
             w = float("nan")
-        if not np.isfinite(w) or w <= 0:
-            raise ValueError(f"task_weights must be positive numbers separated by commas, e.g. 1,0.5 (got {item!r}).")
+        if not 0 < w <= MAX_WEIGHT:  # also refuses nan
+            shown = item if len(item) <= 40 else item[:40] + "…"
+            raise ValueError(f"task_weights must be positive numbers of at most {MAX_WEIGHT:g} separated by commas, "
+                             f"e.g. 1,0.5 (got {shown!r}).")
         weights.append(w)
     return tuple(weights)
 
 
+def _find(name: str, names: tuple[str, ...]) -> str | None:
+    """``name`` as the data spells it (task names are compared ignoring case, as labels.csv's are)."""
+    return next((n for n in names if n.casefold() == name.casefold()), None)
+
+
 def config_problems(config) -> list[str]:
     """What is wrong with a config's task options on their own (a `TrainConfig`); the task names
-    are checked against the data at the start of the run (`select`), where the data is loaded."""
+    are checked against the data by `data_problems` (before the run, where the data can be listed
+    without a download) and `select` (at the start of the run, where the data is loaded)."""
     problems = []
     names = names_asked(config.tasks)
-    if names and len(set(names)) < len(names):
-        problems.append(f"tasks names a task twice ({config.tasks!r}): list each task once.")
+    if names and any(n.lower() == ALL for n in names):
+        return [f"tasks takes {ALL} alone or a list of task names, not both (got {config.tasks[:80]!r}): give "
+                f"--tasks {ALL}, or list the tasks (e.g. shape,colour)."]
+    if names and len({n.casefold() for n in names}) < len(names):
+        problems.append(f"tasks names a task twice ({config.tasks[:80]!r}; names are compared ignoring case): list "
+                        "each task once.")
     try:
         weights = weights_asked(config.task_weights)
     except ValueError as err:
@@ -99,15 +114,41 @@ def config_problems(config) -> list[str]:
     return problems
 
 
+def data_problems(config) -> list[str]:
+    """What keeps a config's ``--tasks`` from the data set, checked before a run begins when the data
+    set can be listed without a download (a registered set not downloaded yet is checked by the run,
+    `select`): a task it does not carry, a list without its first task, uncertainty weighting of one
+    task, or what is wrong with the folder itself (a labels.csv's rows, its header...). Nothing is
+    listed for a run of the first task only: its data are checked where the run reads them."""
+    names = names_asked(config.tasks)
+    if names == () and config.task_weighting != "uncertainty":
+        return []
+    from ftlab import data
+    from ftlab.data import prepared
+
+    try:
+        ds = prepared.load_for(config, download=False)  # as the run will load it (`ftlab.data.prepare`)
+    except data.DatasetUnavailable:  # to be downloaded: the run checks the tasks once it has the data
+        return []
+    except data.DataError as err:
+        return [str(err)]
+    try:
+        select(config, ds)
+    except ValueError as err:
+        return [str(err)]
+    return []
+
+
 def select(config, ds: "Dataset") -> tuple[TrainedTask, ...]:
     """The tasks of ``ds`` that ``config`` trains, the data set's first task first; ValueError in
     words (listing the data's tasks) for a name the data does not carry, a list without the
     first task, or uncertainty weighting with one task."""
     first = TrainedTask(ds.task, tuple(ds.classes), np.asarray(ds.labels))
     further = {t.name: TrainedTask(t.name, tuple(t.classes), np.asarray(t.labels)) for t in ds.tasks}
-    names = names_asked(config.tasks)
-    names = ds.task_names() if names is None else names or (ds.task,)
-    unknown = [n for n in names if n != ds.task and n not in further]
+    asked = names_asked(config.tasks)
+    asked = ds.task_names() if asked is None else asked or (ds.task,)
+    unknown = [n for n in asked if _find(n, ds.task_names()) is None]
+    names = tuple(_find(n, ds.task_names()) or n for n in asked)
     if unknown:
         raise ValueError(f"{ds.name} has no task {some(unknown)}: its tasks are {some(ds.task_names())} "
                          f"(the first, {ds.task!r}, is its class). Choose --tasks from them, or all.")

@@ -8,7 +8,9 @@ them in the feature cache beside the student's cached inputs.
 """
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +30,9 @@ def _teaching_record(run_id: str, store: RunStore) -> RunRecord:
     run_id = run_id.strip()
     try:
         check_run_id(run_id)
+    except KeyError as err:
+        raise ValueError(f"teacher: {err.args[0]}: choose a finished run as the teacher.") from None
+    try:
         record = store.get(run_id)
     except KeyError as err:
         raise ValueError(f"teacher: {err.args[0]} (it may have been deleted): choose a finished run as the "
@@ -35,12 +40,31 @@ def _teaching_record(run_id: str, store: RunStore) -> RunRecord:
     except StoreError as err:
         raise ValueError(f"teacher: the run store cannot be read ({err}).") from None
     if record.status == "running":
+        # a run whose process died (killed, a crash) reads as running until someone lists the runs: ask now,
+        # so that its kept checkpoint can teach rather than the user waiting for an end that never comes
+        with suppress(StoreError, KeyError):
+            if store.mark_interrupted():
+                record = store.get(run_id)
+    if record.status == "running":
         raise ValueError(f"teacher run {run_id} is still training: wait until it ends, or choose a finished run.")
-    if not store.checkpoint_path(run_id).is_file():
+    checkpoint = store.checkpoint_path(run_id)
+    if not checkpoint.is_file():
         why = f" ({printable(record.message)})" if record.message else ""
         raise ValueError(f"teacher run {run_id} has no checkpoint: it {record.status} before its first epoch"
                          f"{why}. Choose a run that trained at least one epoch.")
+    # torch saves a zip, whose directory is at its end: a file cut short or replaced is found without loading it
+    if not zipfile.is_zipfile(checkpoint):
+        raise ValueError(f"teacher run {run_id}'s checkpoint ({printable(str(checkpoint))}) is damaged: it is cut "
+                         "short or is not a file saved by torch. Choose another teacher.")
     return record
+
+
+def self_taught(run_id: str, teacher: str) -> str:
+    """The sentence refusing a run named as its own teacher ("" for another teacher)."""
+    if teacher.strip() != run_id:
+        return ""
+    return (f"run {run_id} is named as its own teacher: a run cannot distil from itself (it has no checkpoint before "
+            "it trains). Choose a finished run as the teacher.")
 
 
 def class_problem(run_id: str, teacher_classes: list, classes: list) -> str:
@@ -99,7 +123,14 @@ class Teacher:
         with torch.no_grad():
             out = cache.compute(self.model.to(device), images, lambda x: prep(x, train=False),
                                 batch_size=batch_size, dtype=torch.float32, should_stop=should_stop)
-        return out.float()[:, self.order]
+        out = out.float()[:, self.order]
+        # finite weights can still overflow (the checkpoint check refuses inf and nan ones); inf logits would make
+        # every student step nan, and the run would then blame its own learning rate
+        if bad := int((~torch.isfinite(out)).any(1).sum()):
+            raise ValueError(f"teacher run {self.run_id} gives logits that are not finite numbers (inf or nan) for "
+                             f"{bad:,} of {len(out):,} images: its weights are too large to compute with. Choose "
+                             "another teacher.")
+        return out
 
     def recomputing(self, images: "torch.Tensor", device: "torch.device") -> Callable[["torch.Tensor"], "torch.Tensor"]:
         """The teacher run again on each batch, for `ftlab.objectives.Distillation` (``images``: the
@@ -128,8 +159,9 @@ def load(run_id: str, store: RunStore, classes: list) -> Teacher:
         checkpoint = store.load_checkpoint(run_id)
         model = checkpoints.load_model(checkpoint)
     except (checkpoints.CheckpointError, StoreError, OSError) as err:
-        raise ValueError(f"teacher run {run_id}'s checkpoint ({store.checkpoint_path(run_id)}) cannot be used: "
-                         f"{err}. Choose another teacher.") from None
+        why = str(err).removeprefix("the checkpoint cannot be used: ")  # said once is enough
+        raise ValueError(f"teacher run {run_id}'s checkpoint ({printable(str(store.checkpoint_path(run_id)))}) cannot "
+                         f"be used: {why}. Choose another teacher.") from None
     taught = [str(c) for c in checkpoint["classes"]]
     if problem := class_problem(run_id, taught, list(classes)):
         raise ValueError(problem)

@@ -232,8 +232,9 @@ def test_validation_refuses_bad_task_options_in_sentences(options, words):
 
 
 def test_good_task_options_pass_validation():
-    assert validate(TrainConfig(tasks="shape,colour", task_weights="1,0.5")) == []
-    assert validate(TrainConfig(tasks="all", task_weighting="uncertainty")) == []
+    # the tasks are looked up in the data set (shapes carries shape and colour) before the run
+    assert validate(TrainConfig(dataset="shapes", tasks="shape,colour", task_weights="1,0.5")) == []
+    assert validate(TrainConfig(dataset="shapes", tasks="all", task_weighting="uncertainty")) == []
 
 
 # --- checkpoint, prediction, export -------------------------------------------------------------

@@ -27,6 +27,9 @@ LABELS_FILE = "labels.csv"
 SHOWN = 5  # rows (or files) a message names before it says how many more
 # A labels file is read whole: refuse one far larger than a row per image can make (a row of 1 KB is long)
 MAX_BYTES_BASE, MAX_BYTES_PER_IMAGE = 16 * 2**20, 1024
+MAX_NAME = 80  # characters of a task's name (a column's header), as of a run's name: a label for charts
+MAX_LABEL = 255  # characters of a label: a class name, at most what a class folder's name can be
+SPELLINGS = ("labels.csv", "Labels.csv", "LABELS.csv", "LABELS.CSV")  # looked for where labels.csv is not read
 LABELS_HELP = (f"A {LABELS_FILE} has a header 'file,task_a,task_b,…' and one row per image: its path relative to "
                f"the folder that holds {LABELS_FILE} (e.g. 'ants/first.jpg'), then its label in each task.")
 
@@ -43,7 +46,30 @@ def find_labels(top: Path, root: Path) -> Path | None:
                             f"({', '.join(sorted(repr(printable(p.name)) for p in found))}). Keep one.")
         if found:
             return found[0]
+    if stray := _stray_labels(root):
+        # named from the folder given (a zip's unpacked copy is a folder the user never saw)
+        shown = ", ".join(repr(printable(p.relative_to(top).as_posix())) for p in stray[:SHOWN])
+        more = f" and {len(stray) - SHOWN:,} more" if len(stray) > SHOWN else ""
+        beside = f"into {printable(root.relative_to(top).as_posix() + '/')!r}" if root != top else "to the top folder"
+        raise DataError(f"{shown}{more} is in a folder below the class (or split) folders, where a labels file is not "
+                        f"read. Move it up beside them ({beside}), its paths relative to that folder (one file for "
+                        f"all splits), or delete it. {LABELS_HELP}")
     return None
+
+
+def _stray_labels(root: Path) -> list[Path]:
+    """labels.csv files one or two folders below the data root (in a class, split or other folder), where
+    they are not read: a user who put one there meant its tasks to be used. Looked up by name in each
+    folder (a few stats each: a class folder may hold a million files)."""
+    from ftlab.data.folders import SPLIT_FOLDERS, is_junk  # folders reads labels.csv with this module
+
+    found, folders = [], [d for d in root.iterdir() if d.is_dir() and not is_junk(d.name)]
+    for d in list(folders):
+        if d.name.lower() in SPLIT_FOLDERS:
+            folders += [c for c in d.iterdir() if c.is_dir() and not is_junk(c.name)]
+    for d in sorted(folders):
+        found += [d / name for name in SPELLINGS if (d / name).is_file()][:1]
+    return found
 
 
 def read_tasks(path: Path, files: list[str], first_task: str, where: str | None = None) -> tuple[Task, ...]:
@@ -83,6 +109,9 @@ def _rows(path: Path, where: str, images: int):
         row = raw[:e.start].count(b"\n") + 1
         raise DataError(f"{where} is not UTF-8 text (byte 0x{raw[e.start]:02x} in row {row}). Save it as "
                         "'CSV UTF-8' (in a spreadsheet: Save as, CSV UTF-8).") from e
+    if (nul := text.find("\x00")) >= 0:  # the csv module reads it as a character; no label holds one
+        raise DataError(f"{where} holds a NUL byte (in row {text.count(chr(10), 0, nul) + 1}): it is not a text file, "
+                        "or it was damaged. Save it again as 'CSV UTF-8'.")
     reader = csv.reader(io.StringIO(text, newline=""))
     number = 0
     try:
@@ -118,16 +147,20 @@ def _columns(header: list[str], where: str, first_task: str) -> tuple[int, list[
     unnamed = [str(i + 1) for i, n in enumerate(names) if not n]
     if unnamed:
         problems.append(f"column(s) {', '.join(unnamed)} have no name")
+    long = [f"{i + 1} ({len(n):,} characters)" for i, n in enumerate(names) if len(n) > MAX_NAME]
+    if long:
+        problems.append(f"the name of column(s) {', '.join(long[:SHOWN])} is longer than a task's name may be "
+                        f"({MAX_NAME} characters)")
     alike: dict[str, list[str]] = {}
     for n in tasks:
         alike.setdefault(n.casefold(), []).append(n)
     for key, group in alike.items():
         if key and len(group) > 1:
-            problems.append(f"{', '.join(repr(n) for n in group)} name one task twice (names are compared ignoring "
+            problems.append(f"{', '.join(_shown(n) for n in group)} name one task twice (names are compared ignoring "
                             "case)")
     clash = [n for n in tasks if n.casefold() == first_task.casefold()]
     if clash:
-        problems.append(f"{clash[0]!r} is the name of the first task, the class folders; name the column "
+        problems.append(f"{_shown(clash[0])} is the name of the first task, the class folders; name the column "
                         "otherwise")
     if problems:
         raise DataError(f"{where}: in the header, " + "; ".join(problems) + f". {LABELS_HELP}")
@@ -182,6 +215,7 @@ class _Found:
     repeated: _Listed = field(default_factory=_Listed)
     empty: _Listed = field(default_factory=_Listed)
     ragged: _Listed = field(default_factory=_Listed)
+    long: _Listed = field(default_factory=_Listed)
 
     def add(self, number: int, cells: list[str]) -> None:
         if len(cells) != len(self.names) + 1:
@@ -203,6 +237,10 @@ class _Found:
         blank = [task for task, label in zip(self.names, labels) if not label]
         if blank:
             self.empty.add(f"row {number} ({', '.join(blank)})")
+        long = [f"{task}: {len(label):,} characters" for task, label in zip(self.names, labels)
+                if len(label) > MAX_LABEL]
+        if long:
+            self.long.add(f"row {number} ({', '.join(long)})")
         self.values[i] = labels
 
     def problems(self, relative: list[str]) -> list[str]:
@@ -222,6 +260,9 @@ class _Found:
         if self.empty.total:
             out.append(f"{self.empty.total:,} row(s) have empty cells: {self.empty.words()}; give every image a "
                        "label in every task.")
+        if self.long.total:
+            out.append(f"{self.long.total:,} row(s) have a label longer than {MAX_LABEL} characters: "
+                       f"{self.long.words()}; a label is a class's name: shorten it.")
         missing = _Listed()
         for i, f in enumerate(relative):
             if i not in self.first_row:
@@ -240,15 +281,28 @@ def _shown(name: str) -> str:
 
 def _tasks(names: list[str], values: dict[int, list[str]], where: str) -> tuple[Task, ...]:
     """One `Task` per column, its classes the column's sorted distinct values; refused when a column has
-    only one value (there is nothing to learn in it)."""
+    only one value (there is nothing to learn in it), or classes of one image (as a class folder is:
+    one image cannot be both trained on and validated; a column of ids or notes has nothing else)."""
     order = sorted(values)
     tasks = []
     for j, name in enumerate(names):
         column = [values[i][j] for i in order]
         classes = tuple(sorted(set(column)))
         if len(classes) < 2:
-            raise DataError(f"{where}: the task {name!r} has only the value {classes[0]!r} for every image; a task "
-                            "needs at least 2 classes. Remove the column or label the images.")
+            raise DataError(f"{where}: the task {_shown(name)} has only the value {_shown(classes[0])} for every "
+                            "image; a task needs at least 2 classes. Remove the column or label the images.")
         index = {c: k for k, c in enumerate(classes)}
-        tasks.append(Task(name, classes, np.array([index[c] for c in column], dtype=np.int64)))
+        labels = np.array([index[c] for c in column], dtype=np.int64)
+        counts = np.bincount(labels, minlength=len(classes))
+        if (counts < 2).any():
+            lone = [classes[k] for k in np.flatnonzero(counts < 2)]
+            shown = ", ".join(_shown(c) for c in lone[:SHOWN]) + (f", … and {len(lone) - SHOWN:,} more"
+                                                                   if len(lone) > SHOWN else "")
+            looks = (" Its values are nearly all different: is it a column of ids or notes rather than a task?"
+                     if len(classes) > len(column) / 2 else "")
+            raise DataError(f"{where}: in the task {_shown(name)}, {len(lone):,} of its {len(classes):,} classes label "
+                            f"one image only ({shown}); each class needs at least 2 images, one to train on and one "
+                            f"to validate.{looks} Give each such class more images, merge the rare classes, or remove "
+                            "the column.")
+        tasks.append(Task(name, classes, labels))
     return tuple(tasks)
