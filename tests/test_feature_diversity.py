@@ -203,21 +203,21 @@ def _copy_photos(source: Path, dest: Path, per_class: int) -> None:
 
 
 def _plant(dest: Path) -> list[tuple[str, str]]:
-    """An exact copy of a training ant in val, a halved re-encoded copy of a training bee in train, a 90% crop
-    of a training ant re-encoded in val: (copy, original) paths."""
+    """An exact copy of a training ant in val, a halved copy of a training bee re-encoded at JPEG quality 60 in
+    train, a three-quarter-size copy of a training ant re-encoded at quality 40 in val: (copy, original) paths."""
     from PIL import Image
 
     ants, bees = sorted((dest / "train" / "ants").glob("*.jpg")), sorted((dest / "train" / "bees").glob("*.jpg"))
     exact = dest / "val" / "ants" / f"zz_copy_{ants[0].name}"
     shutil.copyfile(ants[0], exact)
-    resized = dest / "train" / "bees" / f"zz_small_{bees[1].name}"
-    with Image.open(bees[1]) as im:
-        im.convert("RGB").resize((im.width // 2, im.height // 2), Image.BICUBIC).save(resized, quality=60)
-    cropped = dest / "val" / "ants" / f"zz_crop_{ants[2].name}"
-    with Image.open(ants[2]) as im:
-        w, h = im.size
-        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(cropped, quality=75)
-    return [(str(exact), str(ants[0])), (str(resized), str(bees[1])), (str(cropped), str(ants[2]))]
+    planted = [(str(exact), str(ants[0]))]
+    for original, copy, scale, quality in ((bees[1], dest / "train" / "bees" / f"zz_small_{bees[1].name}", 0.5, 60),
+                                           (ants[2], dest / "val" / "ants" / f"zz_small_{ants[2].name}", 0.75, 40)):
+        with Image.open(original) as im:
+            size = (round(im.width * scale), round(im.height * scale))
+            im.convert("RGB").resize(size, Image.BICUBIC).save(copy, quality=quality)
+        planted.append((str(copy), str(original)))
+    return planted
 
 
 @pytest.mark.slow
@@ -229,8 +229,8 @@ def test_planted_copies_of_real_photos_are_found_and_dropped(hymenoptera, tmp_pa
     ds = data.load_for(config)
     index = {f: i for i, f in enumerate(ds._files)}
     report, embedded = features.figures(config, ds)
-    found = {(p.index_a, p.index_b) for p in report.within + report.across}
-    assert found == {(index[c], index[o]) for c, o in planted}  # all found, none spurious
+    found = {frozenset((p.index_a, p.index_b)) for p in report.within + report.across}
+    assert found == {frozenset((index[c], index[o])) for c, o in planted}  # all found, none spurious
     assert (report.within_count, report.across_count, report.drop_train, report.drop_held) == (1, 2, 1, 2)
     assert report.computed == len(embedded.indices) == len(ds) and len(report.classes) == 2
     assert 1 < report.vendi < report.train_images
