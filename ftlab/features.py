@@ -223,8 +223,15 @@ class Embedded:
 def drop_duplicates(config, ds, split):
     """``split`` without its near-duplicates (`ftlab.feature_diversity.to_drop`), judged on the features of
     ``config``'s backbone (or of `REFERENCE` where its weights are not pretrained)."""
+    from ftlab.data import DataError
+
     indices, names = _split_rows(split)
-    kept, z = pooled(config, ds, indices, reference_if_random=True)
+    try:
+        kept, z = pooled(config, ds, indices, reference_if_random=True)
+    except DataError:
+        raise
+    except ValueError as err:  # the backbone's weights cannot be had here: a sentence, as for bad data
+        raise DataError(f"near-duplicates cannot be judged: {err} Or turn drop_duplicates off.") from None
     names, indices = names[np.isin(indices, kept)], kept
     within, across = fd.duplicate_pairs(z, names, indices)
     train_out, held_out = fd.to_drop(within, across)
