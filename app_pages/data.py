@@ -196,7 +196,7 @@ if found is not None:
     st.caption("Spread: the mean distance of a class's (unit-length) features to their centroid; a small spread "
                "is a class of similar images.")
     method = st.radio("Map", fd.MAP_METHODS, key=K.FEATURE_MAP_METHOD, horizontal=True, persist_state=K.PERSIST,
-                      format_func=lambda m: {"pca": "PCA", "tsne": "t-SNE (a few seconds)"}[m])
+                      format_func=lambda m: {"pca": "PCA", "tsne": "t-SNE (slower: seconds, a minute on a busy machine)"}[m])
     items, labels, vectors = embedded.train()
     xy = resources.feature_map(f"{reference.key} {data.split_identity(config)} {config.imbalance_ratio} "
                                f"{config.train_per_class}", vectors, method)
