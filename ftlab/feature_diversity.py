@@ -27,7 +27,6 @@ near-identical), which the Data page lists.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 

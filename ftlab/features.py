@@ -132,12 +132,14 @@ def pooled(config, ds, indices: np.ndarray, *, reference_if_random: bool = False
 def _compute(config, source: Source, ds, indices: np.ndarray, say: Say, should_stop: Callable[[], bool],
              seconds: dict) -> tuple[np.ndarray, np.ndarray]:
     from ftlab import backbones, data, fastpath, probe
+    from ftlab.data.prepared import check_memory
     from ftlab.engine import pick_device
     from ftlab.transforms import Preprocess, Preprocessing
 
     began = time.perf_counter()
     prep_values = Preprocessing.for_backbone(source.backbone, source.image_size)
     say(f"decoding {len(indices):,} images at {prep_values.size} px for {source.backbone}'s features")
+    check_memory(len(indices), prep_values.size)  # a sentence, not the OS ending the process
     try:
         decoded = data.decode(ds, indices, prep_values.size, resize=prep_values.resize, should_stop=should_stop)
     except data.DecodingStopped:
@@ -157,21 +159,14 @@ def _compute(config, source: Source, ds, indices: np.ndarray, say: Say, should_s
     if not len(decoded.indices):
         return decoded.indices, np.zeros((0, 0), np.float32)
     sample = prep(decoded.images[:8], train=False)
-    # fp32 always: the duplicate threshold was measured on fp32 features, and bf16 moves a cosine
-    # similarity of 0.95 by about as much as a re-encoded copy differs from its original
+    # fp32 always: the duplicate threshold was measured on fp32 features, and bf16 put Lite0's pooled
+    # features 5.3e-2 of their scale off fp32 on ants/bees (ftlab.probe), the size of the threshold's margins
     fast = fastpath.accelerate(probe.Pooled(model, [last]), sample, precision="fp32", graph=config.fast_prefix)
     say(f"forward pass over {len(decoded.indices):,} images ({fast.how})")
     vectors = probe.pooled_features(fast.fn, decoded.images, prep, [probe.widths(model, [last], sample)[0]], [last],
                                     batch_size=64, should_stop=should_stop)[last]
     seconds["forward"] = seconds.get("forward", 0.0) + time.perf_counter() - began
     return decoded.indices, vectors.numpy().astype(np.float32)
-
-
-def base_split(config, ds):
-    """The split before duplicates are dropped, a long tail drawn or images per class picked."""
-    from ftlab import data
-
-    return data.split_for(replace(config, drop_duplicates=False, imbalance_ratio=1.0, train_per_class=0), ds)
 
 
 def _split_rows(split) -> tuple[np.ndarray, np.ndarray]:

@@ -316,7 +316,7 @@ def feature_map(xy: Sequence[Sequence[float]], labels: Sequence[int], classes: S
         rows = [i for i, label in enumerate(labels) if label == k]
         if not rows:
             continue
-        fig.add_trace(go.Scattergl(
+        fig.add_trace(go.Scatter(  # SVG points: a click selects one (WebGL points are not elements)
             name=name, x=[xy[i][0] for i in rows], y=[xy[i][1] for i in rows], mode="markers",
             marker=dict(size=7, color=CLASS_COLOURS[k % len(CLASS_COLOURS)], opacity=0.8),
             customdata=[items[i] for i in rows], hovertemplate=f"{name} · image #%{{customdata}}<extra></extra>"))
