@@ -174,9 +174,10 @@ if not measured and st.button(f"Measure it: one forward pass over the {sum(map(s
     with st.spinner(f"Computing {reference.backbone}'s features…"):
         try:
             resources.feature_figures(config, ds)
-            measured = True
         except (data.DataError, ValueError) as err:
             st.error(f"The features could not be computed: {err}")
+        else:
+            st.rerun()  # the page again, its figures read from the disk, without the button
 found = resources.feature_figures(config, ds) if measured else None
 if found is not None:
     report, embedded = found

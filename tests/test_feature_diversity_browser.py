@@ -65,6 +65,7 @@ def test_the_feature_space_section_in_a_browser(server, page):
     keyed(page, "data.features_measure").get_by_role("button").click()
     expect(metric(page, "Vendi score (training split)")).to_have_text(re.compile(r"^\d+\.\d$"))
     expect(metric(page, "Near-duplicates across splits")).to_have_text(re.compile(r"^\d+$"))
+    expect(keyed(page, "data.features_measure")).to_have_count(0)
     expect(keyed(page, "data.vendi_chart").locator(".js-plotly-plot")).to_be_visible()
     points = keyed(page, "data.feature_map").locator(".scatterlayer .point")
     expect(points.first).to_be_visible()

@@ -68,6 +68,7 @@ def test_measuring_draws_the_figures_lists_the_copy_and_drops_it(tmp_path):
     at.run()
     at.button(key=K.FEATURES_MEASURE).click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    assert K.FEATURES_MEASURE not in [b.key for b in at.button]  # measured: the page redrew without it
     m = {x.label: x.value for x in at.metric}
     config = current_config(at.session_state)
     ds = data.load_for(config)
