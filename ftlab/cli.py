@@ -151,9 +151,9 @@ _FEATURE_OPTIONS = ("backbone", "weights", "image_size")
 
 
 def _add_feature_options(stats: argparse.ArgumentParser) -> None:
-    """stats' feature-space figures: off by default, since they need a forward pass over every image (20 s
-    for ants/bees on 2 cores the first time; the features are kept, so 0.2 s after) where the class
-    counts take a fraction of a second."""
+    """stats' feature-space figures: off by default, since they need a forward pass over every image (29 s
+    for ants/bees on 2 shared cores the first time; the features are kept, so 0.7 s after) where the
+    class counts take a fraction of a second."""
     stats.add_argument("--feature-diversity", action=_FlagOnce, default=False,
                        help="also measure diversity in the backbone's feature space: the Vendi score of the "
                             "training split and of each class, near-duplicate pairs within it and across splits, "
