@@ -529,10 +529,10 @@ def _stats(args: argparse.Namespace) -> int:
             print(f"{split_name:>5}: H = {f['entropy_nats']:.3f} nats = {f['entropy_bits']:.3f} bits, normalised "
                   f"{f['normalised_entropy']:.3f}, effective classes {f['effective_classes']:.2f}, "
                   f"imbalance {f['imbalance_ratio']:.2f}")
-    if ds.tasks and tips:
-        print(f"\nsuggestions, from the first task ({ds.task}):")
     if found is not None:
         _print_feature_figures(found[0])
+    if ds.tasks and tips:
+        print(f"\nsuggestions, from the first task ({ds.task}):")
     for t in out["suggestions"]:
         print(f"suggestion: {t['title']}. {t['reason']}")
     return 0
