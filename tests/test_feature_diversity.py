@@ -159,6 +159,7 @@ def _shapes(**kw) -> TrainConfig:
     return TrainConfig(**{"dataset": "shapes", "shapes_classes": 2, "shapes_per_class": 8, "image_size": 32, **kw})
 
 
+@pytest.mark.slow  # three forward passes of Lite0: 85 s on the loaded 2-core machine
 def test_features_are_computed_once_and_kept_on_disk(tmp_path):
     config = _shapes()
     ds = data.load_for(config)
