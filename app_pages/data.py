@@ -1,13 +1,16 @@
 """Data: choose a data set, see its classes and how balanced they are, try a long tail."""
+import contextlib
 from dataclasses import replace
 
 import streamlit as st
 
-from ftlab import data, diversity, explore, paths
+from ftlab import data, diversity, explore, features, paths
+from ftlab import feature_diversity as fd
 from ui import charts, keys as K, parts, resources, session as S
 
 RATIOS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 SAMPLES_PER_CLASS, SAMPLE_PX = 6, 64
+THUMB_PX, SELECTED_SHOWN, PAIRS_SHOWN = 96, 24, 8  # feature space: thumbnails of the map's selection and of pairs
 LABELS_HELP = ("Further tasks: a labels.csv beside the class folders, header `file,task_a,task_b,…`, one row per "
                "image (its path as `ants/x.jpg`, then its label in each task). The class folders stay the first task.")
 state = st.session_state
@@ -121,7 +124,8 @@ try:
     given = sorted(set(ds.given_split.tolist()) - {""})
     if given:
         st.caption(f"The data set brings its own {', '.join(given)} split(s); they are used as given.")
-    split = data.split_for(config, ds)
+    with st.spinner("Finding near-duplicates…") if config.drop_duplicates else contextlib.nullcontext():
+        split = data.split_for(config, ds)
     counts = explore.split_counts(ds, split)
 except data.DataError as err:
     st.error(str(err))
@@ -154,6 +158,91 @@ for cls, images in grid.items():
 if len(ds.classes) > len(grid):
     st.caption(f"The first {len(grid)} of {len(ds.classes)} classes.")
 
+st.subheader("Diversity in feature space")
+reference = features.source_for(config, reference_if_random=True)
+st.caption(f"How the images spread as {reference.backbone} ({reference.weights} weights, {reference.image_size} px) "
+           "sees them: its frozen features, pooled over the image, computed once per data set and backbone and "
+           "kept on disk. The Vendi score is the effective number of distinct images (exp of the entropy of the "
+           "similarity matrix's eigenvalues): 1 for copies of one image, n for n unrelated ones.")
+try:
+    measured = features.ready(config, ds)
+except (data.DataError, ValueError) as err:
+    st.error(str(err))
+    measured = False
+if not measured and st.button(f"Measure it: one forward pass over the {sum(map(sum, counts.values())):,} images",
+                              key=K.FEATURES_MEASURE):
+    with st.spinner(f"Computing {reference.backbone}'s features…"):
+        try:
+            resources.feature_figures(config, ds)
+        except (data.DataError, ValueError) as err:
+            st.error(f"The features could not be computed: {err}")
+        else:
+            st.rerun()  # the page again, its figures read from the disk, without the button
+found = resources.feature_figures(config, ds) if measured else None
+if found is not None:
+    report, embedded = found
+    m = st.columns(4)
+    m[0].metric("Vendi score (training split)", f"{report.vendi:.1f}",
+                help=f"of {report.train_images:,} training images: so many distinct images they are worth")
+    m[1].metric("Distinct share", f"{report.share:.0%}", help="Vendi score / images")
+    m[2].metric("Near-duplicates in train", f"{report.within_count:,}",
+                help=f"pairs with cosine similarity at least {report.threshold:g}")
+    m[3].metric("Near-duplicates across splits", f"{report.across_count:,}",
+                help="a validation or test image and a training image: it inflates validation accuracy")
+    st.plotly_chart(charts.vendi_per_class([c.name for c in report.classes], [c.images for c in report.classes],
+                                           [c.vendi for c in report.classes]), key="data.vendi_chart")
+    st.dataframe([{"class": c.name, "images": c.images, "Vendi score": round(c.vendi, 2),
+                   "distinct share": f"{c.share:.0%}", "spread": round(c.spread, 3)} for c in report.classes],
+                 hide_index=True)
+    st.caption("Spread: the mean distance of a class's (unit-length) features to their centroid; a small spread "
+               "is a class of similar images.")
+    method = st.radio("Map", fd.MAP_METHODS, key=K.FEATURE_MAP_METHOD, horizontal=True, persist_state=K.PERSIST,
+                      format_func=lambda m: {"pca": "PCA", "tsne": "t-SNE (slower: seconds, a minute on a busy machine)"}[m])
+    items, labels, vectors = embedded.train()
+    xy = resources.feature_map(f"{reference.key} {data.split_identity(config)} {config.imbalance_ratio} "
+                               f"{config.train_per_class}", vectors, method)
+    event = st.plotly_chart(charts.feature_map(xy.tolist(), labels.tolist(), ds.classes, items.tolist(), method),
+                            key=K.FEATURE_MAP, on_select="rerun", selection_mode=("points", "box", "lasso"))
+    picked = charts.selected_items(event)[:SELECTED_SHOWN]
+    if picked:
+        st.image(resources.thumbnails(reference.key, ds, tuple(picked), THUMB_PX), width=THUMB_PX,
+                 caption=[features.item_name(ds, i) for i in picked])
+    else:
+        st.caption("Select points on the map (click, box or lasso) to see their images here.")
+    st.markdown(f"**Near-duplicates** (cosine similarity at least {report.threshold:g})")
+    shown = (list(report.across) + list(report.within))[:PAIRS_SHOWN]
+    for p in shown:
+        a, b, words = st.columns([1, 1, 4])
+        pics = resources.thumbnails(reference.key, ds, (p.index_a, p.index_b), THUMB_PX)
+        a.image(pics[0], width=THUMB_PX)
+        b.image(pics[1], width=THUMB_PX)
+        words.write(f"{p.split_a} {features.item_name(ds, p.index_a)} ≈ {p.split_b} "
+                    f"{features.item_name(ds, p.index_b)}: {p.similarity:.3f}")
+    if not shown:
+        st.caption("No two images are that alike.")
+    elif report.within_count + report.across_count > len(shown):
+        st.caption(f"The first {len(shown)} of {report.within_count + report.across_count:,} pairs, across splits first.")
+    st.toggle(f"Drop them from the run: {report.drop_held:,} validation/test and {report.drop_train:,} training "
+              "image(s)", key=K.cfg("drop_duplicates"), persist_state=K.PERSIST,
+              help="Each held-out image that nearly copies a training image, and all but the first of each group of "
+                   "training copies, are left out of the split when the run starts.")
+    near, confused = st.columns(2)
+    near.markdown("**Nearest classes in feature space**")
+    near.dataframe([{"classes": f"{p.a} · {p.b}", "nearest neighbour in the other": f"{p.mixed:.0%}",
+                     "centroid distance": round(p.distance, 3)} for p in report.nearest], hide_index=True)
+    run_id, pairs = features.latest_confused_pairs(resources.store().list(), config.dataset, ds.classes)
+    confused.markdown("**Most confused by the latest run**")
+    if pairs:
+        confused.dataframe(pairs, hide_index=True)
+        confused.caption(f"Run {run_id}, on its validation images.")
+    else:
+        confused.caption("No finished run on these classes yet: train one to compare.")
+else:
+    st.toggle("Drop near-duplicates from the run (measure first)", key=K.cfg("drop_duplicates"),
+              persist_state=K.PERSIST, disabled=not config.drop_duplicates,
+              help="Leaves out each held-out image that nearly copies a training image, and all but the first of each "
+                   "group of training copies; measure first to see them.")
+
 st.subheader("Imbalance simulator")
 st.caption("Subsample the training split to a long tail: the largest class stays, each next one keeps fewer "
            "images, down to largest / ratio. See what it does to the figures before you apply it.")
@@ -168,7 +257,7 @@ st.toggle("Apply this long tail to the run", key=K.SIM_APPLY, persist_state=K.PE
           help="Sets the run's imbalance ratio: the training split is subsampled this way when the run starts.")
 
 st.subheader("Suggestions")
-tips = diversity.suggestions(counts["train"])
+tips = diversity.suggestions(counts["train"]) + (fd.suggestions(found[0]) if found is not None else [])
 if not tips:
     st.caption("Nothing to suggest for this class distribution.")
 for i, tip in enumerate(tips):

@@ -131,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         f = next(f for f in cfg.options() if f.name == name)
         stats.add_argument("--" + name.replace("_", "-"), type=cfg.option_type(f), action=_Once, default=f.default,
                            help=f"{f.metadata['help']} (default: {f.default})")
+    _add_feature_options(stats)
     stats.add_argument("--json", action="store_true")
     predict = sub.add_parser("predict", help="classify an image with a run's best model")
     fields = {f.name: f for f in dataclasses.fields(cfg.PredictOptions)}
@@ -175,6 +176,28 @@ def _add_explain(sub) -> None:
                     help="the PNG to write: the image and its three maps side by side (default: "
                          "cam-<run id>.png here)")
     ex.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+
+
+# the backbone options of stats' feature-space figures (the data options are _STATS_OPTIONS)
+_FEATURE_OPTIONS = ("backbone", "weights", "image_size")
+
+
+def _add_feature_options(stats: argparse.ArgumentParser) -> None:
+    """stats' feature-space figures: off by default, since they need a forward pass over every image (29 s
+    for ants/bees on 2 shared cores the first time; the features are kept, so 0.7 s after) where the
+    class counts take a fraction of a second."""
+    stats.add_argument("--feature-diversity", action=_FlagOnce, default=False,
+                       help="also measure diversity in the backbone's feature space: the Vendi score of the "
+                            "training split and of each class, near-duplicate pairs within it and across splits, "
+                            "each class's spread and the nearest class pairs (default: off; the features are "
+                            "computed once per data set and backbone and kept under FTLAB_HOME)")
+    stats.add_argument("--drop-duplicates", action=_FlagOnce, default=False,
+                       help=next(f for f in cfg.options() if f.name == "drop_duplicates").metadata["help"] +
+                       ": count the split a run with --drop-duplicates trains on (default: off)")
+    for name in _FEATURE_OPTIONS:
+        f = next(f for f in cfg.options() if f.name == name)
+        stats.add_argument("--" + name.replace("_", "-"), type=cfg.option_type(f), action=_Once, default=f.default,
+                           help=f"with --feature-diversity: {f.metadata['help']} (default: {f.default})")
 
 
 def _add_sweep(sub) -> None:
@@ -490,14 +513,18 @@ def _runs(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from ftlab import data, diversity, explore
 
-    config = cfg.TrainConfig(**{name: getattr(args, name) for name in _STATS_OPTIONS})
-    problems = cfg.validate(config, only=_STATS_OPTIONS)
+    taken = _STATS_OPTIONS + (_FEATURE_OPTIONS if args.feature_diversity or args.drop_duplicates else ())
+    config = cfg.TrainConfig(**{name: getattr(args, name) for name in taken}, drop_duplicates=args.drop_duplicates)
+    problems = cfg.validate(config, only=taken)
+    if args.feature_diversity or args.drop_duplicates:
+        problems += _backbone_problems(config)
     if problems:
         return _fail("\n  ".join(["the figures cannot be computed:"] + problems))
     try:
         ds = data.load_for(config)
         split = data.split_for(config, ds)
-    except data.DataError as err:
+        found = _feature_figures(config, ds) if args.feature_diversity else None
+    except (data.DataError, ValueError) as err:  # ValueError: weights that cannot be had here
         return _fail(str(err))
     for note in ds.notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -508,6 +535,9 @@ def _stats(args: argparse.Namespace) -> int:
     tips = [dataclasses.asdict(s) for s in diversity.suggestions(counts["train"])]
     out = {"dataset": ds.name, "classes": list(ds.classes), "num_classes": k, "counts": counts,
            "figures": figures, "suggestions": tips, "notes": list(ds.notes), "task": ds.task, "tasks": tasks}
+    if found is not None:
+        out["feature_diversity"] = found[0]
+        out["suggestions"] += found[1]
     if args.json:
         print(json.dumps(out, default=float))
         return 0
@@ -522,11 +552,42 @@ def _stats(args: argparse.Namespace) -> int:
             print(f"{split_name:>5}: H = {f['entropy_nats']:.3f} nats = {f['entropy_bits']:.3f} bits, normalised "
                   f"{f['normalised_entropy']:.3f}, effective classes {f['effective_classes']:.2f}, "
                   f"imbalance {f['imbalance_ratio']:.2f}")
+    if found is not None:
+        _print_feature_figures(found[0])
     if ds.tasks and tips:
         print(f"\nsuggestions, from the first task ({ds.task}):")
-    for t in tips:
+    for t in out["suggestions"]:
         print(f"suggestion: {t['title']}. {t['reason']}")
     return 0
+
+
+def _backbone_problems(config: cfg.TrainConfig) -> list[str]:
+    """The backbone, its weights and the image size of stats' feature figures (train's checks of them)."""
+    problems = cfg.validate(config, only=_FEATURE_OPTIONS)
+    return problems or cfg._check_names(config)
+
+
+def _feature_figures(config: cfg.TrainConfig, ds) -> tuple[dict, list[dict]]:
+    """stats' ``feature_diversity`` object and the suggestions the figures make."""
+    from ftlab import feature_diversity, features
+
+    report, _ = features.figures(config, ds, say=lambda m: print(m, file=sys.stderr))
+    return report.to_dict(), [dataclasses.asdict(s) for s in feature_diversity.suggestions(report)]
+
+
+def _print_feature_figures(f: dict) -> None:
+    print(f"\nin {f['backbone']}'s feature space ({f['weights']}, {f['image_size']} px): Vendi score of the "
+          f"{f['train_images']} training images {f['vendi']:.1f} ({f['share']:.0%} of them distinct)")
+    for c in f["classes"]:
+        print(f"  {printable(c['name'])[:20]:<20} Vendi {c['vendi']:7.1f} of {c['images']:>6} images, spread "
+              f"{c['spread']:.3f}")
+    print(f"near-duplicates (cosine similarity >= {f['threshold']:g}): {f['within_count']} pair(s) within train, "
+          f"{f['across_count']} across splits")
+    for p in f["across"][:10] + f["within"][:10]:
+        print(f"  {p['split_a']} #{p['index_a']} ~ {p['split_b']} #{p['index_b']}  {p['similarity']:.3f}")
+    for p in f["nearest"][:3]:
+        print(f"nearest classes: {printable(p['a'])} and {printable(p['b'])}: {p['mixed']:.0%} of their images "
+              "have their nearest neighbour in the other")
 
 
 def _task_stats(classes: tuple[str, ...], labels, split) -> dict:

@@ -123,6 +123,11 @@ class TrainConfig:
     split_seed: int | None = _opt(None, "seed of the train/val/test split alone (default: --seed); a sweep holds it "
                                   "fixed, so every member is scored on the same val images", lo=0, hi=2**31 - 1,
                                   section="data")
+    drop_duplicates: bool = _opt(False, "leave near-duplicate images out of the run: each validation (and test) image "
+                                 "that nearly copies a training image, and all but the first of each group of "
+                                 "training images that nearly copy each other (cosine similarity of the backbone's "
+                                 "centred, pooled features at least 0.75; random weights: EfficientNet-Lite0's "
+                                 "ImageNet features judge)", section="data")
     # several tasks (ftlab.tasks): the data set's first task always trains; these add its further tasks
     tasks: str = _opt("", "several tasks: the data set's tasks to train, one head each on the shared backbone, a "
                       "comma list (e.g. shape,colour) or all (default: the first task only)", section="objective")

@@ -297,3 +297,57 @@ def shift_accuracy(series: Mapping[str, Sequence[Mapping]]) -> go.Figure:
                                 mode="lines+markers") for name, points in series.items()])
     return _layout(fig, "Val accuracy under shift", xaxis_title="corruption and severity",
                    yaxis_title="val accuracy", yaxis_range=[0, 1.02], xaxis_type="category", height=380)
+
+
+# --- diversity in feature space (the Data page) ------------------------------------------
+
+CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf")
+
+
+def vendi_per_class(classes: Sequence[str], images: Sequence[int], vendi: Sequence[float]) -> go.Figure:
+    """Per class, its training images and the Vendi score (the effective number of distinct images) over them."""
+    fig = go.Figure([
+        go.Bar(name="training images", x=list(classes), y=list(images), marker_color=FROZEN),
+        go.Bar(name="Vendi score: distinct images", x=list(classes), y=list(vendi), marker_color=TRAIN,
+               text=[f"{v:.1f}" for v in vendi], textposition="outside"),
+    ])
+    return _layout(fig, "Images and distinct images per class (Vendi score)", barmode="overlay",
+                   xaxis_type="category", yaxis_title="images")
+
+
+def feature_map(xy: Sequence[Sequence[float]], labels: Sequence[int], classes: Sequence[str],
+                items: Sequence[int], method: str) -> go.Figure:
+    """The training images on a 2-D map of their features, a trace (and a colour) per class; each point's
+    ``customdata`` is its dataset index, which a selection hands back (`selected_items`)."""
+    fig = go.Figure()
+    for k, name in enumerate(classes):
+        rows = [i for i, label in enumerate(labels) if label == k]
+        if not rows:
+            continue
+        fig.add_trace(go.Scatter(  # SVG points: a click selects one (WebGL points are not elements)
+            name=name, x=[xy[i][0] for i in rows], y=[xy[i][1] for i in rows], mode="markers",
+            marker=dict(size=7, color=CLASS_COLOURS[k % len(CLASS_COLOURS)], opacity=0.8),
+            customdata=[items[i] for i in rows], hovertemplate=f"{name} · image #%{{customdata}}<extra></extra>"))
+    axis = {"pca": "principal component", "tsne": "t-SNE"}[method]
+    return _layout(fig, "The training images in feature space (select points to see them)", height=460,
+                   xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", dragmode="lasso")
+
+
+def selected_items(selection: Mapping | None) -> list[int]:
+    """The dataset indices of the points selected on `feature_map` (Streamlit's plotly selection state).
+
+    >>> selected_items({"selection": {"points": [{"customdata": 7}, {"customdata": [3]}, {"x": 1}]}})
+    [7, 3]
+    >>> selected_items(None)
+    []
+    """
+    points = ((selection or {}).get("selection") or {}).get("points") or []
+    out = []
+    for p in points:
+        value = p.get("customdata")
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if isinstance(value, (int, float)):
+            out.append(int(value))
+    return out

@@ -21,6 +21,10 @@ UPLOAD = "data.upload"
 UPLOAD_SAVED = "data.upload_saved"  # (file id, path) of the upload last kept in the data folder
 SIM_RATIO = "data.sim_ratio"
 SIM_APPLY = "data.sim_apply"
+FEATURES_MEASURE = "data.features_measure"  # the button that computes the feature-space figures
+FEATURES_ERROR = "data.features_error"  # why they could not be computed, for the next page run
+FEATURE_MAP = "data.feature_map"  # the 2-D map's chart (its selection state)
+FEATURE_MAP_METHOD = "data.feature_map_method"  # pca | tsne
 
 # Model page
 WEIGHTS = "model.weights"  # imagenet | random | file

@@ -101,3 +101,36 @@ def file_explanation(run_id: str, home: str, content: bytes, name: str, true_cla
     from ftlab import explain
 
     return explain.of_file(explainer(run_id, home), content, name, true_class)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _feature_figures(key: str, config: TrainConfig, _ds: data.Dataset):
+    from ftlab import features
+
+    return features.figures(config, _ds)
+
+
+def feature_figures(config: TrainConfig, ds: data.Dataset):
+    """`ftlab.features.figures` of the config's data and backbone, kept per features file and split options
+    (the config's fields, less those that change neither)."""
+    from dataclasses import replace
+
+    from ftlab import features
+
+    return _feature_figures(features.source_for(config, reference_if_random=True).key,
+                            replace(config, name="", drop_duplicates=False), ds)
+
+
+@st.cache_data(max_entries=8, show_spinner="Drawing the map…")
+def feature_map(key: str, _vectors, method: str):
+    """`ftlab.feature_diversity.feature_map`, kept per features and method: t-SNE takes seconds."""
+    from ftlab import feature_diversity
+
+    return feature_diversity.feature_map(_vectors, method)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def thumbnails(key: str, _ds: data.Dataset, items: tuple[int, ...], size: int) -> list:
+    from ftlab import features
+
+    return features.thumbnails(_ds, list(items), size)

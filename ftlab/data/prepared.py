@@ -44,9 +44,14 @@ def load_for(config, *, download: bool = True) -> Dataset:
 
 
 def split_for(config, ds: Dataset) -> Split:
-    """The seeded, stratified split, then the long tail when ``imbalance_ratio`` > 1."""
+    """The seeded, stratified split, less its near-duplicates with ``drop_duplicates`` (`ftlab.features`:
+    the backbone's features, computed once and kept on disk), then the long tail when ``imbalance_ratio`` > 1."""
     split = make_split(ds, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                        seed=data_seed(config))
+    if getattr(config, "drop_duplicates", False):  # before the long tail: it then draws from distinct images
+        from ftlab import features
+
+        split = features.drop_duplicates(config, ds, split)
     if config.imbalance_ratio > 1:
         split = replace(split, train=long_tail_indices(ds.labels, split.train, config.imbalance_ratio, data_seed(config)))
     if getattr(config, "train_per_class", 0):  # a data-efficiency point: the same val images, fewer to train on
@@ -104,7 +109,8 @@ def split_identity(config, data_dir: Path | None = None) -> str:
     """What determines ``split_for``'s split before any long tail: the data set's identity and
     the split's fractions and seed."""
     return (f"{identity(config, data_dir)} val {config.val_fraction} test {config.test_fraction} "
-            f"seed {data_seed(config)}")
+            f"seed {data_seed(config)}" + (" without near-duplicates" if getattr(config, "drop_duplicates", False)
+                                           else ""))
 
 
 def _folder_digest(root: Path) -> str:
@@ -156,7 +162,15 @@ def reusing_decoded() -> Iterator[None]:
 
 def _prepared_key(config, size: int, resize: int) -> tuple:
     return (identity(config), config.val_fraction, config.test_fraction, data_seed(config), config.imbalance_ratio,
-            getattr(config, "train_per_class", 0), size, resize)
+            getattr(config, "train_per_class", 0), getattr(config, "drop_duplicates", False) and
+            features_key(config), size, resize)
+
+
+def features_key(config) -> str:
+    """Which features judge duplicates for ``drop_duplicates``: two configs drop the same images only when equal."""
+    from ftlab import features
+
+    return features.source_for(config, reference_if_random=True).key
 
 
 def prepare(config, size: int, resize: int, say: Callable[[str], None] = lambda msg: None,
