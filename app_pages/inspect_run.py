@@ -117,7 +117,12 @@ beside = st.multiselect("Beside it, the same image under these kept runs (scored
 if not alike:
     st.caption("No other kept run was scored on this run's val images with its classes.")
 shown = [run, *(alike[i] for i in beside)]
-if (source == "val" and val_rows) or cam_upload is not None:
+has_image = (source == "val" and val_rows) or cam_upload is not None
+if has_image and not state.get(K.CAM_DRAWN):  # drawn on request: the maps load each run's model
+    st.button("Draw the maps", key=K.CAM_DRAW, on_click=lambda: state.__setitem__(K.CAM_DRAWN, True))
+    st.caption(f"Loads the model of each run shown ({len(shown)}) and runs it on the image: a few seconds each. "
+               "Once drawn, the maps follow the image and runs you choose.")
+elif has_image:
     for record in shown:
         try:
             if source == "val":
@@ -153,8 +158,11 @@ shift_job = resources.background(owner, "shift")
 shifting = shift_job is not None and shift_job.alive()
 c = st.columns([1, 1, 3])
 c[0].button("Run the shift test", key=K.SHIFT_START, disabled=shifting or not shift_runs,
-            on_click=lambda: resources.start_background(owner, "shift", lambda say, stop: shift.run_many(
-                shift_runs, store, seed=int(shift_seed), say=say, should_stop=stop.is_set), "shift"))
+            # the runs and seed as the widgets hold them at the click (a choice made just before it may not
+            # have reached this script run yet)
+            on_click=lambda: resources.start_background(owner, "shift", lambda say, stop, runs=list(
+                state[K.SHIFT_RUNS]), seed=int(state[K.SHIFT_SEED]): shift.run_many(
+                runs, store, seed=seed, say=say, should_stop=stop.is_set), "shift"))
 if shifting:
     c[1].button("Stop the shift test", key=K.SHIFT_STOP, on_click=shift_job.stop)
 
@@ -177,7 +185,12 @@ def shift_view() -> None:
         return
     for result in current.result:
         st.caption(result.lines()[0])
-    st.dataframe(shift.table(current.result), hide_index=True)
+    rows = shift.table(current.result)
+    accuracy = st.column_config.NumberColumn(format="%.3f")  # every run's column alike, whatever its digits
+    st.dataframe(rows, hide_index=True,
+                 column_config={n: accuracy for n in rows[0] if n not in ("corruption", "severity")})
+    st.caption("Severity 1 and 2: " + "; ".join(f"{c.name} {c.setting(1)} and {c.setting(2)}"
+                                                   for c in shift.CORRUPTIONS) + ".")
     st.plotly_chart(charts.shift_accuracy(shift.chart_series(current.result)), key="inspect.shift_chart")
 
 
@@ -203,6 +216,7 @@ else:
         st.markdown(f"**A** {parts.run_title(run.id, run)} · **B** {parts.run_title(other_id, flip_runs[other_id])}")
         st.markdown(f"McNemar's test: {found.test.sentence}.")
         st.dataframe(found.table(), hide_index=True)
+        st.caption("Under each image: its true class · A's prediction and its probability · B's.")
         for which, count, title in (("a", len(found.only_a), "A right, B wrong"),
                                     ("b", len(found.only_b), "B right, A wrong")):
             st.markdown(f"**{title}** ({count:,} image{'s' * (count != 1)}"
@@ -216,4 +230,3 @@ else:
                 continue
             if images:
                 st.image(images, width=HARD_PX, caption=captions)
-        st.caption("Each image: true class · A's prediction and its probability · B's.")

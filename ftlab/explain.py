@@ -309,8 +309,9 @@ def val_caption(record, position: int) -> str:
     if not 0 <= position < len(rows):
         return ""
     r = rows[position]
-    verdict = "right" if r["label"] == r["predicted"] else f"predicted {classes[r['predicted']]}"
-    return f"val image #{position}: {classes[r['label']]}, {verdict} (loss {r['loss']:.2f})"
+    verdict = "right" if r["label"] == r["predicted"] else "wrong"
+    return (f"val image #{position}: true class {classes[r['label']]}, predicted {classes[r['predicted']]} "
+            f"({verdict}; loss {r['loss']:.2f})")
 
 
 def enlarged(pixels: np.ndarray, side: int = PANEL_PX) -> np.ndarray:

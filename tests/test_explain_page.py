@@ -54,6 +54,12 @@ def _captions(at: AppTest) -> list[str]:
     return [img.caption for el in at.get("image") for img in el.proto.imgs]
 
 
+def _draw(at: AppTest) -> None:
+    """Click "Draw the maps": the page draws none until asked (each run's model is loaded for them)."""
+    at.button(key="inspect.cam_draw").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
 def _png() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buf, "PNG")
@@ -64,6 +70,10 @@ def test_maps_of_a_val_image_side_by_side(page):
     at, ids = page
     subheaders = [s.value for s in at.subheader]
     assert subheaders[-3:] == ["What the model sees", "Shift test", "Prediction flips"]
+    assert not any(c.startswith("Grad-CAM") for c in _captions(at))  # no map until asked
+    _draw(at)
+    assert sum(c.startswith("Grad-CAM, predicted") for c in _captions(at)) == 1  # val image #0, the run alone
+    assert not [b for b in at.button if b.key == "inspect.cam_draw"]  # asked once: the button is gone
     at.number_input(key="inspect.cam_val").set_value(5).run()
     at.multiselect(key="inspect.cam_runs").set_value([ids[1]]).run()
     assert not at.exception and not at.error
@@ -82,6 +92,7 @@ def test_maps_of_an_upload_with_its_true_class(page):
     at.radio(key="inspect.cam_source").set_value("upload").run()
     at.file_uploader(key="inspect.cam_upload").upload("noise.png", _png(), "image/png").run()
     at.selectbox(key="inspect.cam_true").set_value("3").run()
+    _draw(at)
     assert not at.exception and not at.error
     caps = _captions(at)
     assert "noise.png" in caps and any(c.startswith("Grad-CAM, true 3 (") for c in caps)
@@ -93,6 +104,7 @@ def test_an_upload_that_is_not_an_image_gets_a_sentence(page):
     at, _ = page
     at.radio(key="inspect.cam_source").set_value("upload").run()
     at.file_uploader(key="inspect.cam_upload").upload("fake.png", b"not an image", "image/png").run()
+    _draw(at)
     assert not at.exception
     assert any("Not a readable image" in e.value for e in at.error)
 
