@@ -169,29 +169,18 @@ if shifting:
 
 @st.fragment(run_every=1.0 if shifting else None)
 def shift_view() -> None:
-    current = resources.background(owner, "shift")
-    if current is None:
+    results = parts.background_result(owner, "shift", shifting, "Shift test", "shift test")
+    if results is None:
         return
-    if current.alive():
-        st.info(f"Shift test: {current.message}")
-        return
-    if shifting:
-        st.rerun()  # it ended: the page again, without the Stop button and the polling
-    if current.error:
-        st.error(f"The shift test failed: {current.error}")
-        return
-    if current.result is None:
-        st.caption("The shift test was stopped.")
-        return
-    for result in current.result:
+    for result in results:
         st.caption(result.lines()[0])
-    rows = shift.table(current.result)
+    rows = shift.table(results)
     accuracy = st.column_config.NumberColumn(format="%.3f")  # every run's column alike, whatever its digits
     st.dataframe(rows, hide_index=True,
                  column_config={n: accuracy for n in rows[0] if n not in ("corruption", "severity")})
     st.caption("Severity 1 and 2: " + "; ".join(f"{c.name} {c.setting(1)} and {c.setting(2)}"
                                                    for c in shift.CORRUPTIONS) + ".")
-    st.plotly_chart(charts.shift_accuracy(shift.chart_series(current.result)), key="inspect.shift_chart")
+    st.plotly_chart(charts.shift_accuracy(shift.chart_series(results)), key="inspect.shift_chart")
 
 
 shift_view()

@@ -167,22 +167,11 @@ if probing:
 
 @st.fragment(run_every=1.0 if probing else None)
 def probe_view() -> None:
-    current = resources.background(owner, "probe")
-    if current is None:
+    probed = parts.background_result(owner, "probe", probing, "Probing", "probe")
+    if probed is None:
         return
-    if current.alive():
-        st.info(f"Probing: {current.message}")
-        return
-    if probing:
-        st.rerun()  # it ended: the page again, without the Stop button and the polling
-    if current.error:
-        st.error(f"The probe failed: {current.error}")
-        return
-    if current.result is None:
-        st.caption("The probe was stopped.")
-        return
-    result = current.result.to_dict()
-    st.caption("\n".join(current.result.lines()[:1]))
+    result = probed.to_dict()
+    st.caption("\n".join(probed.lines()[:1]))
     st.plotly_chart(charts.probe_depths(result["depths"], result["majority"]), key="sweep.probe_chart")
     if result["efficiency"]:
         st.plotly_chart(charts.data_efficiency(result["efficiency"], result["at"]), key="sweep.probe_efficiency")

@@ -125,3 +125,23 @@ def run_title(run_id: str, run: RunRecord | TrainConfig) -> str:
     run, `explore.run_label` of a job's config), as markdown that shows a typed name as typed."""
     label = explore.run_label(run) if isinstance(run, TrainConfig) else explore.record_label(run, with_id=False)
     return f"`{run_id}` · {plain(label)}"
+
+
+def background_result(owner: str, kind: str, polling: bool, doing: str, name: str):
+    """The result of the session's background ``kind`` job (a probe, a shift test) once it has
+    ended; while it runs, or when it failed or was stopped, says so and gives None. ``polling``:
+    the page is polling it, so its end redraws the page without the Stop button."""
+    current = resources.background(owner, kind)
+    if current is None:
+        return None
+    if current.alive():
+        st.info(f"{doing}: {current.message}")
+        return None
+    if polling:
+        st.rerun()  # it ended: the page again, without the Stop button and the polling
+    if current.error:
+        st.error(f"The {name} failed: {current.error}")
+        return None
+    if current.result is None:
+        st.caption(f"The {name} was stopped.")
+    return current.result
