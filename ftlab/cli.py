@@ -259,6 +259,10 @@ def _add_lr_find(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "train" and os.environ.get("WORLD_SIZE", "").strip() not in ("", "1"):
+        # every process torchrun starts would do the same work and write the same records
+        return _fail(f"only `train` runs under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE'].strip()}): run "
+                     f"`python -m ftlab {args.command}` on its own")
     try:
         return {"train": _train, "datasets": _datasets, "backbones": _backbones, "runs": _runs,
                 "stats": _stats, "predict": _predict, "export": _export, "sweep": _sweep,
@@ -282,19 +286,39 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 def _train(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in cfg.options()}
     config = cfg.TrainConfig(**values)
-    problems = cfg.validate(config)
-    if problems:
-        return _fail("\n  ".join(["the run cannot start:"] + problems))
-    from ftlab.engine import run
-    from ftlab.runs import RunStore
+    from ftlab import distributed
 
+    ranks = distributed.from_env()
+    problems = cfg.validate(config)
+    if problems:  # every process finds the same problems: the first says them
+        return _fail("\n  ".join(["the run cannot start:"] + problems)) if ranks.leader else EXIT_BAD_INPUT
+    from ftlab.engine import pick_device, run
+    from ftlab.runs import RunStore, new_run_id
+
+    device = distributed.device_for(ranks, pick_device(config.device))
+    if problems := distributed.problems(ranks, device):
+        return _fail(problems[0]) if ranks.leader else EXIT_BAD_INPUT
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C stops after the batch
+    # Ctrl-C stops after the batch; under torchrun so does its SIGTERM (another process ended): the record says so
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in ((signal.SIGINT, signal.SIGTERM) if ranks.active else (signal.SIGINT,))}
     try:
-        summary = run(config, store=RunStore(), emit=Progress(), stop=stop)
+        if ranks.active:
+            distributed.start(ranks, device)
+        run_id = distributed.broadcast(new_run_id()) if ranks.active else None
+        summary = run(config, store=RunStore(), emit=Progress() if ranks.leader else _errors_only, stop=stop,
+                      run_id=run_id, ranks=ranks)
+    except Exception as err:  # the process group could not start, or a rank left before the run began
+        if not (ranks.active and distributed.is_distributed_error(err)):
+            raise
+        return _fail(distributed.failure_message(err), 1)
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if args.json:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        distributed.end()
+    if not ranks.leader:
+        pass
+    elif args.json:
         print(json.dumps(summary))
     else:
         _print_summary(summary)
@@ -334,6 +358,12 @@ def _print_result(result, as_json: bool) -> int:
         for line in result.lines():
             print(printable(line))
     return 0
+
+
+def _errors_only(e: events.Event) -> None:
+    """What a torchrun process other than rank 0 prints: its failure, if it fails."""
+    if isinstance(e, events.RunFailed):
+        print(f"[ftlab] failed: {e.message}", file=sys.stderr)
 
 
 class Progress:

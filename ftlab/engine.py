@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab import backbones, cache, checkpoints, data, events, fastpath, freeze, metrics
+from ftlab import backbones, cache, checkpoints, data, distributed, events, fastpath, freeze, metrics
 from ftlab import tasks as task_options
 from ftlab import precision as precisions
 from ftlab import teacher as teachers
@@ -89,13 +89,16 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, precision: Choice = FP32,
                     scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0, start: int = 0,
                     should_stop: Callable[[], bool] = lambda: False,
-                    on_step: Callable[[int, float, int], None] = lambda step, loss, n: None) -> EpochResult:
+                    on_step: Callable[[int, float, int], None] = lambda step, loss, n: None,
+                    agree: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss) -> EpochResult:
     """One pass over the training batches; ``scheduler`` (if given) steps after every batch.
 
     ``images`` are the inputs of block ``start``: decoded images when ``start`` is 0, the
     cached output of the frozen blocks before it otherwise. ``objective`` turns the model's
     outputs and the batch into the loss (and the correct predictions it counted). The forward
     pass and the loss run in ``precision`` (autocast); the weights and the optimiser stay fp32.
+    Under torchrun ``agree`` is the loss every process sees (the mean over their batches), so that
+    all of them stop alike on a loss that is not finite; in one process it is the loss itself.
     """
     model.train()  # a BlockModel keeps its frozen blocks in eval mode where its BatchNorm rule says so
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -108,8 +111,9 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         with precision.autocast(device_type):
             result = objective(model.forward_from(batch.inputs, start), batch)
         loss = result.loss
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}")
+        seen_loss = agree(loss.detach())
+        if not torch.isfinite(seen_loss):
+            raise NonFiniteLoss(f"the loss became {seen_loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -130,7 +134,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         for name, value in result.counts.items():
             counts[name] = counts.get(name, 0.0) + value
         seen += n
-        on_step(step, loss.item(), seen)
+        on_step(step, seen_loss.item(), seen)
     parts = {name[5:]: value / max(seen, 1) for name, value in counts.items() if name.startswith("loss:")}
     accuracies = {name[8:]: value / max(seen, 1) for name, value in counts.items() if name.startswith("correct:")}
     return EpochResult(total_loss / max(seen, 1), counts.get("correct", 0) / max(seen, 1), seen,
@@ -206,12 +210,21 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
 # --- a whole run ------------------------------------------------------------------------
 
 def run(config: TrainConfig, *, store: RunStore, emit: Emit = lambda e: None,
-        stop: threading.Event | None = None, run_id: str | None = None) -> dict:
+        stop: threading.Event | None = None, run_id: str | None = None,
+        ranks: distributed.Ranks = distributed.SINGLE) -> dict:
     """Train ``config`` to the end, a stop, or a failure; return the summary. Never raises for
-    problems with the user's data or settings: those end in ``RunFailed`` with a message."""
+    problems with the user's data or settings: those end in ``RunFailed`` with a message.
+
+    Under torchrun (``ranks`` active, the process group started) every process calls this with
+    the same ``run_id``; rank 0 alone writes ``store``, and a ``stop`` set in any process stops
+    them all at the same step."""
     run_id = run_id or new_run_id()
     stop = stop or threading.Event()
-    trainer = _Trainer(config, store, emit, stop, run_id)
+    if ranks.active:  # the work between steps never reads a stop: the ranks agree on it at each step
+        trainer = _Trainer(config, store if ranks.leader else distributed.Follower(store), emit, threading.Event(),
+                           run_id, ranks=ranks, asked=stop)
+    else:
+        trainer = _Trainer(config, store, emit, stop, run_id)
     try:
         return trainer.run()
     finally:
@@ -229,12 +242,20 @@ class _Trainer:
     stop: threading.Event
     run_id: str
     shared_cache: cache.FeatureCache = cache.SHARED
+    ranks: distributed.Ranks = distributed.SINGLE  # under torchrun: this process's rank (`ftlab.distributed`)
+    asked: threading.Event | None = None  # under torchrun: the user's stop, read at each step by every rank
     summary: RunSummary = field(init=False)
     device: torch.device = field(init=False)
-    data: data.Prepared = field(init=False)
+    data: data.Prepared = field(init=False)  # this process's data: under torchrun, its shares of the splits
+    whole: data.Prepared = field(init=False)  # every image of each split (the same as ``data`` in one process)
+    positions: dict = field(default_factory=dict)  # under torchrun: split -> this rank's positions in it
+    batch: int = field(init=False)  # this process's batch: the global batch size dealt out over the ranks
     classes: tuple[str, ...] = field(init=False)
     tasks: tuple[task_options.TrainedTask, ...] = field(init=False)  # the first is the run's task
     labels: dict = field(init=False)  # split -> its labels: (N,), or (N, tasks) with several tasks
+    whole_labels: dict = field(init=False)  # the same of ``whole``: what the figures are computed against
+    parallel: "distributed.Parallel | None" = None  # under torchrun: the DDP-wrapped model of these trained blocks
+    parallel_for: frozenset | None = None
     preprocessing: Preprocessing = field(init=False)  # what the checkpoint records of the inputs
     model: backbones.BlockModel = field(init=False)
     plan: freeze.FreezePlan = field(init=False)
@@ -271,7 +292,8 @@ class _Trainer:
         problems = validate(c, store=self.store)
         if own := teachers.self_taught(self.run_id, c.teacher):  # validate found no such run: its record comes next
             problems = [own] + [p for p in problems if not p.startswith("teacher")]
-        self.device = pick_device(c.device) if not problems else torch.device("cpu")
+        self.device = distributed.device_for(self.ranks, pick_device(c.device)) if not problems \
+            else torch.device("cpu")
         self.summary = RunSummary(self.run_id, c.dataset, c.backbone, c.strategy, device=self.device.type)
         if problems:  # before any work and before a record: nothing ran, so nothing is kept
             self.summary.stopped_reason = "error"
@@ -296,7 +318,10 @@ class _Trainer:
         torch.manual_seed(c.seed)
         self._say("loading data")
         self.preprocessing = Preprocessing.for_backbone(c.backbone, resolved_image_size(c))
-        self.data = data.prepare(c, self.preprocessing.size, self.preprocessing.resize, self._say, self.stop.is_set)
+        self.data = self.whole = data.prepare(c, self.preprocessing.size, self.preprocessing.resize, self._say,
+                                              self.stop.is_set)
+        if self.ranks.active:
+            self.data = self._shares(self.whole)
         if self.device.type == "cuda":  # page-locked memory: batches copy to the GPU asynchronously
             self.data = replace(self.data, **{name: replace(d, images=d.images.pin_memory()) for name in
                                               ("train", "val", "test") if (d := getattr(self.data, name))})
@@ -304,6 +329,9 @@ class _Trainer:
         self.tasks = task_options.select(c, self.data.dataset)
         self.labels = {name: self._split_labels(split) for name in ("train", "val", "test")
                        if (split := getattr(self.data, name)) is not None}
+        self.whole_labels = self.labels if self.whole is self.data else \
+            {name: self._split_labels(split) for name in ("train", "val", "test")
+             if (split := getattr(self.whole, name)) is not None}
         if self.sizes:
             weighting = "learned weights (uncertainty)" if c.task_weighting == "uncertainty" else \
                 "weights " + ", ".join(f"{t.weight:g}" for t in self.tasks)
@@ -315,6 +343,8 @@ class _Trainer:
         self._say(f"building {c.backbone} ({backbones.Weights.parse(c.weights).describe()})")
         self.model = backbones.create_model(c.backbone, self.sizes or len(self.classes), c.weights, edits=c.edits(),
                                             image_size=self.preprocessing.size).to(self.device)
+        if self.ranks.active:  # BatchNorm in train mode sees the global batch, as one process would
+            distributed.sync_batchnorm(self.model)
         self.plan = freeze.make_plan(self.model.param_blocks(), c.strategy, gradual_every=c.gradual_every,
                                      frozen_blocks=c.frozen_blocks)
         freeze.apply_freeze(self.model, self.plan.frozen_at(0), c.bn_frozen)
@@ -326,17 +356,21 @@ class _Trainer:
         train_labels = self.data.train.labels
         self.anchor = Anchor(self.model)
         self.objective = self._objective()
-        self.sample_weights = (1.0 / torch.bincount(train_labels).float())[train_labels] if c.balanced_sampling \
-            else None
+        self.sample_weights = (1.0 / torch.bincount(self.whole.train.labels).float())[train_labels] \
+            if c.balanced_sampling else None  # by each class's share of the whole split
         # L2-SP replaces the backbone's weight decay toward 0 by its pull toward the pretrained weights
         anchored = frozenset(freeze.backbone_blocks(self.plan.blocks)) if self.l2sp else frozenset()
         self.optimizer = make_optimizer(c, self._objective_groups() +
                                         freeze.param_groups(self.model, resolved_lr(c), c.weight_decay, c.lr_decay,
                                                             anchored))
-        if c.batch_size > len(train_labels):
-            self._say(f"batch size {c.batch_size} is larger than the {len(train_labels)} training images: each "
-                      f"epoch is one batch of {len(train_labels)}")
-        self.steps = math.ceil(len(train_labels) / c.batch_size)
+        if c.batch_size > len(self.whole.train.labels):
+            self._say(f"batch size {c.batch_size} is larger than the {len(self.whole.train.labels)} training images: "
+                      f"each epoch is one batch of {len(self.whole.train.labels)}")
+        self.batch = distributed.local_batch(c.batch_size, self.ranks)
+        if self.ranks.active:
+            self._say(f"process {self.ranks.rank} of {self.ranks.world}: {len(train_labels):,} training images, "
+                      f"{self.batch} of each batch of {c.batch_size}")
+        self.steps = math.ceil(len(train_labels) / self.batch)
         self.scheduler, self.per_step = make_scheduler(c, self.optimizer, self.steps)
         self.scaler = None  # fp16 training makes one (`_training_precision`)
         trainable, total = freeze.count_params(self.model)
@@ -346,7 +380,7 @@ class _Trainer:
         skipped = self.data.train.skipped + self.data.val.skipped + (self.data.test.skipped if self.data.test else ())
         self.emit(events.RunStarted(self.run_id, c.to_dict(), self.device.type, tuple(self.classes),
                                     {k: len(v.labels) if v else 0 for k, v in
-                                     (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))},
+                                     (("train", self.whole.train), ("val", self.whole.val), ("test", self.whole.test))},
                                     trainable, total, tuple(skipped),
                                     {t.name: t.classes for t in self.tasks} if self.sizes else {},
                                     teacher=dict(self.summary.teacher)))
@@ -357,12 +391,12 @@ class _Trainer:
         distillation from the teacher's logits plus that cross-entropy."""
         c = self.config
         if self.sizes:
-            losses = [self._cross_entropy(self.labels["train"][:, t], len(task.classes))
+            losses = [self._cross_entropy(self.whole_labels["train"][:, t], len(task.classes))
                       for t, task in enumerate(self.tasks)]
             return self._with_l2sp(MultiTask(tuple(t.name for t in self.tasks), self.sizes, losses,
                                              weighting=c.task_weighting, weights=tuple(t.weight for t in self.tasks),
                                              device=self.device))
-        cross_entropy = self._cross_entropy(self.data.train.labels, len(self.classes))
+        cross_entropy = self._cross_entropy(self.whole.train.labels, len(self.classes))
         if not c.teacher.strip():
             return self._with_l2sp(cross_entropy)
         return self._with_l2sp(Distillation(self._teacher_logits(), c.distill_temperature, c.distill_alpha,
@@ -399,6 +433,10 @@ class _Trainer:
         teacher = self.teacher = teachers.load(self.config.teacher, self.store, list(self.classes))
         train, val = (self._teacher_split(teacher, name) for name in ("train", "val"))
         accuracy = teachers.accuracy(val, self.data.val.labels)
+        if self.ranks.active:  # each rank's share of val: the accuracy on the whole split
+            correct, n = distributed.sums([accuracy * len(self.data.val.labels), len(self.data.val.labels)],
+                                          self.device)
+            accuracy = correct / max(n, 1)
         self.teacher_views[0] = train
         self.summary.teacher = {"run_id": teacher.run_id, "label": teacher.label, "val_accuracy": accuracy}
         self._say(f"teacher {teacher.run_id} ({teacher.label}): val accuracy {accuracy:.3f} on this run's val split")
@@ -500,7 +538,8 @@ class _Trainer:
 
     def _train(self) -> tuple[str, str]:
         c, d = self.config, self.data
-        generator = torch.Generator().manual_seed(c.seed)
+        # under torchrun each rank shuffles its own share, in an order of its own
+        generator = torch.Generator().manual_seed(c.seed + 7919 * self.ranks.rank)
         best, since_best, images_seen, started = -1.0, 0, 0, time.perf_counter()
         for epoch in range(c.epochs):
             frozen = self.plan.frozen_at(epoch)
@@ -523,14 +562,14 @@ class _Trainer:
                     self.precision = self._training_precision(inputs)
                     started += time.perf_counter() - began
                     on_step = self._step_reporter(epoch, started, images_seen)
-                    result = train_one_epoch(
-                        self.model, inputs.train, self.labels["train"],
-                        batches(len(d.train.labels), c.batch_size, generator=generator,
+                    result = self._across_ranks(train_one_epoch(
+                        self._trained_model(frozen), inputs.train, self.labels["train"],
+                        batches(len(d.train.labels), self.batch, generator=generator,
                                 sample_weights=self.sample_weights),
                         optimizer=self.optimizer, objective=self.objective, prep=inputs.prep, start=inputs.start,
                         scheduler=self.scheduler if self.per_step else None, precision=self.precision,
-                        scaler=self.scaler,
-                        grad_clip=c.grad_clip, should_stop=self.stop.is_set, on_step=on_step)
+                        scaler=self.scaler, grad_clip=c.grad_clip, should_stop=self._should_stop, on_step=on_step,
+                        agree=distributed.agree if self.ranks.active else lambda loss: loss))
             except NonFiniteLoss as err:
                 advice = divergence_advice(c, resolved_lr(c), self.l2sp.beta if self.l2sp else None)
                 return "non_finite_loss", f"Stopped in epoch {epoch + 1}: {err}. {advice}"
@@ -541,9 +580,10 @@ class _Trainer:
                 self.scheduler.step()
             try:
                 with _threads_for(self.model, inputs.start):
-                    ev = evaluate(self.model, inputs.val, self.labels["val"], prep=inputs.val_prep,
-                                  start=inputs.start, batch_size=2 * c.batch_size, precision=self.precision,
-                                  should_stop=self.stop.is_set, sizes=self.sizes)
+                    ev = self._gathered(evaluate(self.model, inputs.val, self.labels["val"], prep=inputs.val_prep,
+                                                 start=inputs.start, batch_size=2 * c.batch_size,
+                                                 precision=self.precision, should_stop=self.stop.is_set,
+                                                 sizes=self.sizes), "val")
             except StopRequested as where:
                 self.stopped_at = where
                 return "user", f"stopped by the user while evaluating epoch {epoch + 1}"
@@ -564,6 +604,60 @@ class _Trainer:
             if c.early_stopping and since_best >= c.early_stopping:
                 return "early_stopping", f"no better val accuracy for {since_best} epochs"
         return "completed", ""
+
+    # --- under torchrun ------------------------------------------------------------------
+
+    def _shares(self, whole: "data.Prepared") -> "data.Prepared":
+        """This rank's shares of the splits (`distributed.shard_positions`): the training split dealt
+        out in the run's seeded order, val and test dealt without repeats (their figures are gathered)."""
+        for name in ("train", "val", "test"):
+            if (split := getattr(whole, name)) is not None:
+                self.positions[name] = distributed.shard_positions(len(split.labels), self.ranks,
+                                                                   seed=self.config.seed if name == "train" else None)
+        return replace(whole, **{name: distributed.shard(getattr(whole, name), p) for name, p in self.positions.items()})
+
+    def _trained_model(self, frozen: frozenset):
+        """The model the epoch trains: itself in one process; under torchrun, wrapped in DDP for the blocks
+        that train now (made again when they change)."""
+        if not self.ranks.active:
+            return self.model
+        if self.parallel is None or self.parallel_for != frozen:
+            extra = self._base_objective().parameters() if isinstance(self._base_objective(), MultiTask) else []
+            self.parallel, self.parallel_for = distributed.Parallel(self.model, self.device, extra), frozen
+        return self.parallel
+
+    def _should_stop(self) -> bool:
+        """Whether to stop before the next step: under torchrun, whether any rank was asked to."""
+        if not self.ranks.active:
+            return self.stop.is_set()
+        return distributed.any_rank(self.asked is not None and self.asked.is_set(), self.device)
+
+    def _across_ranks(self, r: EpochResult) -> EpochResult:
+        """An epoch's training figures over every rank's share (one process: as they are)."""
+        if not self.ranks.active:
+            return r
+        parts, accs = sorted(r.parts), sorted(r.accuracies)
+        s = distributed.sums([r.images, r.loss * r.images, r.accuracy * r.images, r.seconds]
+                             + [r.parts[k] * r.images for k in parts]
+                             + [(r.accuracies[k] or 0.0) * r.images for k in accs], self.device)
+        n, at = max(s[0], 1), 4 + len(parts)
+        return EpochResult(s[1] / n, s[2] / n, int(s[0]), s[3] / self.ranks.world,
+                           {k: s[4 + i] / n for i, k in enumerate(parts)},
+                           {k: s[at + i] / n for i, k in enumerate(accs)})
+
+    def _gathered(self, ev: "Evaluation", split: str) -> "Evaluation":
+        """Under torchrun, every rank's evaluation of its share of ``split`` put together: the figures
+        of the whole split, the same on every rank (so all decide the best epoch alike)."""
+        if not self.ranks.active:
+            return ev
+        each = ev.tasks or (ev,)
+        rows = distributed.gather_rows([a for t in each for a in (t.predictions, t.losses, t.probabilities)],
+                                       self.positions[split], len(getattr(self.whole, split).labels))
+        labels = self.whole_labels[split]
+        columns = (labels[:, None] if labels.dim() == 1 else labels).numpy()
+        out = [Evaluation(float(loss.mean()), float((pred == columns[:, t]).mean()), pred, loss, prob)
+               for t, (pred, loss, prob) in enumerate(zip(rows[0::3], rows[1::3], rows[2::3]))]
+        return replace(out[0], tasks=tuple(out)) if len(out) > 1 else out[0]
 
     def _probe_converged(self, epoch: int, since_best: int) -> str:
         """lp-ft while it probes: why the probe ends after ``epoch`` ("" while it goes on, and after the
@@ -767,6 +861,8 @@ class _Trainer:
             choice = precisions.resolve(self.config.precision, self.device, part="training",
                                         key=self._speed_key(inputs.start, "training"),
                                         measure=self._training_step_timer(inputs))
+            if self.ranks.active:  # every rank trains in rank 0's choice (its loss scaling, its autocast)
+                choice = Choice(*distributed.broadcast((choice.name, choice.reason)))
             self.training_choices[inputs.start] = choice
             self.summary.precision["training"], self.summary.precision["training_reason"] = choice.name, choice.reason
             self._say(f"training in {choice.name}: {choice.reason}")
@@ -812,7 +908,7 @@ class _Trainer:
         return on_step
 
     def _end_epoch(self, epoch: int, result: EpochResult, ev: Evaluation, lr: float, is_best: bool) -> None:
-        figures = metrics.classification_figures(self.data.val.labels.numpy(), ev.predictions, len(self.classes))
+        figures = metrics.classification_figures(self.whole.val.labels.numpy(), ev.predictions, len(self.classes))
         trainable, _ = freeze.count_params(self.model)
         self.summary.trainable_params = trainable
         per_task = self._task_figures(result, ev)
@@ -825,9 +921,10 @@ class _Trainer:
         if is_best:
             self.summary.best_val_accuracy, self.summary.best_epoch = ev.accuracy, epoch + 1
             self.best_state, self.best_val = checkpoints.weights_only_dict(self.model), ev
-            self.store.save_checkpoint(self.run_id, checkpoints.build(
-                self.model, self.config, self.classes, self.preprocessing, epoch + 1, ev.accuracy,
-                tasks={t.name: t.classes for t in self.tasks} if self.sizes else None))
+            if self.ranks.leader:
+                self.store.save_checkpoint(self.run_id, checkpoints.build(
+                    self.model, self.config, self.classes, self.preprocessing, epoch + 1, ev.accuracy,
+                    tasks={t.name: t.classes for t in self.tasks} if self.sizes else None))
             self.emit(events.CheckpointSaved(self.run_id, epoch + 1, ev.accuracy))
         report = {k: figures[k] for k in ("precision", "recall", "f1", "support")}
         self.emit(events.EpochEnded(self.run_id, epoch + 1, self.config.epochs, result.loss, result.accuracy, ev.loss,
@@ -843,7 +940,7 @@ class _Trainer:
         weights = self._base_objective().weights() if isinstance(self._base_objective(), MultiTask) else {}
         out = {}
         for t, (task, tev) in enumerate(zip(self.tasks, ev.tasks)):
-            figures = metrics.classification_figures(self.labels["val"][:, t].numpy(), tev.predictions,
+            figures = metrics.classification_figures(self.whole_labels["val"][:, t].numpy(), tev.predictions,
                                                      len(task.classes))
             out[task.name] = {"train_accuracy": result.accuracies.get(task.name), "val_accuracy": tev.accuracy,
                               "val_loss": tev.loss, "loss": result.parts.get(task.name),
@@ -860,7 +957,7 @@ class _Trainer:
         self.model.load_state_dict(self.best_state)
         final = {}
         for name in ("val", "test"):
-            split = getattr(self.data, name)
+            split = getattr(self.whole, name)
             if split is None:
                 continue
             try:
@@ -877,7 +974,7 @@ class _Trainer:
                 final[name]["tasks"] = {
                     task.name: {"classes": list(task.classes), "accuracy": tev.accuracy, "loss": tev.loss,
                                 "predictions": tev.predictions.tolist(),
-                                **metrics.classification_figures(self.labels[name][:, t].numpy(), tev.predictions,
+                                **metrics.classification_figures(self.whole_labels[name][:, t].numpy(), tev.predictions,
                                                                  len(task.classes))}
                     for t, (task, tev) in enumerate(zip(self.tasks, ev.tasks))}
         if "test" in final:
@@ -893,8 +990,9 @@ class _Trainer:
         cached = None if why_not else self._cached(name, boundary, 0)
         if cached is not None:
             images, start, prep = cached, boundary, FeaturePrep(self.device)
-        return evaluate(self.model, images, self.labels[name], prep=prep, start=start,
-                        batch_size=2 * self.config.batch_size, precision=self.precision, sizes=self.sizes)
+        return self._gathered(evaluate(self.model, images, self.labels[name], prep=prep, start=start,
+                                       batch_size=2 * self.config.batch_size, precision=self.precision,
+                                       sizes=self.sizes), name)
 
     def _finish(self, reason: str, message: str) -> dict:
         self.summary.stopped_reason = reason
@@ -923,7 +1021,8 @@ class _Trainer:
         return self.summary.to_dict()
 
     def _fail(self, err: Exception) -> dict:
-        message = user_message(err, self.config.batch_size)
+        message = distributed.failure_message(err) if self.ranks.active and distributed.is_distributed_error(err) \
+            else user_message(err, self.config.batch_size)
         self.summary.stopped_reason = "error"
         self.summary.cpu_seconds = time.process_time() - self.cpu_began
         if isinstance(err, freeze.FrozenBlocksChanged):

@@ -95,7 +95,9 @@ class MultiTask:
         self.names, self.sizes, self.losses, self.weighting = tuple(names), tuple(sizes), losses, weighting
         self.fixed = torch.tensor(weights if weights is not None else [1.0] * len(names), device=device)
         # s_t = log sigma_t^2, 0 at the start: every task weighted 1, as fixed weighting starts
-        self.log_vars = torch.zeros(len(names), device=device, requires_grad=weighting == "uncertainty")
+        # a Parameter, so that under torchrun DDP all-reduces its gradient with the model's
+        self.log_vars = torch.nn.Parameter(torch.zeros(len(names), device=device),
+                                           requires_grad=weighting == "uncertainty")
 
     def parameters(self) -> list[torch.Tensor]:
         """What the optimiser trains beside the model: the log-variances of uncertainty weighting."""
