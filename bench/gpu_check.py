@@ -19,13 +19,16 @@ named, never half-measured):
    val accuracy within ``--tolerance``;
 5. host-to-GPU copies, pageable against page-locked and non-blocking; the optimiser step fused
    against torch's foreach and for-loop implementations;
-6. data-parallel training with NCCL when there is more than one GPU (ftlab has no data-parallel
-   path yet: it says so).
+6. data-parallel training with NCCL when there is more than one GPU: the full fine-tuning run under
+   ``torchrun --nproc-per-node <GPUs>`` against one GPU, images/s and best val accuracy (with
+   ``--allow-cpu`` and no GPU: two gloo processes on the CPU, the same comparison).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -159,6 +162,25 @@ def optimiser_steps(device: torch.device, repeats: int = 20) -> dict:
     return {"ms_per_step": out}
 
 
+def data_parallel(base: dict, processes: int, home: str, timeout: float) -> dict:
+    """The full fine-tuning run of ``base`` under torchrun over ``processes`` processes (NCCL on GPUs, gloo
+    on the CPU), from rank 0's JSON summary."""
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+            "-m", "ftlab", "train", "--json", "--strategy", "full"]
+    for name, value in base.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    env = {**os.environ, "FTLAB_HOME": home, "PYTHONPATH": str(ROOT)}
+    began = time.perf_counter()
+    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = round(time.perf_counter() - began, 1)
+    summaries = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not summaries:
+        return {"processes": processes, "failed": (out.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    s = summaries[-1]
+    return {"processes": processes, "images_per_second": round(s["images_per_second"], 1),
+            "best_val_accuracy": s["best_val_accuracy"], "wall_s": wall}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-s", type=float, default=480.0, help="the whole check's seconds (default 8 minutes)")
@@ -233,9 +255,20 @@ def main() -> int:
         found["copies"] = copies(device, batch, size)
         found["optimiser"] = optimiser_steps(device)
         print(f"copies: {found['copies']}; AdamW over Lite0: {found['optimiser']}", flush=True)
-    found["ddp"] = ("ftlab has no data-parallel path yet (issue 17): NCCL not measured"
-                    if torch.cuda.device_count() > 1 else "one GPU: NCCL data-parallel not measured")
-    print(found["ddp"])
+    gpus = torch.cuda.device_count()
+    processes = gpus if gpus > 1 else 2 if device.type == "cpu" else 0
+    if not processes:
+        found["ddp"] = "one GPU: NCCL data-parallel not measured"
+    elif budget.fits(f"data-parallel over {processes} processes", 120 if device.type == "cuda" else 60):
+        with tempfile.TemporaryDirectory() as home:
+            base = dict(dataset=dataset, backbone="efficientnet_lite0", weights="imagenet", image_size=size,
+                        batch_size=batch, epochs=epochs, seed=0, device=device.type, **few)
+            found["ddp"] = data_parallel(base, processes, home, max(budget.end - time.perf_counter(), 30))
+        one = found["full"].get("auto") or found["full"].get("fp32")
+        if one and "images_per_second" in found["ddp"]:
+            found["ddp"]["speedup"] = round(found["ddp"]["images_per_second"] / one["images_per_second"], 2)
+            found["ddp"]["accuracy_gap"] = round(found["ddp"]["best_val_accuracy"] - one["best_val_accuracy"], 4)
+    print(f"data-parallel: {found.get('ddp')}", flush=True)
     found["skipped"] = budget.skipped
     if args.json:
         args.json.write_text(json.dumps(found, indent=1))
