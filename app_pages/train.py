@@ -124,20 +124,28 @@ def torchrun_command(config: TrainConfig) -> None:
                    "that differ from the defaults are written.")
 
 
-def start(config: TrainConfig) -> None:
+def start() -> None:
+    """Start's callback: it runs before the page is drawn, so the page that follows shows the run (training
+    or in line) with Start already off, in one script run; why it did not start is drawn below the form."""
+    config = S.current_config(state)
     problems = validate(config)
     if problems:
-        parts.problems("The run cannot start:", problems)
+        state[K.START_REFUSED] = ("The run cannot start:", problems)
         return
     try:
         job = resources.registry().start(config, resources.store(), owner=state[K.OWNER])
     except (JobBusy, StoreError, SettingError) as err:
-        st.error(str(err))
+        state[K.START_REFUSED] = (str(err), [])
         return
     state[K.JOB] = job.run_id
     st.query_params["run"] = job.run_id  # so that a refresh finds it
-    if job.queued:  # the form again, its Start off while the run waits (a second click would be refused)
-        st.rerun()
+
+
+def refused() -> None:
+    """Why the last Start did not start a run, once."""
+    if (why := state.pop(K.START_REFUSED, None)) is not None:
+        title, problems = why
+        parts.problems(title, problems) if problems else st.error(title)
 
 
 def deleted(job: Job, snap) -> bool:
@@ -329,7 +337,7 @@ with st.form(K.TRAIN_FORM, border=True):
         finder_options_widgets()
         find = st.form_submit_button("Find a learning rate", key=K.LR_FIND,
                                      disabled=running or waiting or (finder is not None and finder.running))
-    submitted = st.form_submit_button("Start training", type="primary", disabled=running or waiting, key=K.START)
+    st.form_submit_button("Start training", type="primary", disabled=running or waiting, key=K.START, on_click=start)
 server_caption()
 torchrun_command(config)
 if find:
@@ -344,10 +352,7 @@ if (finder := state.get(K.LR_FIND_JOB)) is not None and finder.running:
     finder_live(finder)
 elif finder is not None:  # outside a fragment: "Use this rate" reruns the page, so the form shows the rate
     finder_view(finder)
-if submitted:
-    start(S.current_config(state))
-    job = find_job()
-    running, waiting = is_running(job), is_waiting(job)
+refused()
 
 if job is None and (asked := st.query_params.get("run")):  # an address kept from a run this server no longer trains
     try:

@@ -364,6 +364,7 @@ class JobRegistry:
         """A job's end (in its thread): its slot goes to the first in line."""
         with self._lock:
             self._holding.pop(job.run_id, None)
+            self._estimates.clear()  # a run that ended is a new figure for the waits: none kept from before it
             try:
                 self._limit = max_concurrent()
             except SettingError:  # changed to a bad value meanwhile: the last good one keeps the queue going
@@ -373,6 +374,11 @@ class JobRegistry:
     def get(self, run_id: str | None) -> Job | None:
         with self._lock:
             return self._jobs.get(run_id) if run_id else None
+
+    def jobs(self) -> list[Job]:
+        """Every job kept (queued, training, and the newest ended ones), in the order they were started."""
+        with self._lock:
+            return list(self._jobs.values())
 
     def owner(self, run_id: str) -> str | None:
         with self._lock:

@@ -60,6 +60,7 @@ HEAD_WARNING = "model.head_warning"
 UNDO_EDITS = "model.undo_edits"
 TRAIN_FORM = "train.options"
 START = "train.start"
+START_REFUSED = "train.start_refused"  # (title, problems) of a Start that did not start a run, for the page to draw
 STOP = "train.stop"
 WATCH = "train.watch.{}"  # .format(run id): watch a run another session started
 WATCH_OUTSIDE = "train.watch_outside.{}"  # .format(run id): watch a run started outside the app (CLI, torchrun)
