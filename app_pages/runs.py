@@ -2,10 +2,10 @@
 import pandas as pd
 import streamlit as st
 
-from ftlab import explore, export, tasks
+from ftlab import explore, export, outside, tasks
 from ftlab.checkpoints import CheckpointError
 from ftlab.runs import StoreError
-from ui import charts, keys as K, parts, resources
+from ui import charts, keys as K, parts, resources, watch
 
 state = st.session_state
 store, registry = resources.store(), resources.registry()
@@ -43,8 +43,11 @@ if not records:
     st.info("No runs yet: start one on the Train page. Every run is kept here, with its curves and checkpoint.")
     st.stop()
 
-rows = explore.runs_table(records, {j.run_id for j in registry.running()})
+app_runs = {j.run_id for j in registry.running()}
+rows = explore.runs_table(records, app_runs)
 st.dataframe(pd.DataFrame(rows).style.format(FORMATS, na_rep="–"), hide_index=True, key="runs.table")
+# while runs train (here or outside the app), the page is drawn again when one has a new epoch or ends
+watch.poll(store, [r.id for r in records if r.status == "running"])
 
 ids = [r.id for r in records]
 label = {r.id: explore.record_label(r) for r in records}
@@ -80,6 +83,10 @@ if scored:
 st.subheader("One run")
 run = parts.run_picker(records, K.RUNS_SELECTED)
 run_id = run.id
+if run.status == "running" and run_id not in app_runs:  # started outside the app: what the store knows of it
+    outside_run = outside.watch(store, run_id)
+    st.info(outside_run.headline())
+    st.progress(*outside_run.progress())
 if run.message:
     st.caption(f"{run.status}: {run.message}")
 for note in explore.run_notes(run.summary):

@@ -5,13 +5,14 @@ from dataclasses import replace
 
 import streamlit as st
 
-from ftlab import data, explore, tasks
+from ftlab import commands, data, explore, outside, tasks
 from ftlab.config import MAX_NAME, TrainConfig, option_type, options, resolved_image_size, resolved_lr, validate
 from ftlab.jobs import Job
 from ftlab.jobs import END_STATUSES, JobBusy
 from ftlab.lr_find import RULE, Finder, FinderOptions
+from ftlab.paths import SettingError
 from ftlab.runs import StoreError
-from ui import charts, keys as K, parts, resources, session as S
+from ui import charts, keys as K, parts, resources, session as S, watch as W
 
 state = st.session_state
 LABELS = {"lr": "Learning rate", "random_crop": "Random resized crop", "flip": "Horizontal flip",
@@ -75,36 +76,83 @@ def watch(run_id: str) -> None:
 
 
 def others_running(job: Job | None) -> None:
-    """Jobs of other sessions (or of this browser before it lost its URL), to watch on purpose."""
-    for other in resources.registry().running():
+    """Jobs of other sessions (or of this browser before it lost its URL), and runs started outside the
+    app (the CLI or torchrun with this FTLAB_HOME), to watch on purpose."""
+    running = resources.registry().running()
+    for other in running:
         if job is None or other.run_id != job.run_id:
             cols = st.columns([4, 1])
             cols[0].info(f"Run {parts.run_title(other.run_id, other.config)} is training in another session.")
             cols[1].button("Watch it", key=K.WATCH.format(other.run_id), on_click=watch, args=(other.run_id,))
+    try:
+        W.notices(resources.store(), {j.run_id for j in running})
+    except StoreError:
+        pass  # the store cannot be read now: the Runs page says why; this page still trains
 
 
 def is_running(job: Job | None) -> bool:
     return job is not None and job.active
 
 
-def start(config: TrainConfig) -> None:
+def is_waiting(job: Job | None) -> bool:
+    return job is not None and job.queued
+
+
+def server_caption() -> None:
+    """The server's limits and its queue, or why a limit cannot be read."""
+    try:
+        text = resources.registry().server_text()
+    except SettingError as err:
+        st.error(str(err))
+        return
+    st.caption(text, help="The teacher (whoever runs the server) sets these in the server's environment: "
+                          "FTLAB_MAX_CONCURRENT runs train at once (default: one per GPU, one on a machine "
+                          "without), and a session may have FTLAB_RUNS_PER_SESSION runs queued or training "
+                          "(default 1). A later Start waits in line and begins by itself when a run ahead ends.")
+
+
+def torchrun_command(config: TrainConfig) -> None:
+    """The command that trains these options on several processes, for a terminal beside the app."""
+    with st.expander("Run on several processes (torchrun)"):
+        nproc = st.number_input("Processes per node", 1, commands.MAX_PROCESSES, step=1, key=K.TORCHRUN_NPROC,
+                                persist_state=K.PERSIST,
+                                help="torchrun starts this many processes on this machine (one per GPU, or a share "
+                                     "of the CPU's cores each); DistributedDataParallel averages their gradients.")
+        st.code(commands.train_command(config, int(nproc)), language="bash", wrap_lines=True)
+        st.caption(f"Run it in a terminal with this server's FTLAB_HOME: the run then shows on this page and the "
+                   f"Runs page, marked {outside.MARK}, its curves following the run store. Only the options "
+                   "that differ from the defaults are written.")
+
+
+def start() -> None:
+    """Start's callback: it runs before the page is drawn, so the page that follows shows the run (training
+    or in line) with Start already off, in one script run; why it did not start is drawn below the form."""
+    config = S.current_config(state)
     problems = validate(config)
     if problems:
-        parts.problems("The run cannot start:", problems)
+        state[K.START_REFUSED] = ("The run cannot start:", problems)
         return
     try:
         job = resources.registry().start(config, resources.store(), owner=state[K.OWNER])
-    except (JobBusy, StoreError) as err:
-        st.error(str(err))
+    except (JobBusy, StoreError, SettingError) as err:
+        state[K.START_REFUSED] = (str(err), [])
         return
     state[K.JOB] = job.run_id
     st.query_params["run"] = job.run_id  # so that a refresh finds it
 
 
+def refused() -> None:
+    """Why the last Start did not start a run, once."""
+    if (why := state.pop(K.START_REFUSED, None)) is not None:
+        title, problems = why
+        parts.problems(title, problems) if problems else st.error(title)
+
+
 def deleted(job: Job, snap) -> bool:
     """An ended run whose record is gone: deleted on the Runs page, in this session or another."""
-    if snap.status not in END_STATUSES or (snap.status == "failed" and snap.started is None):
-        return False  # a run that failed before its data was read may never have had a record
+    if snap.status not in END_STATUSES or snap.status == "cancelled" or (snap.status == "failed" and
+                                                                         snap.started is None):
+        return False  # a run that left the queue, or failed before its data was read, may never have had a record
     try:
         return not resources.store().exists(job.run_id)
     except StoreError:
@@ -115,7 +163,12 @@ def banner(job: Job, snap) -> None:
     if deleted(job, snap):
         st.warning(f"Run `{job.run_id}` was deleted on the Runs page: its record, curves and checkpoint are gone.")
         return
-    if snap.status == "preparing":
+    if snap.status == "queued":
+        st.info(f"Run `{job.run_id}` is {resources.registry().queue_text(job.run_id) or 'starting'}. It starts "
+                "by itself when a run ahead of it ends; this page (or its address) follows it.")
+    elif snap.status == "cancelled":
+        st.info(f"Run `{job.run_id}` {snap.message}.")
+    elif snap.status == "preparing":
         st.info(f"Run `{job.run_id}` is getting ready: {snap.message}…")
     elif snap.status == "running" and snap.started:
         s = snap.started
@@ -139,13 +192,15 @@ def banner(job: Job, snap) -> None:
 
 
 def progress(job: Job, snap) -> None:
+    if snap.status in ("queued", "cancelled"):
+        return  # nothing has begun: the banner says where it stands
     done, text = explore.progress(snap, job.config.epochs, ended=snap.status in END_STATUSES)
     st.progress(done, text=text)
 
 
 def figures(job: Job, snap) -> None:
     if not snap.epochs:
-        if snap.status not in END_STATUSES:
+        if snap.status not in END_STATUSES and snap.status != "queued":
             st.caption("The curves and the confusion matrix appear when the first epoch ends.")
         return
     last, epochs = snap.epochs[-1], [dataclasses.asdict(e) for e in snap.epochs]
@@ -236,7 +291,7 @@ def finder_view(finder: Finder) -> None:
 st.title("Train")
 job = find_job()
 others_running(job)
-running = is_running(job)
+running, waiting = is_running(job), is_waiting(job)
 config = S.current_config(state)
 st.markdown(parts.config_summary(config))
 links = st.columns(3)
@@ -281,8 +336,10 @@ with st.form(K.TRAIN_FORM, border=True):
     with st.expander("Find a learning rate", expanded=finder is not None):
         finder_options_widgets()
         find = st.form_submit_button("Find a learning rate", key=K.LR_FIND,
-                                     disabled=running or (finder is not None and finder.running))
-    submitted = st.form_submit_button("Start training", type="primary", disabled=running, key=K.START)
+                                     disabled=running or waiting or (finder is not None and finder.running))
+    st.form_submit_button("Start training", type="primary", disabled=running or waiting, key=K.START, on_click=start)
+server_caption()
+torchrun_command(config)
 if find:
     start_finder(S.current_config(state))
 if (finder := state.get(K.LR_FIND_JOB)) is not None and finder.running:
@@ -295,10 +352,7 @@ if (finder := state.get(K.LR_FIND_JOB)) is not None and finder.running:
     finder_live(finder)
 elif finder is not None:  # outside a fragment: "Use this rate" reruns the page, so the form shows the rate
     finder_view(finder)
-if submitted:
-    start(S.current_config(state))
-    job = find_job()
-    running = is_running(job)
+refused()
 
 if job is None and (asked := st.query_params.get("run")):  # an address kept from a run this server no longer trains
     try:
@@ -316,20 +370,31 @@ else:
     if running:        # so the rerun replaces it instead of showing it twice (the old copy stale) until it ends
         stop.button("Stop", key=K.STOP, on_click=resources.registry().stop, args=(job.run_id,),
                     help="Ends the run after the current batch; the best checkpoint so far is kept.")
+    elif waiting:
+        stop.button("Leave the queue", key=K.LEAVE, on_click=resources.registry().leave,
+                    args=(job.run_id, state[K.OWNER]), help="Takes the run out of the queue: it never starts, "
+                    "and this session may start another.")
 
     # Only the banner and the progress bar redraw each second. The figures (curves, confusion matrix,
     # per-class table) change once an epoch, so they are drawn with the page and the fragment reruns
     # the page when an epoch ends: the server and the browser share the cores the run trains on.
-    @st.fragment(run_every=1.0 if running else None)
-    def live(job: Job, was_running: bool, epochs_shown: int) -> None:
+    # A queued run polls as a running one does: its place and wait change, and when it starts the page
+    # is drawn again with Stop in place of Leave the queue.
+    @st.fragment(run_every=1.0 if running or waiting else None)
+    def live(job: Job, was_running: bool, was_waiting: bool, epochs_shown: int) -> None:
         snap = job.snapshot()
         banner(job, snap)
         progress(job, snap)
         ended = snap.status in END_STATUSES or not job.alive
-        if was_running and (ended or len(snap.epochs) != epochs_shown):
+        if was_running and (ended or len(snap.epochs) != epochs_shown) or was_waiting and snap.status != "queued":
             st.rerun()  # the whole page again: new figures; at the end Start comes back and polling stops
 
     snap = job.snapshot()
-    live(job, running, len(snap.epochs))
+    live(job, running, waiting, len(snap.epochs))
     figures(job, snap)
     st.caption(f"Run {parts.run_title(job.run_id, job.config)}")
+if (outside_run := state.get(K.OUTSIDE)) is not None:  # a run started outside the app, watched from the store
+    st.subheader("Watching a run started outside the app")
+    st.button("Stop watching", key=K.OUTSIDE_STOP, on_click=state.pop, args=(K.OUTSIDE, None),
+              help="Only this view goes; the run goes on in its terminal.")
+    W.view(resources.store(), outside_run, "train")

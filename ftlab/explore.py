@@ -531,7 +531,7 @@ def runs_table(records: list, running: set[str] = frozenset()) -> list[dict]:
         s = r.summary
         status = r.status
         if status == "running" and r.id not in running:
-            status = "running elsewhere"  # the CLI, or another app process (`RunStore.mark_interrupted` tells)
+            status = "running, started outside the app"  # the CLI, torchrun, or another app process
         rows.append({"run": r.id, "label": record_label(r, with_id=False), "data": display_name(r.dataset),
                      "backbone": r.backbone, "strategy": r.strategy,
                      "edits": edits_text(r.config if isinstance(r.config, dict) else {}),

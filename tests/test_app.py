@@ -330,10 +330,11 @@ def test_adopting_a_run_restores_its_settings_as_the_session_choices():
     assert session.current_config(state) == replace(custom, strategy="custom")
 
 
-def test_two_sessions_train_at_once_without_touching_each_other(held_runs):
+def test_two_sessions_train_at_once_without_touching_each_other(held_runs, monkeypatch):
     """Guard: jobs are per session (the registry's owner, the session's job id, the URL's run).
     Fails if one session's Start, Stop or view reaches the other's run, or if one run waits for
     the other: both are held after their first step (``held_runs``) until both have taken it."""
+    monkeypatch.setenv("FTLAB_MAX_CONCURRENT", "2")  # a CPU machine's default trains one at a time, the other queued
     first, second = app(), app()
     goto(second, "app_pages/model.py")
     second.button(key="model.preset.full").click().run()

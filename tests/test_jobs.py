@@ -26,7 +26,8 @@ def registry():
     assert reg.stop_all(timeout=60)
 
 
-def test_one_running_job_per_owner(registry, store):
+def test_one_running_job_per_owner(registry, store, monkeypatch):
+    monkeypatch.setenv("FTLAB_MAX_CONCURRENT", "2")  # both train at once (a CPU machine's default queues bob's)
     first = registry.start(LONG, store, owner="alice")
     with pytest.raises(JobBusy, match=first.run_id):
         registry.start(LONG, store, owner="alice")

@@ -19,7 +19,7 @@ from ftlab.freeze import Strategy, backbone_blocks
 from ui.keys import (BUILTIN, CM_NORMALISED, DATASET, DOWNLOAD, EDITOR_VERSION, FOLDER, FROZEN, HEAD_ERROR,
                      HEAD_TEXT, INSPECT_CM_NORMALISED, INSPECT_TOP_K, OWNER, PRESET, SIM_APPLY, SIM_RATIO, SOURCE, SOURCES,
                      TOP_N, WEIGHTS, WEIGHTS_FILE, cfg)
-from ui.keys import FEATURE_MAP_METHOD, LR_FIND_OPTION
+from ui.keys import FEATURE_MAP_METHOD, LR_FIND_OPTION, TORCHRUN_NPROC
 
 # Fields that come from other choices rather than from a widget of their own.
 DERIVED = frozenset({"dataset", "imbalance_ratio", "weights", "strategy", "frozen_blocks", "sweep"})
@@ -32,7 +32,7 @@ def _defaults() -> dict:
     values.update({
         DATASET: d.dataset, SOURCE: SOURCES[0], BUILTIN: d.dataset, FOLDER: "", SIM_RATIO: 10.0,
         SIM_APPLY: False, WEIGHTS: d.weights, WEIGHTS_FILE: "", PRESET: d.strategy, TOP_N: 2, FROZEN: None,
-        EDITOR_VERSION: 0, FEATURE_MAP_METHOD: "pca", HEAD_TEXT: "", CM_NORMALISED: False, INSPECT_CM_NORMALISED: False, INSPECT_TOP_K: 5,
+        EDITOR_VERSION: 0, TORCHRUN_NPROC: 2, FEATURE_MAP_METHOD: "pca", HEAD_TEXT: "", CM_NORMALISED: False, INSPECT_CM_NORMALISED: False, INSPECT_TOP_K: 5,
     })
     from ftlab.lr_find import FinderOptions
 
