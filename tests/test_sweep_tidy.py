@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import inspect
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -172,7 +173,11 @@ def test_the_probe_uses_the_comparisons_bootstrap():
 def test_job_and_background_share_one_thread_of_their_own():
     assert issubclass(jobs.Job, jobs._Threaded) and issubclass(jobs.Background, jobs._Threaded)
     for name in ("start", "stop", "join"):
-        assert name not in vars(jobs.Job) and name not in vars(jobs.Background)
+        assert name not in vars(jobs.Background)
+    assert "stop" not in vars(jobs.Job)
+    # the queue's Job.start and Job.join add what a queued job needs, then use the one shared thread
+    assert "super().start()" in inspect.getsource(jobs.Job.start)
+    assert "self._thread.join(" in inspect.getsource(jobs.Job.join)
     began = threading.Event()
     job = jobs.Background(lambda say, stop: began.set() or stop.wait(30), "tidy-test")
     assert job.start() is job and began.wait(10) and job.alive()
