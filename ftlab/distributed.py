@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -186,9 +187,7 @@ def gather_rows(arrays: list, positions: torch.Tensor, n: int) -> list:
     """Each rank's rows of some arrays (numpy, first axis = its ``positions``) put together in the
     split's order on every rank."""
     parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, (positions.numpy(), [a for a in arrays]))
-    import numpy as np
-
+    dist.all_gather_object(parts, (positions.numpy(), list(arrays)))
     out = []
     for k, first in enumerate(arrays):
         whole = np.empty((n,) + first.shape[1:], dtype=first.dtype)

@@ -73,13 +73,18 @@ def test_val_shares_hold_each_image_once():
     assert sorted(torch.cat(shares).tolist()) == list(range(11))
 
 
-def test_gather_rows_puts_rows_back_in_the_split_order():
-    # one process standing for the gather: positions 1, 3, 0, 2 of a split of 4
-    positions = torch.tensor([1, 3, 0, 2])
-    rows = np.array([10, 30, 0, 20])
-    whole = np.empty(4, dtype=rows.dtype)
-    whole[positions.numpy()] = rows
-    assert whole.tolist() == [0, 10, 20, 30]
+def test_gather_rows_puts_rows_back_in_the_split_order(tmp_path):
+    import torch.distributed as dist
+
+    # a group of one process: its share is positions 1, 3, 0, 2 of a split of 4
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        preds, probs = distributed.gather_rows([np.array([10, 30, 0, 20]), np.eye(4)[[1, 3, 0, 2]]],
+                                               torch.tensor([1, 3, 0, 2]), 4)
+    finally:
+        dist.destroy_process_group()
+    assert preds.tolist() == [0, 10, 20, 30]
+    assert probs.argmax(1).tolist() == [0, 1, 2, 3]
 
 
 def test_local_batch_deals_the_global_batch():
@@ -229,8 +234,8 @@ def _rank_pid(parent: int, rank: int, timeout: float = 60) -> int:
 
 
 def _start_long_run(tmp_path: Path, **env):
-    args = SMALL[:-1] + ["--epochs", "30"]
-    args[args.index("3")] = "30"
+    args = SMALL[:-1]  # no --json; 30 epochs: long enough to kill or stop a rank mid-run
+    args[args.index("--epochs") + 1] = "30"
     logs = tmp_path / "logs"
     proc = subprocess.Popen(TORCHRUN + ["--log-dir", str(logs), "--redirects", "3", "-m", "ftlab", "train", *args],
                             cwd=ROOT, env=_env(tmp_path / "home", **env), stdout=subprocess.PIPE,
