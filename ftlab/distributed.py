@@ -75,8 +75,15 @@ def from_env(env: dict | None = None) -> Ranks:
     return ranks
 
 
+MAX_TIMEOUT_S = 86_400.0  # a day: beyond it a wait is a hang (and timedelta overflows near 1e14 s)
+
+
 def timeout_s() -> float:
-    return number("FTLAB_DDP_TIMEOUT_S", TIMEOUT_S, "seconds a process of a torchrun run waits for the others")
+    value = number("FTLAB_DDP_TIMEOUT_S", TIMEOUT_S, "seconds a process of a torchrun run waits for the others")
+    if value > MAX_TIMEOUT_S:
+        raise SettingError(f"FTLAB_DDP_TIMEOUT_S={value:g} cannot be used: it takes at most {MAX_TIMEOUT_S:,.0f} "
+                           f"seconds (default {TIMEOUT_S:g}). Change it or unset it.")
+    return value
 
 
 def device_for(ranks: Ranks, device: torch.device) -> torch.device:

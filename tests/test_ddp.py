@@ -106,6 +106,10 @@ def test_a_bad_timeout_setting_is_a_sentence(monkeypatch):
     monkeypatch.setenv("FTLAB_DDP_TIMEOUT_S", "soon")
     with pytest.raises(SettingError, match="FTLAB_DDP_TIMEOUT_S"):
         distributed.timeout_s()
+    for huge in ("1e30", "86401"):
+        monkeypatch.setenv("FTLAB_DDP_TIMEOUT_S", huge)
+        with pytest.raises(SettingError, match="at most 86,400"):
+            distributed.timeout_s()
 
 
 def test_a_failed_collective_is_said_in_words():
