@@ -45,7 +45,8 @@ class Figures:
     sessions: int
     max_concurrent: int
     start_spread_s: float  # first Start to last Start
-    left: list[str] = field(default_factory=list)  # run ids whose session left the queue
+    asked: list[str] = field(default_factory=list)  # run ids whose session pressed to leave (every k-th in line)
+    left: list[str] = field(default_factory=list)  # of those, the ones still queued then: they left the queue
     finished: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # every check that failed, in words
     last_in_line: str = ""
@@ -160,11 +161,16 @@ def simulate(sessions: int = 30, leave_every: int = 5, window: float = 10.0, bou
     monitor.last = last
     for i, (at, run_id) in enumerate(started):
         _check_page(at, run_id, registry, problems)
-        if (i + 1) % leave_every == 0 and registry.position(run_id) is not None:
+        if (i + 1) % leave_every:
+            continue
+        figures.asked.append(run_id)  # one already training by now has no Leave button: it trains to the end
+        if registry.position(run_id) is not None:
             at.button(key="train.leave").click().run()
-            if not any(f"Run `{run_id}` left the queue" in m for m in _messages(at)):
+            if any(f"Run `{run_id}` left the queue" in m for m in _messages(at)):
+                figures.left.append(run_id)
+            elif registry.get(run_id).snapshot().status == "cancelled" or registry.position(run_id) is not None:
                 problems.append(f"{run_id}: Leave the queue did not say it left: {_messages(at)}")
-            figures.left.append(run_id)
+            # else it began training between the look and the click: it trains to the end like any other
 
     deadline = time.monotonic() + HANG_S
     while any(registry.get(r).pending for r in ids) and time.monotonic() < deadline:
