@@ -221,6 +221,14 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--workers", type=int, action=_Once, default=0, metavar="N",
                     help=f"at most this many processes (default 0: the core count; 1: all in this one; at most "
                          f"{sweep.MAX_WORKERS})")
+    sw.add_argument("--ray", action=_Once, default="", metavar="ADDRESS",
+                    help="run the members as Ray tasks on a cluster: auto (the one `ray start` made here, or "
+                         "RAY_ADDRESS), HOST:PORT of its head node, ray://HOST:PORT, or local (a Ray started for "
+                         "this sweep on this machine); the runs come back to this machine's store")
+    sw.add_argument("--ray-cpus", type=int, action=_Once, default=1, metavar="N",
+                    help="with --ray: the CPU cores each task asks for, its torch threads (default 1)")
+    sw.add_argument("--ray-gpus", type=float, action=_Once, default=0.0, metavar="G",
+                    help="with --ray: the GPUs each task asks for (default 0; 1 on a GPU cluster, 0.5 to share one)")
     sw.add_argument("--list", action="store_true", help="list the kept sweeps and stop")
     sw.add_argument("--json", action="store_true", help="print the sweep's summary as JSON on the last line")
 
@@ -433,7 +441,20 @@ def _sweep(args: argparse.Namespace) -> int:
                                         workers=args.workers, per_class=args.per_class)
     if plan is None:
         return _fail("\n  ".join(["the sweep cannot start:"] + problems))
-    for line in sweep.plan_lines(plan):
+    if args.ray:
+        from ftlab import ray_sweep
+
+        try:
+            address, resources = ray_sweep.parse_address(args.ray), ray_sweep.parse_resources(args.ray_cpus,
+                                                                                              args.ray_gpus)
+        except ValueError as err:
+            return _fail(f"the sweep cannot start: {err}")
+        if said := ray_sweep.problems(address):
+            return _fail("\n  ".join(["the sweep cannot start:"] + said))
+        plan = ray_sweep.place(plan, address, resources)
+    elif args.ray_cpus != 1 or args.ray_gpus:
+        return _fail("--ray-cpus and --ray-gpus are what each Ray task asks for: give them with --ray ADDRESS")
+    for line in (ray_sweep.plan_lines(plan) if args.ray else sweep.plan_lines(plan)):
         print(f"[ftlab] {printable(line)}", file=sys.stderr)
     ended = []
 
@@ -447,8 +468,15 @@ def _sweep(args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        outcome = sweep.run(plan, store=store, stop=stop, on_member=on_member,
-                            emit=Progress() if len(plan.groups) == 1 else (lambda e: None))
+        if args.ray:
+            said = sweep.progress_sayer(plan, lambda line: print(f"[ftlab] {printable(line)}", file=sys.stderr))
+            outcome = ray_sweep.run(plan, store=store, address=address, resources=resources, stop=stop,
+                                    on_member=on_member, emit=said)
+            if outcome.status == "failed" and not outcome.summaries:  # the cluster was not there: said, no report
+                return _fail(outcome.message)
+        else:
+            outcome = sweep.run(plan, store=store, stop=stop, on_member=on_member,
+                                emit=Progress() if len(plan.groups) == 1 else (lambda e: None))
     finally:
         signal.signal(signal.SIGINT, previous)
     report = sweep.report(plan.sweep_id, store, wall_seconds=outcome.wall_seconds)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from ftlab.runs import RunRecord, RunStore, StoreError
+from ftlab.runs import RunRecord, RunStore
 
 MARK = "started outside the app"
 POLL_S = 2.0  # how often a page looks at the store for a watched run's next epoch (it changes once an epoch)
@@ -66,15 +66,8 @@ class OutsideRun:
 
 
 def owners(store: RunStore) -> dict[str, str]:
-    """run id -> owner (host:pid of its trainer) of the runs the store has as running.
-
-    `RunRecord` does not carry the owner column, so it is read here, read-only; a store from before runs
-    named their process (no such column) gives {}."""
-    try:
-        rows = store._read("SELECT id, owner FROM runs WHERE status = 'running'")
-    except StoreError:
-        return {}
-    return {str(row["id"]): str(row["owner"] or "") for row in rows}
+    """run id -> owner (host:pid of its trainer) of the runs the store has as running (`RunStore.running_owners`)."""
+    return store.running_owners()
 
 
 def running_outside(store: RunStore, app_runs: Collection[str], records: Sequence[RunRecord] | None = None

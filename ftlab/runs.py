@@ -377,6 +377,52 @@ class RunStore:
             raise
         return len(dead)
 
+    def running_owners(self) -> dict[str, str]:
+        """run id -> owner (host:pid[:start] of its trainer) of the runs kept as running, read-only;
+        a store from before runs named their process (no such column) gives {}."""
+        try:
+            rows = self._read("SELECT id, owner FROM runs WHERE status = 'running'")
+        except StoreError:
+            return {}
+        return {str(row["id"]): str(row["owner"] or "") for row in rows}
+
+    def adopt(self, record: dict, epochs: list[dict], files: dict[str, bytes]) -> None:
+        """Keep a run trained elsewhere (a Ray worker's own store): ``record`` as `RunRecord` fields,
+        its epoch records in order and the files of its folder (name -> bytes). The files first, each
+        written atomically, then the record and its epochs in one transaction, so a record never
+        points at a half-written checkpoint; a record of the same id (the live copy this process kept
+        while the run trained) is replaced, epochs and all."""
+        run_id = check_run_id(record.get("id"))
+        folder = self.run_dir(run_id)
+        for name, data in files.items():
+            target = folder / name
+            if ".." in Path(name).parts or Path(name).is_absolute():
+                raise StoreError(f"run {run_id} came back with a file outside its folder ({name!r}): not kept")
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except OSError as err:
+                raise self._checkpoint_fault(err, target, None) from None
+            finally:
+                with suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+        values = [record.get(c) for c in _COLUMNS]
+        values = [json.dumps(v) if c in _JSON else _text(v) if isinstance(v, str) else v
+                  for c, v in zip(_COLUMNS, values)]
+        with self._tx(write=True) as con:
+            con.execute(f"INSERT INTO runs ({', '.join(_COLUMNS)}, owner) VALUES ({', '.join('?' * len(_COLUMNS))}, '') "
+                        f"ON CONFLICT(id) DO UPDATE SET "
+                        + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:]) + ", owner = ''", values)
+            con.execute("DELETE FROM epochs WHERE run_id = ?", (run_id,))
+            con.executemany("INSERT INTO epochs (run_id, epoch, metrics) VALUES (?, ?, ?)",
+                            [(run_id, int(m.get("epoch", i + 1)), json.dumps(m)) for i, m in enumerate(epochs)])
+        self.release(run_id)
+
     def list(self) -> list[RunRecord]:
         rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM runs ORDER BY created DESC")
         return [self._record(r) for r in rows]

@@ -55,6 +55,7 @@ def main() -> None:
             "running_var": float((synced.running_var - plain.running_var).abs().max()),
             "moved": float((synced.running_mean - torch.zeros(5)).abs().max()),
         }))
+    dist.barrier()  # both ranks leave together: a rank that tears down its pairs first can abort the other in gloo
     dist.destroy_process_group()
 
 

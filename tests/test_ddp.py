@@ -151,9 +151,12 @@ def test_mps_is_refused_under_torchrun():
 
 @pytest.mark.parametrize("kind", ["torch", "timm"])
 def test_synced_batchnorm_over_two_ranks_is_batchnorm_over_the_whole_batch(kind, tmp_path):
-    out = subprocess.run(TORCHRUN + ["tests/ddp_bn_check.py", kind], cwd=ROOT, env=_env(tmp_path),
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    logs = tmp_path / "logs"
+    out = subprocess.run(TORCHRUN + ["--log-dir", str(logs), "--redirects", "3", "tests/ddp_bn_check.py", kind],
+                         cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    # each rank's own stderr says why it ended (torchrun's traceback only names the signal)
+    assert out.returncode == 0, (out.stderr[-1500:], [_rank_log(logs, r, "stderr")[-1500:] for r in (0, 1)])
+    out = subprocess.CompletedProcess(out.args, 0, _rank_log(logs, 0, "stdout"), "")
     diffs = _json_lines(out.stdout)[-1]
     moved = diffs.pop("moved")
     assert moved > 0.01  # the running statistics did move: the comparison below is not of two untouched buffers
