@@ -3,7 +3,7 @@ intervals, McNemar's test, the Pareto front and a named pick; and the layer-wise
 import pandas as pd
 import streamlit as st
 
-from ftlab import compare, sweep
+from ftlab import compare, ray_sweep, sweep
 from ui import charts, keys as K, parts, resources, session as S
 
 state = st.session_state
@@ -17,6 +17,9 @@ def start_sweep() -> None:
     plan, problems = sweep.checked_plan(config, state.get(K.SWEEP_STRATEGIES) or [], state.get(K.SWEEP_SEEDS, ""),
                                         per_class=state.get(K.SWEEP_PER_CLASS, ""),
                                         workers=state.get(K.SWEEP_WORKERS) or None)
+    if plan is not None and (state.get(K.SWEEP_RAY) or "").strip():
+        plan, problems = ray_sweep.checked(plan, state[K.SWEEP_RAY], state.get(K.SWEEP_RAY_CPUS, 1),
+                                           state.get(K.SWEEP_RAY_GPUS, 0.0))
     if plan is None:
         state[K.SWEEP_FLASH] = ("error", "The sweep cannot start: " + " ".join(problems))
         return
@@ -30,7 +33,7 @@ def launch(plan: sweep.Plan) -> None:
     state.pop(K.SWEEP_PENDING, None)
     home = store.home
     sweep.record(plan, store)  # listed, with its members waiting, from this rerun on
-    resources.start_background(owner, "sweep", lambda say, stop: sweep.run(
+    resources.start_background(owner, "sweep", lambda say, stop: sweep.start(
         plan, store=type(store)(home), stop=stop, emit=sweep.progress_sayer(plan, say)), f"sweep-{plan.sweep_id}")
     state[K.SWEEP_PICKED] = plan.sweep_id
 
@@ -64,6 +67,15 @@ with st.form(K.SWEEP_FORM, border=True):
     cols[3].number_input("Processes", 0, 64, 0, key=K.SWEEP_WORKERS,
                          help="At most this many processes (0: one per core). Members that share cached features "
                               "run one after another in one; on a GPU all run in this one.")
+    cols = st.columns([3, 1, 1])
+    cols[0].text_input("Ray cluster", "", key=K.SWEEP_RAY, placeholder="empty: this machine; auto, local or HOST:PORT",
+                       help="Run the members as Ray tasks: auto finds the cluster `ray start --head` made here, "
+                            "HOST:PORT is its head node, local starts Ray on this machine for the sweep. The runs "
+                            "come back to this app's store.")
+    cols[1].number_input("CPUs per Ray task", 1, ray_sweep.MAX_CPUS, 1, key=K.SWEEP_RAY_CPUS,
+                         help="With a Ray cluster: the cores each task asks for (its torch threads).")
+    cols[2].number_input("GPUs per Ray task", 0.0, 64.0, 0.0, 0.5, key=K.SWEEP_RAY_GPUS,
+                         help="With a Ray cluster: the GPUs each task asks for (0: CPU only; 0.5 shares one).")
     st.form_submit_button("Start the sweep", type="primary", disabled=running, key=K.SWEEP_START,
                           on_click=start_sweep)
 

@@ -444,17 +444,12 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.ray:
         from ftlab import ray_sweep
 
-        try:
-            address, resources = ray_sweep.parse_address(args.ray), ray_sweep.parse_resources(args.ray_cpus,
-                                                                                              args.ray_gpus)
-        except ValueError as err:
-            return _fail(f"the sweep cannot start: {err}")
-        if said := ray_sweep.problems(address):
-            return _fail("\n  ".join(["the sweep cannot start:"] + said))
-        plan = ray_sweep.place(plan, address, resources)
+        plan, problems = ray_sweep.checked(plan, args.ray, args.ray_cpus, args.ray_gpus)
+        if plan is None:
+            return _fail("\n  ".join(["the sweep cannot start:"] + problems))
     elif args.ray_cpus != 1 or args.ray_gpus:
         return _fail("--ray-cpus and --ray-gpus are what each Ray task asks for: give them with --ray ADDRESS")
-    for line in (ray_sweep.plan_lines(plan) if args.ray else sweep.plan_lines(plan)):
+    for line in sweep.plan_lines(plan):
         print(f"[ftlab] {printable(line)}", file=sys.stderr)
     ended = []
 
@@ -468,15 +463,11 @@ def _sweep(args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        if args.ray:
-            said = sweep.progress_sayer(plan, lambda line: print(f"[ftlab] {printable(line)}", file=sys.stderr))
-            outcome = ray_sweep.run(plan, store=store, address=address, resources=resources, stop=stop,
-                                    on_member=on_member, emit=said)
-            if outcome.status == "failed" and not outcome.summaries:  # the cluster was not there: said, no report
-                return _fail(outcome.message)
-        else:
-            outcome = sweep.run(plan, store=store, stop=stop, on_member=on_member,
-                                emit=Progress() if len(plan.groups) == 1 else (lambda e: None))
+        progress = sweep.progress_sayer(plan, lambda line: print(f"[ftlab] {printable(line)}", file=sys.stderr)) \
+            if plan.ray else Progress() if len(plan.groups) == 1 else (lambda e: None)
+        outcome = sweep.start(plan, store=store, stop=stop, on_member=on_member, emit=progress)
+        if plan.ray and outcome.status == "failed" and not outcome.summaries:
+            return _fail(outcome.message)  # the cluster could not be joined: said, nothing kept
     finally:
         signal.signal(signal.SIGINT, previous)
     report = sweep.report(plan.sweep_id, store, wall_seconds=outcome.wall_seconds)

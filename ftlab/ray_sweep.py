@@ -91,7 +91,21 @@ def place(plan: Plan, address: str, resources: Resources) -> Plan:
     gpus = f", {resources.gpus:g} GPU{'s' * (resources.gpus != 1)}" if resources.gpus else ""
     groups = tuple(Group(b, resources.cpus, f"Ray task {i + 1} of {len(bundles)} on {address}{gpus}")
                    for i, b in enumerate(bundles))
-    return replace(plan, members=tuple(m for b in bundles for m in b), groups=groups, device=f"Ray ({address})")
+    return replace(plan, members=tuple(m for b in bundles for m in b), groups=groups, device=f"Ray ({address})",
+                   ray={"address": address, "cpus": resources.cpus, "gpus": resources.gpus})
+
+
+def checked(plan: Plan, address: object, cpus: object = 1, gpus: object = 0) -> tuple[Plan | None, list[str]]:
+    """A checked local plan (`sweep.checked_plan`) placed on the Ray cluster at ``address`` and [] when it
+    can start, or None and every reason it cannot, a sentence each (the address, the resources, whether
+    anything answers there). What the CLI and the Sweep page call before they record anything."""
+    try:
+        address, resources = parse_address(address), parse_resources(cpus, gpus)
+    except ValueError as err:
+        return None, [str(err)]
+    if said := problems(address):
+        return None, said
+    return place(plan, address, resources), []
 
 
 def plan_lines(plan: Plan) -> list[str]:
@@ -242,7 +256,7 @@ def connect(address: str, cpus: int | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if k in ("FTLAB_OFFLINE", "FTLAB_MAX_PIXELS")}
         runtime = {"py_modules": [str(Path(ftlab.__file__).parent)], "env_vars": env}
         try:
-            ray.init(address=None if address == "local" else address, runtime_env=runtime,
+            ray.init(address=address, runtime_env=runtime,
                      num_cpus=cpus if address == "local" else None, log_to_driver=False,
                      logging_level=logging.WARNING, include_dashboard=False if address == "local" else None)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
@@ -288,8 +302,7 @@ def _short(err: BaseException) -> str:
     return (lines[0] if lines else type(err).__name__)[:300]
 
 
-def run(plan: Plan, *, store: RunStore, address: str, resources: Resources = Resources(),
-        stop: threading.Event | None = None, emit: Callable = lambda e: None,
+def run(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emit: Callable = lambda e: None,
         on_member: Callable[[Member, dict], None] = lambda m, s: None, poll_s: float = POLL_S) -> Outcome:
     """Run a `place`d ``plan``'s members, a Ray task per group, on the cluster at ``address`` and keep them in ``store``;
     ``emit`` hears each member's events (Preparing, EpochEnded, the end) as the board brings them,
@@ -297,6 +310,7 @@ def run(plan: Plan, *, store: RunStore, address: str, resources: Resources = Res
     why); a cluster that cannot be reached is said in the outcome's message."""
     import ray
 
+    address, resources = plan.ray["address"], Resources(plan.ray["cpus"], plan.ray["gpus"])
     stop = stop or threading.Event()
     outcome = Outcome(plan)
     began = time.perf_counter()

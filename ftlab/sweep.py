@@ -89,6 +89,7 @@ class Plan:
     data_problem: str = ""  # why the data cannot train a sweep ("" when they can): `problems` says it
     train_images: int = 0  # in the training split (0: unknown)
     strategies: tuple[str, ...] = ()  # as they were asked, in that order (the members run in another)
+    ray: dict = field(default_factory=dict)  # on a Ray cluster (`ray_sweep.place`): address, cpus, gpus; {}: here
 
     def config(self, member: Member) -> TrainConfig:
         return replace(self.base, strategy=member.strategy, seed=member.seed, sweep=self.sweep_id, name="",
@@ -100,7 +101,7 @@ class Plan:
                 "notes": list(self.notes), "cost": cost_text(self),
                 "groups": [{"where": g.where, "threads": g.threads, "members": [m.run_id for m in g.members],
                             "text": g.describe()} for g in self.groups],
-                "cores": self.cores, "device": self.device}
+                "cores": self.cores, "device": self.device, **({"ray": self.ray} if self.ray else {})}
 
 
 def base_text(base: TrainConfig) -> str:
@@ -374,6 +375,10 @@ def cost_text(plan: Plan) -> str:
 def plan_lines(plan: Plan) -> list[str]:
     """What ``plan`` will do, a line each, before it starts (the CLI prints them, the Sweep page shows them):
     the runs and where they run, the points it will not train and why, and the cost warning."""
+    if plan.ray:
+        from ftlab import ray_sweep
+
+        return ray_sweep.plan_lines(plan)
     lines = [f"sweep {plan.sweep_id}: {len(plan.members)} run{'s' * (len(plan.members) != 1)} on {plan.device} "
              f"({plan.cores} core{'s' * (plan.cores != 1)})"]
     lines += [g.describe() for g in plan.groups]
@@ -474,6 +479,16 @@ def run(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emi
     outcome.wall_seconds = time.perf_counter() - began
     store.finish_sweep(plan.sweep_id, outcome.status, outcome.message)
     return outcome
+
+
+def start(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emit: Callable = lambda e: None,
+          on_member: Callable[[Member, dict], None] = lambda m, s: None) -> Outcome:
+    """`run` here, or `ray_sweep.run` for a plan placed on a Ray cluster (`Plan.ray`)."""
+    if plan.ray:
+        from ftlab import ray_sweep
+
+        return ray_sweep.run(plan, store=store, stop=stop, emit=emit, on_member=on_member)
+    return run(plan, store=store, stop=stop, emit=emit, on_member=on_member)
 
 
 def _failed_members(plan: Plan, summaries: dict[str, dict]) -> list[str]:
