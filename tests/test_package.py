@@ -38,8 +38,10 @@ def _name(requirement: str) -> str:
 
 def test_the_dependencies_are_the_pinned_requirements():
     project = _project()
-    library, app = project["dependencies"], project["optional-dependencies"]["app"]
-    assert sorted(library + app) == sorted(_requirements())  # the same pins, each once
+    library, extras = project["dependencies"], project["optional-dependencies"]
+    app = extras["app"]
+    assert sorted(library + app + extras["ray"]) == sorted(_requirements())  # the same pins, each once
+    assert [_name(r) for r in extras["ray"]] == ["ray"] and set(extras) == {"app", "ray"}
     assert len(set(library + app)) == len(library + app)
     assert {_name(r) for r in app} == APP_ONLY
     assert all("==" in r for r in library + app)
