@@ -272,6 +272,21 @@ def connect(address: str, cpus: int | None = None) -> None:
         _USERS.append(address)
 
 
+def _unplaceable(resources: Resources) -> str:
+    """Why no node of the cluster can take a task asking for ``resources`` ("" when one can): Ray would
+    keep such a task waiting for ever (a GPU asked of a cluster that has none)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= resources.cpus and n.get("GPU", 0) >= resources.gpus for n in nodes):
+        return ""
+    most = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+    gpus = f" and {resources.gpus:g} GPU{'s' * (resources.gpus != 1)}" if resources.gpus else ""
+    return (f"each task asks for {resources.cpus} CPU core{'s' * (resources.cpus != 1)}{gpus}, and no node of the "
+            f"cluster has that many (the largest: {most.get('CPU', 0):g} cores, {most.get('GPU', 0):g} GPUs): ask "
+            "for less with --ray-cpus / --ray-gpus, or add a node that has them")
+
+
 def disconnect() -> None:
     import ray
 
@@ -316,6 +331,9 @@ def run(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emi
     began = time.perf_counter()
     try:
         connect(address, cpus=plan.cores)
+        if said := _unplaceable(resources):
+            disconnect()
+            raise RayUnavailable(said)
     except RayUnavailable as err:  # nothing kept: the sweep never began
         outcome.status, outcome.message = "failed", str(err)
         outcome.wall_seconds = time.perf_counter() - began
@@ -324,28 +342,27 @@ def run(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emi
             store.finish_sweep(plan.sweep_id, outcome.status, outcome.message)
         return outcome
     record(plan, store)
-    board = None
+    board, live = None, set()
     try:
         board = ray.remote(num_cpus=0)(Board).remote()
         remote = ray.remote(_task).options(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=1,
                                            retry_exceptions=False, name="ftlab_sweep_task")
         pending = {remote.remote([plan.config(m).to_dict() for m in g.members], [m.run_id for m in g.members],
                                  resources.cpus, board): g.members for g in plan.groups}
-        live: set[str] = set()
         told = False
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
             if stop.is_set() and not told:
                 board.stop.remote()
                 told = True
-            _drain(ray.get(board.take.remote()), store, live, emit)
+            _drain(ray.get(board.take.remote(), timeout=60), store, live, emit)
             for ref in done:
                 bundle = pending.pop(ref)
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayError as err:  # its worker died twice, or the task raised
                     result = {"runs": [], "failure": _reason(err)}
-                _drain(ray.get(board.take.remote()), store, live, emit)
+                _drain(ray.get(board.take.remote(), timeout=60), store, live, emit)
                 _keep(bundle, result, store, live, outcome, on_member, told)
     except Exception as err:  # the sweep's own machinery (the cluster went away): said, not raised
         outcome.status, outcome.message = "failed", f"the sweep on Ray stopped: {_short(err)}"
@@ -360,7 +377,9 @@ def run(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emi
             with suppress(Exception):
                 ray.kill(board)
         disconnect()
-        store.mark_interrupted()  # a live record whose task never came back reads as interrupted, not running
+        for run_id in live:  # a live record whose task never came back (the cluster went away): interrupted
+            store.release(run_id)
+        store.mark_interrupted()
     outcome.wall_seconds = time.perf_counter() - began
     store.finish_sweep(plan.sweep_id, outcome.status, outcome.message)
     return outcome

@@ -224,3 +224,15 @@ def test_the_wait_counts_the_running_run_and_those_ahead(registry, store, gate, 
     # nothing like the second has finished here yet: the third's wait is not invented
     assert registry.queue_text(third.run_id) == "queued: 2nd in line, wait unknown"
     assert registry.queue_text(first.run_id) == ""
+
+
+def test_an_estimate_kept_from_before_a_run_ended_is_dropped_when_it_ends(registry, store, gate, monkeypatch):
+    monkeypatch.setenv("FTLAB_MAX_CONCURRENT", "1")
+    first = registry.start(QUICK, store, owner="a")
+    wait_until(lambda: stepped(first), "the first run's first step")
+    assert registry.run_seconds(QUICK, store) is None  # nothing like it has finished: unknown, and kept a while
+    gate.set()
+    assert first.join(120) and store.get(first.run_id).status == "finished"
+    # the kept "unknown" is dropped at the first run's end: the next wait is figured from it, not unknown
+    # for the rest of `ESTIMATE_TTL_S`
+    assert registry.run_seconds(QUICK, store) is not None

@@ -262,3 +262,37 @@ def test_the_sweep_page_says_an_unreachable_cluster_and_starts_nothing(app_env):
     at.text_input(key=K.SWEEP_RAY).set_value("not an address")
     at.button(key=K.SWEEP_START).click().run()
     assert any("auto, local, HOST:PORT" in e.value for e in at.error), [e.value for e in at.error]
+
+
+@pytest.mark.slow
+def test_a_sweep_started_on_the_page_runs_on_ray_and_fills_in(app_env):
+    from ui import resources
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("app_pages/model.py").run()
+    at.selectbox(key="cfg.backbone").select("small_cnn").run()
+    at.session_state["cfg.image_size"], at.session_state["cfg.epochs"] = 16, 1
+    at.switch_page("app_pages/sweep.py").run()
+    at.multiselect(key=K.SWEEP_STRATEGIES).set_value(["linear-probe", "top-1"])
+    at.text_input(key=K.SWEEP_RAY).set_value("local")
+    at.number_input(key=K.SWEEP_RAY_CPUS).set_value(2)
+    at.button(key=K.SWEEP_START).click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    job = resources.background(at.session_state[K.OWNER], "sweep")
+    assert job is not None and job.join(400), "the sweep on Ray did not end"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    plan = at.dataframe[0].value
+    assert sorted(plan["strategy"]) == ["linear-probe", "top-1"] and set(plan["status"]) == {"finished"}
+    where = " ".join(c.value for c in at.caption)
+    assert "Ray task 1 of 1 on local, 2 threads" in where, where
+
+
+@pytest.mark.slow
+def test_a_task_no_node_can_take_is_said_and_keeps_nothing(tmp_path):
+    plan, _ = sweep.checked_plan(BASE, "top-1", "0")
+    placed, _ = ray_sweep.checked(plan, "local", 1, 1)  # a GPU, on a machine without one
+    store = RunStore(tmp_path)
+    outcome = ray_sweep.run(placed, store=store)
+    assert outcome.status == "failed" and "no node of the cluster has that many" in outcome.message, outcome.message
+    assert "--ray-gpus" in outcome.message and not store.sweeps() and not store.list()
