@@ -119,7 +119,8 @@ def is_distributed_error(err: BaseException) -> bool:
     kinds = tuple(k for k in (getattr(dist, "DistError", None),) if k is not None)
     text = str(err)
     return isinstance(err, kinds) or any(s in text for s in ("Connection closed by peer", "Connection reset by peer",
-                                                              "Timed out waiting", "gloo", "NCCL"))
+                                                              "Timed out waiting", "timeout caused pair closure", "gloo",
+                                                              "NCCL"))
 
 
 def failure_message(err: BaseException) -> str:

@@ -292,3 +292,10 @@ def test_a_hung_rank_is_given_up_on_after_the_timeout(tmp_path):
     assert record.status == "failed", record
     assert "another process of this torchrun run" in record.message and "FTLAB_DDP_TIMEOUT_S" in record.message
     assert 10 < waited < 90
+
+
+def test_gloos_timeout_is_a_failed_collective_too():
+    # what gloo raises on this machine when another rank hangs past the timeout (seen on an AMD EPYC host)
+    err = RuntimeError("Application timeout caused pair closure")
+    assert distributed.is_distributed_error(err)
+    assert "another process of this torchrun run" in distributed.failure_message(err)

@@ -116,7 +116,8 @@ def test_data_dependent_control_flow_falls_back_to_eager_with_the_reason():
     assert not acc.fast and "could not be built" in acc.fallback and "TracerWarning" in acc.fallback
     assert "eager" in acc.how and acc.fallback in acc.note()
     for inputs in (x, -x * 5):  # the other branch too: a baked-in trace would get one of them wrong
-        assert torch.allclose(acc.fn(inputs), reference(prefix, inputs))
+        # channels-last convolutions sum in another order (on AMD EPYC, differences of 1e-6 of the scale)
+        assert torch.allclose(acc.fn(inputs), reference(prefix, inputs), rtol=1e-4, atol=1e-5)
 
 
 def test_a_module_that_raises_under_tracing_falls_back_and_is_right():

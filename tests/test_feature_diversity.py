@@ -178,7 +178,8 @@ def test_features_are_computed_once_and_kept_on_disk(tmp_path):
     damaged = {}
     third = features.pooled(config, ds, np.arange(16), info=damaged)
     assert damaged["computed"] == 16
-    np.testing.assert_allclose(third[1], second[1], atol=1e-5)
+    # the same images in other batches (16 at once, not 10 then 6): kernels may sum in another order
+    np.testing.assert_allclose(third[1], second[1], rtol=1e-4, atol=1e-5)
 
 
 def test_random_weights_are_judged_by_the_reference_backbone():

@@ -138,8 +138,10 @@ def test_a_bf16_run_computes_and_caches_in_bf16_and_says_so(tmp_path, monkeypatc
 
     monkeypatch.setattr(torch.autocast, "__init__", spy)
     summary, notes = _run(tmp_path, strategy="top-1", epochs=2, precision="bf16")
-    assert summary["precision"] == {"caching": "bf16", "caching_reason": "asked for", "training": "bf16",
-                                    "training_reason": "asked for"}
+    said = summary["precision"]
+    assert said["caching"] == said["training"] == "bf16"
+    # "asked for", and on a CPU without native bf16 (an AMD EPYC without AVX512-BF16) what that costs
+    assert all(said[k].startswith("asked for") for k in ("caching_reason", "training_reason")), said
     assert any("float16" in n or "bfloat16" in n for n in notes if n.startswith("caching the output"))
     stored = [t for t in cache.SHARED._entries.values()]
     assert stored and all(t.dtype == torch.bfloat16 for t in stored)
