@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ftlab.runs import RunStore
-from ftlab.sweep import Group, Member, Outcome, Plan, _failed_members, cost_text, record
+from ftlab.sweep import Group, Member, Outcome, Plan, cost_text, end, record
 
 POLL_S = 0.5  # how often a task reads the board's stop flag, and this process drains the board
 CONNECT_S = 3.0  # how long an address may take to answer before it is called unreachable
@@ -63,7 +63,7 @@ def parse_address(text: object) -> str:
     if host and port.isdigit() and 0 < int(port) < 65536 and " " not in host:
         return value
     raise ValueError(f"--ray takes auto, local, HOST:PORT or ray://HOST:PORT (the head node's address, e.g. "
-                     f"127.0.0.1:6379); not {value!r}")
+                     f"127.0.0.1:6379); not {value[:80]!r}" + ("…" if len(value) > 80 else ""))
 
 
 def parse_resources(cpus: object = 1, gpus: object = 0) -> Resources:
@@ -307,14 +307,13 @@ def _reason(err: BaseException) -> str:
     if isinstance(err, ray.exceptions.RayTaskError) and cause is not None:
         text = f"{type(cause).__name__}: {cause}".strip().splitlines()[0][:300]
         return f"its Ray task raised {text}"
-    lines = [s.strip() for s in str(err).splitlines() if s.strip()]
-    first = next((s for s in lines if not s.startswith("(")), lines[0] if lines else type(err).__name__)[:300]
-    return f"its Ray task's worker died on both tries (Ray retries a task once): {first}"
+    return f"its Ray task's worker died on both tries (Ray retries a task once): {_short(err)}"
 
 
 def _short(err: BaseException) -> str:
+    """Ray's first line of an error that is not a "(pid=…, ip=…)" prefix, at most 300 characters."""
     lines = [s.strip() for s in str(err).splitlines() if s.strip()]
-    return (lines[0] if lines else type(err).__name__)[:300]
+    return next((s for s in lines if not s.startswith("(")), lines[0] if lines else type(err).__name__)[:300]
 
 
 def run(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emit: Callable = lambda e: None,
@@ -367,11 +366,7 @@ def run(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emi
     except Exception as err:  # the sweep's own machinery (the cluster went away): said, not raised
         outcome.status, outcome.message = "failed", f"the sweep on Ray stopped: {_short(err)}"
     else:
-        failed = _failed_members(plan, outcome.summaries)
-        outcome.status = "stopped" if stop.is_set() else "failed" if failed else "finished"
-        outcome.message = ("; ".join(failed) if failed and not stop.is_set() else
-                           f"stopped after {len(outcome.summaries)} of {len(plan.members)} runs" if stop.is_set()
-                           else "")
+        end(outcome, stop)
     finally:
         if board is not None:
             with suppress(Exception):

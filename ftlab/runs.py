@@ -180,6 +180,22 @@ def _free(path: Path) -> str:
     return "free space unknown"
 
 
+def _write_atomically(target: Path, write) -> None:
+    """``write(fh)`` into a temporary file beside ``target``, flushed to disk, renamed over it: a write
+    that fails (a full disk) leaves the previous file and no temporary one."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
 class RunStore:
     def __init__(self, home: Path | None = None):
         self.home = Path(home) if home is not None else paths.home()
@@ -398,19 +414,10 @@ class RunStore:
             target = folder / name
             if ".." in Path(name).parts or Path(name).is_absolute():
                 raise StoreError(f"run {run_id} came back with a file outside its folder ({name!r}): not kept")
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
+                _write_atomically(target, lambda fh, data=data: fh.write(data))
             except OSError as err:
                 raise self._checkpoint_fault(err, target, None) from None
-            finally:
-                with suppress(OSError):
-                    tmp.unlink(missing_ok=True)
         values = [record.get(c) for c in _COLUMNS]
         values = [json.dumps(v) if c in _JSON else _text(v) if isinstance(v, str) else v
                   for c, v in zip(_COLUMNS, values)]
@@ -575,24 +582,15 @@ class RunStore:
         import torch  # here, not at the top: listing runs needs no torch
 
         target = self.checkpoint_path(run_id)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             if target.exists() and not target.is_file():
                 raise StoreError(f"{target} is a folder, not a checkpoint file: move it away and train again")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                torch.save(checkpoint, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            _write_atomically(target, lambda fh: torch.save(checkpoint, fh))
         except (OSError, RuntimeError) as err:
             if isinstance(err, RuntimeError) and "inline_container" not in str(err) and \
                     "PytorchStreamWriter" not in str(err):
                 raise
             raise self._checkpoint_fault(err, target, checkpoint.get("epoch")) from None
-        finally:
-            with suppress(OSError):
-                tmp.unlink(missing_ok=True)
         return target
 
     def _checkpoint_fault(self, err: Exception, target: Path, epoch: object) -> StoreError:

@@ -471,11 +471,7 @@ def run(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, emi
     except Exception as err:  # the sweep's own machinery (a process that could not start): said, not raised
         outcome.status, outcome.message = "failed", f"the sweep stopped: {err}"
     else:
-        done = len(outcome.summaries)
-        failed += _failed_members(plan, outcome.summaries)
-        outcome.status = "stopped" if stop.is_set() else "failed" if failed else "finished"
-        outcome.message = ("; ".join(failed) if failed and not stop.is_set() else
-                           f"stopped after {done} of {len(plan.members)} runs" if stop.is_set() else "")
+        end(outcome, stop, failed)
     outcome.wall_seconds = time.perf_counter() - began
     store.finish_sweep(plan.sweep_id, outcome.status, outcome.message)
     return outcome
@@ -489,6 +485,15 @@ def start(plan: Plan, *, store: RunStore, stop: threading.Event | None = None, e
 
         return ray_sweep.run(plan, store=store, stop=stop, emit=emit, on_member=on_member)
     return run(plan, store=store, stop=stop, emit=emit, on_member=on_member)
+
+
+def end(outcome: Outcome, stop: threading.Event, failed: list[str] = ()) -> None:
+    """How a sweep whose members all came back ended (here or on Ray): stopped, failed (``failed``,
+    what went wrong with its processes, and its failed members, in words) or finished."""
+    failed = list(failed) + _failed_members(outcome.plan, outcome.summaries)
+    outcome.status = "stopped" if stop.is_set() else "failed" if failed else "finished"
+    outcome.message = (f"stopped after {len(outcome.summaries)} of {len(outcome.plan.members)} runs" if stop.is_set()
+                       else "; ".join(failed))
 
 
 def _failed_members(plan: Plan, summaries: dict[str, dict]) -> list[str]:
